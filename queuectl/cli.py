@@ -1,0 +1,356 @@
+"""The click CLI: parse, call the core, print. Domain errors become click errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import InvalidJob, QueueError
+
+STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "done"]
+
+
+class QueueGroup(click.Group):
+    """Turns domain and OS errors into one `Error: ...` line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QueueError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.errno == 28:
+                raise click.ClickException(f"no space left on device ({e.filename or 'spool'})") from None
+            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+
+
+def _notify(msg: str) -> None:
+    click.echo(f"queuectl: {msg}", err=True)
+
+
+class Context:
+    """Opens the spool on first use, so `--help` and `--version` touch no disk."""
+
+    def __init__(self, spool_dir: str | None):
+        self.spool_dir = spool_dir
+        self._spool = None
+
+    @property
+    def spool(self):
+        if self._spool is None:
+            from .spool import Spool, default_spool
+            self._spool = Spool(self.spool_dir or default_spool(), notify=_notify)
+        return self._spool
+
+    def synced(self):
+        """The spool with its index brought up to date with the directories."""
+        spool = self.spool
+        spool.sync()
+        return spool
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+@click.group(cls=QueueGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), envvar="QUEUECTL_SPOOL",
+              help="Spool directory [env QUEUECTL_SPOOL; default $XDG_DATA_HOME/queuectl/spool].")
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def main(ctx: click.Context, spool_dir: str | None) -> None:
+    """queuectl: a job queue for shell commands whose whole state is a directory tree.
+
+    \b
+    Example:
+      queuectl enqueue 'echo Hello from QueueCTL'
+      queuectl worker start --count 2 --burst
+      queuectl status
+    """
+    ctx.obj = Context(spool_dir)
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+def _parse_specs(data: bytes, source: str) -> list[tuple[str, Any]]:
+    """(position, spec) pairs from a JSON object, a JSON array, or JSON Lines.
+
+    A record that does not parse becomes (position, InvalidJob) so every bad
+    record can be reported, not only the first.
+    """
+    from .job import loads
+    text = data.decode("utf-8", errors="surrogateescape")
+    stripped = text.lstrip()
+    if not stripped:
+        raise InvalidJob(f"{source} is empty")
+    try:
+        whole = loads(text)
+    except InvalidJob as e:
+        whole, whole_error = None, e
+    else:
+        whole_error = None
+    if isinstance(whole, list):
+        return [(f"item {i}", spec) for i, spec in enumerate(whole, 1)]
+    if whole_error is None:
+        return [(source, whole)]
+    if stripped.startswith("["):
+        raise InvalidJob(f"{source}: {whole_error}")
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {n}", loads(line)))
+        except InvalidJob as e:
+            records.append((f"line {n}", e))
+    if len(records) == 1:
+        raise InvalidJob(f"{source}: {whole_error}")
+    return records
+
+
+@main.command()
+@click.argument("command", required=False)
+@click.option("-f", "--file", "file", type=click.File("rb"),
+              help="Read job specs from FILE ('-' for stdin): a JSON object, array, or JSON Lines.")
+@click.option("--id", "job_id", help="Job id (default: a time-sortable id).")
+@click.option("--max-retries", type=click.IntRange(0, 1000), help="Retries after the first attempt.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs of a file, report the rest.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs enqueued.")
+@click.option("--json", "as_json", is_flag=True, help="Print the enqueued jobs as JSON.")
+@pass_ctx
+def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, skip_invalid, quiet, as_json):
+    """Add jobs to the queue, durably (fsynced before this returns).
+
+    \b
+    Examples:
+      queuectl enqueue 'echo hi'
+      queuectl enqueue --id backup --max-retries 5 'rsync -a src/ dst/'
+      queuectl enqueue --file job.json
+      seq 3 | jq -c '{command: "echo \\(.)"}' | queuectl enqueue --file -
+    """
+    if (command is None) == (file is None):
+        raise click.UsageError("give a COMMAND or --file, not both" if command else "give a COMMAND or --file")
+    overrides = {k: v for k, v in (("max_retries", max_retries), ("timeout", timeout),
+                                   ("priority", priority)) if v is not None}
+    if command is not None:
+        specs: list[tuple[str, Any]] = [("command", {"command": command})]
+    else:
+        specs = _parse_specs(file.read(), "stdin" if file.name == "<stdin>" else file.name)
+    if job_id is not None:
+        if len(specs) != 1:
+            raise click.UsageError("--id needs exactly one job")
+        specs[0][1]["id"] = job_id if isinstance(specs[0][1], dict) else None
+    spool = obj.spool
+    cwd = os.getcwd()
+    jobs, bad = [], []
+    for where, spec in specs:
+        try:
+            if isinstance(spec, InvalidJob):
+                raise spec
+            if isinstance(spec, dict):
+                spec = {**spec, **overrides}
+                spec.setdefault("cwd", cwd)
+            jobs.append(spool.new_job(spec))
+        except InvalidJob as e:
+            bad.append(f"{where}: {e}" if len(specs) > 1 or command is None else str(e))
+    if bad and (not skip_invalid or len(specs) == 1):
+        if len(bad) == 1 and len(specs) == 1:
+            raise click.ClickException(bad[0])
+        for line in bad:
+            click.echo(f"Error: {line}", err=True)
+        raise click.ClickException(f"{len(bad)} of {len(specs)} jobs are invalid; nothing enqueued "
+                                   "(--skip-invalid enqueues the valid ones)")
+    for line in bad:
+        click.echo(f"skipped {line}", err=True)
+    spool.enqueue_many(jobs)
+    if as_json:
+        _dump([j.to_dict() for j in jobs])
+    elif quiet:
+        click.echo(f"enqueued {len(jobs)} jobs")
+    else:
+        click.echo("\n".join(f"enqueued job {j.id}" for j in jobs))
+
+
+# -- inspect -------------------------------------------------------------------
+
+
+def _state(value: str | None):
+    from .job import JobState
+    return None if value is None else JobState.parse(value)
+
+
+@main.command("list")
+@click.option("-s", "--state", type=click.Choice(STATE_NAMES, case_sensitive=False),
+              help="Only jobs in this state ('done' means completed).")
+@click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print full job records as a JSON array.")
+@pass_ctx
+def list_(obj: Context, state, limit, as_json):
+    """List jobs, oldest first, one a line: ID - STATE - COMMAND.
+
+    \b
+    Example:
+      queuectl list --state pending --limit 10
+    """
+    idx = obj.synced().index
+    if as_json:
+        _dump(list(idx.records(_state(state), limit)))
+        return
+    lines = [f"{r.id} - {r.state.value} - {_one_line(r.command)}" for r in idx.rows(_state(state), limit)]
+    if lines:
+        click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+@pass_ctx
+def status(obj: Context, as_json):
+    """Count the jobs in each state (all five, even when zero).
+
+    \b
+    Example:
+      queuectl status --json
+    """
+    spool = obj.synced()
+    counts = spool.index.counts()
+    if as_json:
+        _dump(counts)
+        return
+    width = max(map(len, counts))
+    for name, n in counts.items():
+        click.echo(f"{name + ':':<{width + 1}} {n}")
+    workers = _live_workers(spool)
+    if workers is not None:
+        click.echo(f"{'workers:':<{width + 1}} {workers}")
+    click.echo(f"{'spool:':<{width + 1}} {spool.root}")
+
+
+def _live_workers(spool) -> int | None:
+    try:
+        from .worker import count_live_workers
+    except ImportError:
+        return None
+    return count_live_workers(spool)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print {state, path, job} as JSON.")
+@pass_ctx
+def show(obj: Context, job_id, as_json):
+    """Show one job's whole record and the directory that holds it.
+
+    \b
+    Example:
+      queuectl show job1
+    """
+    job, path = obj.spool.show(job_id)
+    rel = os.path.relpath(path, obj.spool.root)
+    if as_json:
+        _dump({"state": job.state.value, "dir": os.path.dirname(rel), "path": path, "job": job.to_dict()})
+        return
+    click.echo(f"{job.id} is in {os.path.dirname(rel)}/ ({path})")
+    click.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+@pass_ctx
+def reindex(obj: Context, as_json):
+    """Rebuild the index from the spool directories and print the counts.
+
+    \b
+    Example:
+      queuectl reindex
+    """
+    counts = obj.spool.reindex()
+    if as_json:
+        _dump(counts)
+    else:
+        click.echo("reindexed: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+# -- config --------------------------------------------------------------------
+
+
+@main.group()
+def config():
+    """Read and change spool settings (SPOOL/config.json).
+
+    \b
+    Example:
+      queuectl config set max-retries 5
+    """
+
+
+def _fmt(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+@config.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print all settings as a JSON object.")
+@pass_ctx
+def config_list(obj: Context, as_json):
+    """Print every setting with its value.
+
+    \b
+    Example:
+      queuectl config list
+    """
+    cfg = obj.spool.config
+    if as_json:
+        _dump(dict(cfg))
+    else:
+        for key, value in cfg.items():
+            click.echo(f"{key} = {_fmt(value)}")
+
+
+@config.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the value as JSON.")
+@pass_ctx
+def config_get(obj: Context, key, as_json):
+    """Print one setting.
+
+    \b
+    Example:
+      queuectl config get backoff_base
+    """
+    from .config import normalize_key
+    value = obj.spool.config[normalize_key(key)]
+    click.echo(json.dumps(value) if as_json else _fmt(value))
+
+
+@config.command("set", context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def config_set(obj: Context, key, value):
+    """Change one setting (validated; 'none' unsets job_timeout).
+
+    \b
+    Examples:
+      queuectl config set max-retries 5
+      queuectl config set backoff_max 0.05
+    """
+    name, parsed = obj.spool.set_config(key, value)
+    click.echo(f"{name} = {_fmt(parsed)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

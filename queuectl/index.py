@@ -1,0 +1,202 @@
+"""The SQLite index: a cache of the spool directories that answers status and list fast.
+
+The directories are the truth. Every row can be rebuilt from them, so the index
+is written with synchronous=NORMAL (no fsync per commit) and is thrown away and
+rebuilt when it is missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from .job import Job, JobState
+
+SCHEMA_VERSION = 2
+# Long enough to ride out a big reconcile in another process; every
+# transaction here is short otherwise.
+BUSY_TIMEOUT_MS = 60_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY COLLATE NOCASE,
+    state       TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL,
+    run_at      REAL NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    record      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
+CREATE TABLE IF NOT EXISTS dirmarks (
+    dir        TEXT PRIMARY KEY,
+    mtime_ns   INTEGER NOT NULL,
+    checked_ns INTEGER NOT NULL
+);
+"""
+
+
+class IndexCorrupt(Exception):
+    """index.db exists but is not a usable SQLite database."""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    state: JobState
+    command: str
+    priority: int
+    created: float
+    run_at: float
+    attempts: int
+    max_retries: int
+    last_error: str | None
+
+
+def _row_values(job: Job, state: JobState) -> tuple:
+    return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
+            job.attempts, job.max_retries, job.last_error,
+            json.dumps(job.to_dict(), ensure_ascii=False))
+
+
+_UPSERT = """INSERT OR REPLACE INTO jobs
+    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+class Index:
+    """One connection to SPOOL/index.db. Not shared between threads."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.created = not os.path.exists(path) or os.path.getsize(path) == 0
+        try:
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                      isolation_level=None, check_same_thread=False)
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise IndexCorrupt(f"schema version {version}")
+            mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if version == 0:
+                self.created = True
+                self.db.executescript(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            else:
+                # Catches a damaged file whose header still looks like SQLite.
+                self.db.execute("SELECT count(*) FROM dirmarks").fetchone()
+        except sqlite3.DatabaseError as e:
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            raise IndexCorrupt(str(e)) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions ------------------------------------------------------
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    # -- writes -----------------------------------------------------------
+
+    def upsert(self, job: Job, state: JobState | None = None) -> None:
+        """Record a job as being in `state` (default: its own state field)."""
+        self.db.execute(_UPSERT, _row_values(job, state or job.state))
+
+    def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
+        self.db.executemany(_UPSERT, (_row_values(j, s) for j, s in jobs))
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in job_ids))
+
+    def clear(self) -> None:
+        self.db.execute("DELETE FROM jobs")
+        self.db.execute("DELETE FROM dirmarks")
+
+    # -- directory marks: which directory listings the rows reflect --------
+
+    def dirmarks(self) -> dict[str, tuple[int, int]]:
+        return {d: (m, c) for d, m, c in self.db.execute("SELECT dir, mtime_ns, checked_ns FROM dirmarks")}
+
+    def set_dirmark(self, dirname: str, mtime_ns: int, checked_ns: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO dirmarks VALUES (?, ?, ?)", (dirname, mtime_ns, checked_ns))
+
+    # -- reads -------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobState}
+        for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def ids_in(self, state: JobState) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state.value,))}
+
+    def lookup(self, job_id: str) -> Row | None:
+        """The row whose id equals job_id ignoring case (ids are unique that way)."""
+        r = self.db.execute("SELECT id, state, command, priority, created, run_at, attempts, "
+                            "max_retries, last_error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Row(r[0], JobState(r[1]), *r[2:]) if r else None
+
+    def record(self, job_id: str) -> dict | None:
+        r = self.db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def records(self, state: JobState | None = None, limit: int | None = None) -> Iterator[dict]:
+        """Full job records, oldest first."""
+        sql = "SELECT record FROM jobs"
+        args: list = []
+        if state is not None:
+            sql += " WHERE state = ?"
+            args.append(state.value)
+        sql += " ORDER BY created, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for (rec,) in self.db.execute(sql, args):
+            yield json.loads(rec)
+
+    def rows(self, state: JobState | None = None, limit: int | None = None) -> list[Row]:
+        sql = ("SELECT id, state, command, priority, created, run_at, attempts, max_retries, "
+               "last_error FROM jobs")
+        args: list = []
+        if state is not None:
+            sql += " WHERE state = ?"
+            args.append(state.value)
+        sql += " ORDER BY created, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self.db.execute(sql, args)]
+
+    def candidates(self, limit: int = 32, now: float | None = None) -> list[tuple[str, JobState]]:
+        """Jobs that may run now: highest priority first, then oldest."""
+        now = time.time() if now is None else now
+        return [(i, JobState(s)) for i, s in self.db.execute(
+            "SELECT id, state FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
+            "ORDER BY priority DESC, created, id LIMIT ?", (now, limit))]
+
+    def next_due(self) -> float | None:
+        """The earliest run_at among waiting jobs (pending or failed), or None."""
+        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')").fetchone()
+        return r[0]

@@ -1,0 +1,343 @@
+"""The job model: states, validation and the canonical JSON form. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidJob
+
+MAX_ID_LENGTH = 128
+MAX_RETRIES_LIMIT = 1000
+# Ids become file names: keep them to a portable, shell-safe alphabet. A
+# leading "." would make the file invisible to scans (dotfiles are a writer's
+# scratch space), so the first character must be alphanumeric.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]*")
+# Names that are devices on Windows/SMB shares: a spool on such a share could
+# not hold them, so refuse them everywhere for a portable on-disk format.
+_RESERVED_IDS = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
+
+# Fields queuectl owns. A spec may carry others; they are kept as given.
+BOOKKEEPING = ("state", "attempts", "created_at", "updated_at", "next_run_at",
+               "last_error", "exit_code", "history")
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def dirname(self) -> str:
+        """The spool directory that holds jobs in this state."""
+        return "done" if self is JobState.COMPLETED else self.value
+
+    @classmethod
+    def parse(cls, name: str) -> "JobState":
+        """A state from its name; `done` (the directory name) means completed."""
+        name = name.strip().lower()
+        if name == "done":
+            return cls.COMPLETED
+        try:
+            return cls(name)
+        except ValueError:
+            raise InvalidJob(f"unknown state {name!r}") from None
+
+
+STATE_ORDER = list(JobState)
+# How far along a job is; `check --repair` keeps the most advanced copy.
+PROGRESS = {JobState.PENDING: 0, JobState.FAILED: 1, JobState.PROCESSING: 2,
+            JobState.DEAD: 3, JobState.COMPLETED: 4}
+
+
+def now_iso(ts: float | None = None) -> str:
+    """ISO 8601 UTC with microseconds, e.g. 2026-11-27T18:30:00.123456Z."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> float:
+    """Epoch seconds from an ISO 8601 string (naive times are UTC)."""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise InvalidJob(f"bad time {value!r}: expected ISO 8601") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def new_id(ts: float | None = None) -> str:
+    """An id that sorts by creation time: 20261127T183000123456-3fa9c2."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    return dt.strftime("%Y%m%dT%H%M%S%f") + "-" + os.urandom(3).hex()
+
+
+def check_id(job_id: Any) -> str:
+    """Return job_id if it is a valid id, else raise InvalidJob saying why."""
+    if not isinstance(job_id, str):
+        raise InvalidJob(f"id must be a string, not {_type_name(job_id)}")
+    if job_id == "":
+        raise InvalidJob("id is empty")
+    if len(job_id) > MAX_ID_LENGTH:
+        raise InvalidJob(f"id is longer than {MAX_ID_LENGTH} characters")
+    if job_id in (".", "..") or ".." in job_id:
+        raise InvalidJob(f"id {job_id!r} contains '..'")
+    if "/" in job_id or "\\" in job_id:
+        raise InvalidJob(f"id {job_id!r} contains a path separator")
+    if any(c.isspace() for c in job_id):
+        raise InvalidJob(f"id {job_id!r} contains whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in job_id):
+        raise InvalidJob(f"id {job_id!r} contains a control character")
+    if not _ID_RE.fullmatch(job_id):
+        raise InvalidJob(f"id {job_id!r} must start with a letter or digit and use only "
+                         "letters, digits and . _ : @ + = -")
+    if job_id.split(".")[0].lower() in _RESERVED_IDS:
+        raise InvalidJob(f"id {job_id!r} is a reserved device name")
+    return job_id
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _no_nul(name: str, value: str) -> str:
+    if "\x00" in value:
+        raise InvalidJob(f"{name} contains a NUL byte")
+    return value
+
+
+def check_command(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidJob(f"command must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise InvalidJob("command is empty")
+    return _no_nul("command", value)
+
+
+def check_max_retries(value: Any) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_RETRIES_LIMIT:
+        raise InvalidJob(f"max_retries must be an integer from 0 to {MAX_RETRIES_LIMIT}, not {value!r}")
+    return value
+
+
+def check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or value <= 0):
+        raise InvalidJob(f"timeout must be a number of seconds > 0, not {value!r}")
+    return value
+
+
+def check_env(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidJob(f"env must be an object of strings, not {_type_name(value)}")
+    for key, val in value.items():
+        if not key or "=" in key or "\x00" in key:
+            raise InvalidJob(f"env name {key!r} is not a valid variable name")
+        if not isinstance(val, str):
+            raise InvalidJob(f"env value of {key} must be a string, not {_type_name(val)}")
+        _no_nul(f"env value of {key}", val)
+    return dict(value)
+
+
+def check_cwd(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidJob(f"cwd must be a non-empty string, not {value!r}")
+    return _no_nul("cwd", value)
+
+
+def check_priority(value: Any) -> int:
+    if not _is_int(value) or abs(value) > 2**31:
+        raise InvalidJob(f"priority must be an integer, not {value!r}")
+    return value
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InvalidJob(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidJob(f"{name} is not valid JSON")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidJob(f"not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(data, object_pairs_hook=_reject_duplicate_keys,
+                          parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidJob(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidJob("invalid JSON: nested too deeply") from None
+
+
+@dataclass
+class Job:
+    id: str
+    command: str
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    max_retries: int = 3
+    priority: int = 0
+    timeout: float | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+    next_run_at: str | None = None
+    last_error: str | None = None
+    exit_code: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Any, *, default_max_retries: int = 3,
+                  fallback_id: str | None = None, now: float | None = None) -> "Job":
+        """A new pending job from a user's spec (a JSON object).
+
+        queuectl's own bookkeeping fields in the spec are reset: a spec says
+        what to run, not how far it got.
+        """
+        if not isinstance(spec, dict):
+            raise InvalidJob(f"a job must be a JSON object, not {_type_name(spec)}")
+        if "command" not in spec:
+            raise InvalidJob("missing command")
+        ts = time.time() if now is None else now
+        job_id = spec.get("id", fallback_id)
+        job_id = new_id(ts) if job_id is None else check_id(job_id)
+        stamp = now_iso(ts)
+        run_at = spec.get("run_at")
+        next_run_at = None
+        if run_at is not None:
+            if _is_int(run_at) or isinstance(run_at, float):
+                next_run_at = now_iso(float(run_at))
+            elif isinstance(run_at, str):
+                next_run_at = now_iso(parse_time(run_at))
+            else:
+                raise InvalidJob(f"run_at must be an ISO 8601 time or epoch seconds, not {run_at!r}")
+        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "run_at"}
+        extra = {k: v for k, v in spec.items() if k not in known and k not in BOOKKEEPING}
+        return cls(
+            id=job_id,
+            command=check_command(spec["command"]),
+            max_retries=check_max_retries(spec.get("max_retries", default_max_retries)),
+            priority=check_priority(spec.get("priority", 0)),
+            timeout=check_timeout(spec.get("timeout")),
+            env=check_env(spec.get("env")),
+            cwd=check_cwd(spec.get("cwd")),
+            created_at=stamp,
+            updated_at=stamp,
+            next_run_at=next_run_at,
+            extra=extra,
+        )
+
+    @classmethod
+    def from_record(cls, record: Any) -> "Job":
+        """A job from its canonical file form (as written by to_json)."""
+        if not isinstance(record, dict):
+            raise InvalidJob(f"a job must be a JSON object, not {_type_name(record)}")
+        try:
+            state = JobState.parse(record.get("state", "pending"))
+        except AttributeError:
+            raise InvalidJob("state must be a string") from None
+        attempts = record.get("attempts", 0)
+        if not _is_int(attempts) or attempts < 0:
+            raise InvalidJob(f"attempts must be an integer >= 0, not {attempts!r}")
+        history = record.get("history", [])
+        if not isinstance(history, list):
+            raise InvalidJob("history must be a list")
+        exit_code = record.get("exit_code")
+        if exit_code is not None and not _is_int(exit_code):
+            raise InvalidJob(f"exit_code must be an integer, not {exit_code!r}")
+        for name in ("created_at", "updated_at", "next_run_at", "last_error"):
+            if record.get(name) is not None and not isinstance(record[name], str):
+                raise InvalidJob(f"{name} must be a string")
+        if record.get("next_run_at"):
+            parse_time(record["next_run_at"])
+        if "id" not in record:
+            raise InvalidJob("missing id")
+        if "command" not in record:
+            raise InvalidJob("missing command")
+        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", *BOOKKEEPING}
+        return cls(
+            id=check_id(record["id"]),
+            command=check_command(record["command"]),
+            state=state,
+            attempts=attempts,
+            max_retries=check_max_retries(record.get("max_retries", 3)),
+            priority=check_priority(record.get("priority", 0)),
+            timeout=check_timeout(record.get("timeout")),
+            env=check_env(record.get("env")),
+            cwd=check_cwd(record.get("cwd")),
+            created_at=record.get("created_at") or "",
+            updated_at=record.get("updated_at") or "",
+            next_run_at=record.get("next_run_at"),
+            last_error=record.get("last_error"),
+            exit_code=exit_code,
+            history=history,
+            extra={k: v for k, v in record.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "command": self.command,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "priority": self.priority,
+            "timeout": self.timeout,
+        }
+        if self.env is not None:
+            d["env"] = self.env
+        if self.cwd is not None:
+            d["cwd"] = self.cwd
+        d.update(created_at=self.created_at, updated_at=self.updated_at,
+                 next_run_at=self.next_run_at, last_error=self.last_error,
+                 exit_code=self.exit_code, history=self.history)
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    def to_json(self) -> bytes:
+        """The canonical file form: indented so `cat` and `jq` read it easily."""
+        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @property
+    def created_ts(self) -> float:
+        return parse_time(self.created_at) if self.created_at else 0.0
+
+    @property
+    def run_ts(self) -> float:
+        """When the job may next run (epoch seconds); 0 means now."""
+        return parse_time(self.next_run_at) if self.next_run_at else 0.0

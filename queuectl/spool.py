@@ -1,0 +1,672 @@
+"""The directory protocol: atomic writes, enqueue, drop-ins, claim, record, recover.
+
+Every state change is a rename inside one filesystem, so a job is in exactly
+one state directory at any instant. The index (index.py) follows the files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import itertools
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from . import config as configmod
+from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
+from .index import Index, IndexCorrupt
+from .job import PROGRESS, Job, JobState, check_id, loads, now_iso
+
+STATE_DIRS = [s.dirname for s in JobState]
+SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers"]
+# A dotfile's timestamps within this many seconds of a directory listing may
+# hide a change made in the same clock tick (git's "racy" problem), so such a
+# listing is not trusted on the next look.
+RACY_NS = 1_000_000_000
+_counter = itertools.count()
+
+
+def default_spool() -> str:
+    env = os.environ.get("QUEUECTL_SPOOL")
+    if env:
+        return env
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "queuectl", "spool")
+
+
+def is_ignored(name: str) -> bool:
+    """Writers' scratch names: dotfiles and *.tmp (but `.json` alone is a bad job)."""
+    return (name.startswith(".") and name != ".json") or name.endswith(".tmp")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = None
+
+
+def syncfs(fd: int) -> None:
+    """Flush every dirty file of one filesystem: one call instead of one fsync a file."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syncfs  # noqa: B018 - raises AttributeError where missing
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc and _libc.syncfs(fd) == 0:
+        return
+    os.sync()
+
+
+def _space_error(e: OSError, what: str) -> SpoolError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolError(f"no space left on device while {what}")
+    return SpoolError(f"{what}: {e.strerror or e}")
+
+
+@dataclass
+class Claim:
+    """A job a worker holds: the open, flock'ed file in processing/."""
+    job: Job
+    fd: int
+    source: JobState
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    removed: int = 0
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    waiting: int = 0  # unparseable drop-ins still inside their grace period
+
+
+class Spool:
+    def __init__(self, root: str, *, create: bool = True, notify: Callable[[str], None] | None = None):
+        self.root = os.path.abspath(root)
+        self.notify = notify or (lambda msg: None)
+        self.fresh = False
+        if create:
+            self._create()
+        elif not os.path.isdir(self.root):
+            raise SpoolError(f"no spool at {self.root}")
+        self._config: configmod.Config | None = None
+        self._index: Index | None = None
+
+    # -- layout --------------------------------------------------------------
+
+    def _create(self) -> None:
+        try:
+            if not os.path.isdir(self.root):
+                self.fresh = True
+                os.makedirs(self.root, mode=0o700, exist_ok=True)
+            for name in SUBDIRS:
+                path = os.path.join(self.root, name)
+                if not os.path.isdir(path):
+                    os.mkdir(path, 0o700)
+        except OSError as e:
+            raise SpoolError(f"cannot create spool at {self.root}: {e.strerror or e}") from None
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def job_path(self, state: JobState, job_id: str) -> str:
+        return os.path.join(self.root, state.dirname, job_id + ".json")
+
+    def lock(self, timeout: float = -1):
+        """The spool-wide lock (config writes, reindex, drop-in acceptance)."""
+        from filelock import FileLock
+        return FileLock(self.path(".lock"), timeout=timeout)
+
+    # -- config ----------------------------------------------------------------
+
+    @property
+    def config(self) -> configmod.Config:
+        if self._config is None:
+            try:
+                with open(self.path("config.json"), "rb") as f:
+                    self._config = configmod.from_bytes(f.read())
+            except FileNotFoundError:
+                self._config = configmod.defaults()
+        return self._config
+
+    def set_config(self, key: str, value) -> tuple[str, object]:
+        name = configmod.normalize_key(key)
+        parsed = configmod.parse_value(name, value)
+        with self.lock():
+            self._config = None
+            current = dict(self.config)
+            current[name] = parsed
+            self.write_file(self.path("config.json"), configmod.to_bytes(current), durable=True)
+            self._config = configmod.Config(current)
+        return name, parsed
+
+    # -- atomic files --------------------------------------------------------------
+
+    def _tmp_name(self) -> str:
+        return self.path("tmp", f".{os.getpid()}.{next(_counter)}.{os.urandom(3).hex()}.tmp")
+
+    def write_tmp(self, data: bytes, *, durable: bool, mtime: float | None = None) -> str:
+        """Write data to a new file in tmp/ and return its path."""
+        path = self._tmp_name()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise _space_error(e, "writing a job file") from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            if durable:
+                os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise _space_error(e, "writing a job file") from None
+        os.close(fd)
+        return path
+
+    def write_file(self, dest: str, data: bytes, *, durable: bool, mtime: float | None = None) -> None:
+        """Write, (fsync,) rename: a reader sees the old file or the new one, never half."""
+        tmp = self.write_tmp(data, durable=durable, mtime=mtime)
+        try:
+            os.rename(tmp, dest)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise _space_error(e, f"writing {dest}") from None
+        if durable:
+            fsync_dir(os.path.dirname(dest))
+
+    def _place(self, tmp: str, dest: str) -> None:
+        """Move tmp to dest unless dest exists (a concurrent enqueue of the same id)."""
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            _unlink_quietly(tmp)
+            raise DuplicateJob(f"job {os.path.basename(dest)[:-5]} already exists") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                _unlink_quietly(tmp)
+                raise _space_error(e, "enqueueing") from None
+            # No hard links here (some network filesystems): rename is still atomic,
+            # only the no-clobber guarantee against a racing writer is lost.
+            os.rename(tmp, dest)
+            return
+        _unlink_quietly(tmp)
+
+    # -- the index -------------------------------------------------------------------
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = self._open_index()
+        return self._index
+
+    def _open_index(self) -> Index:
+        path = self.path("index.db")
+        existed = os.path.exists(path)
+        try:
+            index = Index(path)
+        except IndexCorrupt as e:
+            with self.lock():
+                try:
+                    index = Index(path)  # another process may have repaired it meanwhile
+                except IndexCorrupt:
+                    for suffix in ("", "-wal", "-shm"):
+                        _unlink_quietly(path + suffix)
+                    index = Index(path)
+                    self.notify(f"index.db was corrupt ({e}); rebuilding it from the spool directories")
+            return index
+        if index.created and existed:
+            self.notify("index.db was empty; rebuilding it from the spool directories")
+        elif index.created and not self.fresh and any(self._has_files(d) for d in STATE_DIRS):
+            self.notify("index.db was missing; rebuilding it from the spool directories")
+        return index
+
+    def _has_files(self, dirname: str) -> bool:
+        with os.scandir(self.path(dirname)) as it:
+            return any(not is_ignored(e.name) for e in it)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def reindex(self) -> dict[str, int]:
+        """Forget the index and rebuild it from the directories."""
+        with self.lock():
+            idx = self.index
+            idx.begin()
+            idx.clear()
+            idx.commit()
+        self.sync()
+        return self.index.counts()
+
+    # -- enqueue ----------------------------------------------------------------------
+
+    def new_job(self, spec: object, *, fallback_id: str | None = None) -> Job:
+        return Job.from_spec(spec, default_max_retries=self.config.max_retries, fallback_id=fallback_id)
+
+    def _check_new_id(self, job_id: str, own: str | None = None) -> None:
+        """Raise DuplicateJob if job_id (ignoring case) is taken by any job but `own`."""
+        for d in STATE_DIRS:
+            p = os.path.join(self.root, d, job_id + ".json")
+            if p != own and os.path.lexists(p):
+                raise DuplicateJob(f"job {job_id} already exists (in {d}/)")
+        row = self.index.lookup(job_id)
+        if row is not None:
+            p = self.job_path(row.state, row.id)
+            if p != own and os.path.lexists(p):
+                raise DuplicateJob(f"job {row.id} already exists (in {row.state.dirname}/)")
+
+    def enqueue(self, job: Job) -> Job:
+        """Durably add one job to pending/. Writes nothing if it raises."""
+        return self.enqueue_many([job])[0]
+
+    def enqueue_many(self, jobs: list[Job], chunk: int = 4096) -> list[Job]:
+        """Durably add jobs to pending/, all checked before any is written.
+
+        The fsyncs are batched: every file of a chunk is written, one syncfs()
+        flushes them all, then they are linked into pending/ and the directory
+        is fsynced. An accepted job survives a power cut.
+        """
+        seen: set[str] = set()
+        for job in jobs:
+            key = job.id.lower()
+            if key in seen:
+                raise DuplicateJob(f"job {job.id} appears twice")
+            seen.add(key)
+            self._check_new_id(job.id)
+        done = 0
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
+            tmps: list[str] = []
+            placed = 0
+            try:
+                for job in part:
+                    tmps.append(self.write_tmp(job.to_json(), durable=len(part) == 1))
+                if len(part) > 1:
+                    fd = os.open(self.path("tmp"), os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        syncfs(fd)
+                    finally:
+                        os.close(fd)
+                for job, tmp in zip(part, tmps):
+                    self._place(tmp, self.job_path(JobState.PENDING, job.id))
+                    placed += 1
+            except BaseException as e:
+                for tmp in tmps[placed:]:
+                    _unlink_quietly(tmp)
+                if placed or done:
+                    fsync_dir(self.path("pending"))
+                    self._index_add(part[:placed])
+                    if isinstance(e, (SpoolError, DuplicateJob)):
+                        raise type(e)(f"{e} (after {done + placed} of {len(jobs)} jobs were enqueued)") from None
+                raise
+            fsync_dir(self.path("pending"))
+            self._index_add(part)
+            done += len(part)
+        return jobs
+
+    def _index_add(self, jobs: list[Job]) -> None:
+        idx = self.index
+        idx.begin()
+        idx.upsert_many((j, JobState.PENDING) for j in jobs)
+        idx.commit()
+        return jobs
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read_job(self, path: str) -> Job:
+        """Parse a job file without following symlinks."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return Job.from_record(loads(_read_fd(fd)))
+        finally:
+            os.close(fd)
+
+    def find(self, job_id: str) -> tuple[JobState, str]:
+        """The state and path of a job, looked up on disk (the truth)."""
+        check_id(job_id)
+        for state in JobState:
+            p = self.job_path(state, job_id)
+            if os.path.lexists(p):
+                return state, p
+        row = self.index.lookup(job_id)  # a different-case spelling
+        if row is not None and os.path.lexists(self.job_path(row.state, row.id)):
+            return row.state, self.job_path(row.state, row.id)
+        raise JobNotFound(f"no job {job_id}")
+
+    def show(self, job_id: str) -> tuple[Job, str]:
+        state, path = self.find(job_id)
+        try:
+            job = self.read_job(path)
+        except FileNotFoundError:
+            raise JobNotFound(f"job {job_id} moved while being read; try again") from None
+        return job, path
+
+    # -- reconcile the index with the directories ------------------------------------------
+
+    def sync(self, *, force: bool = False) -> SyncReport:
+        """Bring the index in line with the directories and accept drop-ins.
+
+        Cheap when nothing changed: one stat per state directory. A directory
+        whose mtime moved since it was last listed is listed again and diffed
+        against the index.
+        """
+        report = SyncReport()
+        idx = self.index
+        marks = idx.dirmarks()
+        changed = []
+        for d in STATE_DIRS:
+            st = os.stat(self.path(d))
+            mark = marks.get(d)
+            if (force or mark is None or mark[0] != st.st_mtime_ns
+                    or mark[1] - mark[0] < RACY_NS):
+                changed.append(d)
+        if not changed:
+            return report
+        dropins: list[str] = []
+        idx.begin()
+        try:
+            for d in changed:
+                state = JobState.parse(d)
+                checked = time.time_ns()
+                mtime = os.stat(self.path(d)).st_mtime_ns
+                names = os.listdir(self.path(d))
+                on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
+                known = idx.ids_in(state)
+                gone = known - on_disk
+                if gone:
+                    idx.delete(gone)
+                    report.removed += len(gone)
+                if state is JobState.PENDING:
+                    dropins = [n for n in names if not is_ignored(n)
+                               and not (n.endswith(".json") and n[:-5] in known)]
+                else:
+                    for job_id in on_disk - known:
+                        try:
+                            job = self.read_job(self.path(d, job_id + ".json"))
+                        except (OSError, InvalidJob):
+                            continue  # `check` reports it; a worker never claims from here
+                        idx.upsert(job, state)
+                        report.added += 1
+                    # a name that is not <id>.json in a non-pending dir is `check`'s business
+                idx.set_dirmark(d, mtime, checked)
+            idx.commit()
+        except BaseException:
+            idx.rollback()
+            raise
+        if dropins:
+            self._accept_dropins(dropins, report)
+        return report
+
+    def _accept_dropins(self, names: list[str], report: SyncReport) -> None:
+        """Turn files other programs put into pending/ into canonical jobs, or reject them."""
+        with self.lock():
+            idx = self.index
+            grace = self.config.dropin_grace
+            batch: list[Job] = []
+            for name in sorted(names):
+                src = self.path("pending", name)
+                try:
+                    job = self._admit(src, name, grace)
+                except FileNotFoundError:
+                    continue  # claimed or moved by someone else meanwhile
+                except _TooFresh:
+                    report.waiting += 1
+                    continue
+                except InvalidJob as e:
+                    if self.reject(src, name, str(e)):
+                        report.rejected.append((name, str(e)))
+                    continue
+                if job is None:
+                    continue
+                batch.append(job)
+                report.accepted.append(job.id)
+                if len(batch) >= 500:
+                    idx.begin()
+                    idx.upsert_many((j, JobState.PENDING) for j in batch)
+                    idx.commit()
+                    batch = []
+            if batch:
+                idx.begin()
+                idx.upsert_many((j, JobState.PENDING) for j in batch)
+                idx.commit()
+
+    def _admit(self, src: str, name: str, grace: float) -> Job | None:
+        st = os.lstat(src)
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidJob("symlink (never followed)")
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidJob("a directory, not a job file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidJob("not a regular file (FIFO, socket or device)")
+        if st.st_nlink > 1:
+            raise InvalidJob(f"hard-linked file ({st.st_nlink} links): another path could change it")
+        if name == ".json":
+            raise InvalidJob("empty file name: no job id")
+        if not name.endswith(".json"):
+            raise InvalidJob("file name does not end in .json")
+        limit = self.config.max_job_size
+        if st.st_size > limit:
+            raise InvalidJob(f"file is {st.st_size} bytes, over the limit of {limit} (config max_job_size)")
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fst = os.fstat(fd)
+            if fst.st_ino != st.st_ino or not stat.S_ISREG(fst.st_mode):
+                raise FileNotFoundError(src)  # swapped under us: look again next scan
+            data = _read_fd(fd, limit + 1)
+        finally:
+            os.close(fd)
+        if len(data) > limit:
+            raise InvalidJob(f"file is over the limit of {limit} bytes (config max_job_size)")
+        try:
+            spec = loads(data)
+        except InvalidJob:
+            if time.time() - st.st_mtime < grace:
+                raise _TooFresh() from None
+            raise
+        stem = name[:-5]
+        if isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec:
+            # Already in queuectl's own form (an index rebuild, or a file moved
+            # back by hand): keep its history and times.
+            job = Job.from_record(spec)
+            self._check_new_id(job.id, own=src)
+            if job.state is JobState.PENDING:
+                return job
+            job.state, job.next_run_at = JobState.PENDING, None
+            self.write_file(src, job.to_json(), durable=True)
+            return job
+        fallback = None
+        if not (isinstance(spec, dict) and "id" in spec):
+            fallback = check_id(stem)
+        job = self.new_job(spec, fallback_id=fallback)
+        dest = self.job_path(JobState.PENDING, job.id)
+        own = src if src == dest else None
+        self._check_new_id(job.id, own=own)
+        if own:
+            self.write_file(dest, job.to_json(), durable=True)
+        else:
+            self._place(self.write_tmp(job.to_json(), durable=True), dest)
+            fsync_dir(self.path("pending"))
+            _unlink_quietly(src)
+        return job
+
+    def reject(self, src: str, name: str, reason: str) -> bool:
+        """Move a file, unchanged, to rejected/ with NAME.reason beside it."""
+        dest_name = name or "unnamed"
+        for n in itertools.count():
+            candidate = dest_name if n == 0 else f"{dest_name}.{n}"
+            dest = self.path("rejected", candidate)
+            if not os.path.lexists(dest) and not os.path.lexists(dest + ".reason"):
+                break
+        try:
+            os.rename(src, dest)
+        except FileNotFoundError:
+            return False
+        line = " ".join(reason.split()) + "\n"
+        self.write_file(dest + ".reason", line.encode(), durable=False)
+        self.notify(f"rejected {name}: {reason}")
+        return True
+
+    # -- workers: claim, record, recover ----------------------------------------------------
+
+    def claim(self, job_id: str, source: JobState) -> Claim | None:
+        """Take a job for running, or None if another worker got it first.
+
+        The file is flock'ed before the rename, so from the moment it appears in
+        processing/ it is locked by its owner; the lock dies with the process.
+        """
+        src = self.job_path(source, job_id)
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(src, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(src)
+            dest = self.job_path(JobState.PROCESSING, job_id)
+            if os.path.lexists(dest):
+                raise FileExistsError(dest)  # a duplicate: `check` reports it, never run twice
+            os.rename(src, dest)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            job = Job.from_record(loads(_read_fd(fd)))
+            if job.id != job_id:
+                raise InvalidJob(f"id field {job.id!r} does not match file name {job_id}.json")
+        except (InvalidJob, OSError) as e:
+            os.close(fd)
+            self.reject(dest, job_id + ".json", f"invalid job file in {source.dirname}/: {e}")
+            self._index_delete(job_id)
+            return None
+        return Claim(job, fd, source)
+
+    def record(self, claim: Claim, job: Job, *, durable: bool = False) -> None:
+        """Move a claimed job to the directory of job.state with its new contents.
+
+        The new contents replace the file in processing/ first (locked, so a
+        recoverer never mistakes it for orphaned), then one rename moves it on.
+        A crash in between leaves a processing/ file whose state field says
+        where it was going, and recovery finishes the move.
+        """
+        job.updated_at = now_iso()
+        mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
+        cur = self.job_path(JobState.PROCESSING, job.id)
+        dest = self.job_path(job.state, job.id)
+        tmp = self.write_tmp(job.to_json(), durable=durable, mtime=mtime)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, cur)
+            claim.release()
+            claim.fd = fd
+            if dest != cur:
+                os.rename(cur, dest)
+                if durable:
+                    fsync_dir(os.path.dirname(dest))
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise _space_error(e, f"recording job {job.id}") from None
+        finally:
+            claim.release()
+        self._index_upsert(job)
+
+    def _index_upsert(self, job: Job) -> None:
+        try:
+            self.index.upsert(job)
+        except Exception:
+            pass  # the files are the truth; the next sync repairs the row
+
+    def _index_delete(self, job_id: str) -> None:
+        try:
+            self.index.delete([job_id])
+        except Exception:
+            pass
+
+    def orphans(self) -> Iterator[tuple[str, Claim]]:
+        """Claims on processing/ jobs whose owner is gone (their lock is free)."""
+        try:
+            names = os.listdir(self.path("processing"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if is_ignored(name) or not name.endswith(".json"):
+                continue
+            path = self.path("processing", name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError(path)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                job = Job.from_record(loads(_read_fd(fd)))
+                if job.id != name[:-5]:
+                    raise InvalidJob(f"id field {job.id!r} does not match file name {name}")
+            except (InvalidJob, OSError) as e:
+                os.close(fd)
+                self.reject(path, name, f"invalid job file in processing/: {e}")
+                self._index_delete(name[:-5])
+                continue
+            yield name[:-5], Claim(job, fd, JobState.PROCESSING)
+
+    # -- workers' heartbeat files ---------------------------------------------------------
+
+    def heartbeat_path(self, worker_id: str) -> str:
+        return self.path("workers", f"{worker_id}.json")
+
+
+class _TooFresh(Exception):
+    """An unparseable drop-in that may still be being written."""
+
+
+def _read_fd(fd: int, limit: int | None = None) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 16, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        if limit is not None and offset >= limit:
+            break
+    return b"".join(chunks)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def hostname() -> str:
+    return socket.gethostname()
