@@ -132,7 +132,7 @@ class Spool:
     def lock(self, timeout: float = -1):
         """The spool-wide lock (config writes, reindex, drop-in acceptance)."""
         from filelock import FileLock
-        return FileLock(self.path(".lock"), timeout=timeout)
+        return FileLock(self.path(".lock"), timeout=timeout, mode=0o600)
 
     # -- config ----------------------------------------------------------------
 
@@ -223,6 +223,12 @@ class Spool:
     def _open_index(self) -> Index:
         path = self.path("index.db")
         existed = os.path.exists(path)
+        if not existed:
+            # A WAL left behind by a deleted index.db belongs to that database.
+            for suffix in ("-wal", "-shm"):
+                _unlink_quietly(path + suffix)
+            # SQLite would create it with the umask's mode; the spool is private.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         try:
             index = Index(path)
         except IndexCorrupt as e:
