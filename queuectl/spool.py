@@ -643,6 +643,64 @@ class Spool:
                 continue
             yield name[:-5], Claim(job, fd, JobState.PROCESSING)
 
+    def _index_upsert_state(self, job: Job, state: JobState) -> None:
+        try:
+            self.index.upsert(job, state)
+        except Exception:
+            pass
+
+    # -- the dead letter queue ----------------------------------------------------------------
+
+    def _hold(self, state: JobState, job_id: str) -> Claim:
+        """Lock a job file in place (as a worker's claim does), or raise JobNotFound."""
+        path = self.job_path(state, job_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise JobNotFound(f"no job {job_id} in {state.dirname}/") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
+            job = Job.from_record(loads(_read_fd(fd)))
+        except (OSError, InvalidJob) as e:
+            os.close(fd)
+            raise JobNotFound(f"no valid job {job_id} in {state.dirname}/ ({e})") from None
+        return Claim(job, fd, state)
+
+    def requeue(self, job_id: str, state: JobState = JobState.DEAD) -> Job:
+        """Move a job back to pending/ with attempts reset to 0; its history is kept."""
+        claim = self._hold(state, job_id)
+        job = claim.job
+        job.history.append({"event": f"requeued from {state.dirname}/", "at": now_iso(),
+                            "attempts_before": job.attempts})
+        job.state, job.attempts, job.next_run_at = JobState.PENDING, 0, None
+        job.updated_at = now_iso()
+        cur = self.job_path(state, job_id)
+        tmp = self.write_tmp(job.to_json(), durable=True)
+        try:
+            # Replace in place, then one rename: the job is never in two directories.
+            os.rename(tmp, cur)
+            os.rename(cur, self.job_path(JobState.PENDING, job_id))
+            fsync_dir(self.path("pending"))
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise _space_error(e, f"requeueing {job_id}") from None
+        finally:
+            claim.release()
+        self._index_upsert(job)
+        return job
+
+    def purge(self, job_id: str, state: JobState = JobState.DEAD) -> None:
+        """Delete a job (and its log) for good."""
+        claim = self._hold(state, job_id)
+        try:
+            os.unlink(self.job_path(state, job_id))
+        finally:
+            claim.release()
+        _unlink_quietly(self.path("logs", job_id + ".log"))
+        self._index_delete(job_id)
+
     # -- workers' heartbeat files ---------------------------------------------------------
 
     def heartbeat_path(self, worker_id: str) -> str:

@@ -1,0 +1,62 @@
+"""Wake idle workers when a job file arrives. Events are hints; scans are the truth."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+
+class Watcher:
+    """Sets `event` whenever something is created in or moved into the watched directories.
+
+    With inotify a file renamed into pending/ from elsewhere in the spool is a
+    "moved" event and one written in place is "created"; both wake a worker.
+    An inotify queue overflow loses events, which is why workers also rescan
+    on a timer. `poll=True` uses watchdog's polling observer, for network
+    filesystems where inotify sees nothing written by other hosts.
+    """
+
+    def __init__(self, dirs: Iterable[str], *, poll: bool = False, poll_interval: float = 0.5):
+        self.event = threading.Event()
+        self.dirs = list(dirs)
+        self.poll = poll
+        self.poll_interval = poll_interval
+        self._observer = None
+
+    def start(self) -> None:
+        import logging
+        from watchdog.events import FileSystemEventHandler
+
+        # watchdog logs a warning for events racing a stop; they are only hints.
+        logging.getLogger("watchdog").setLevel(logging.ERROR)
+
+        event = self.event
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, ev) -> None:  # noqa: ANN001 - watchdog's event type
+                if ev.event_type in ("created", "moved", "closed", "modified"):
+                    event.set()
+
+        if self.poll:
+            from watchdog.observers.polling import PollingObserver
+            observer = PollingObserver(timeout=self.poll_interval)
+        else:
+            from watchdog.observers import Observer
+            observer = Observer()
+        handler = Handler()
+        for d in self.dirs:
+            observer.schedule(handler, d, recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer = None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until an event or the timeout; True if woken by an event."""
+        woke = self.event.wait(timeout)
+        self.event.clear()
+        return woke
