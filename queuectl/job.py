@@ -185,6 +185,40 @@ def _reject_constant(name: str) -> Any:
     raise InvalidJob(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which json.dumps would write back as `Infinity`:
+    # a file queuectl itself could not read again.
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJob(f"number {text} is out of range")
+    return value
+
+
+def _check_text(value: Any) -> None:
+    """Every string must encode as UTF-8: a lone surrogate ("\\ud800" in the
+    JSON, or an undecodable byte smuggled in as one) parses fine but makes the
+    canonical file unwritable. Iterative, so depth cannot overflow the stack."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+            strings = v.keys()
+        elif isinstance(v, list):
+            stack.extend(v)
+            continue
+        elif isinstance(v, str):
+            strings = (v,)
+        else:
+            continue
+        for s in strings:
+            if not s.isascii():
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise InvalidJob(f"not valid Unicode text (lone surrogate {s[e.start]!r})") from None
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity."""
     if isinstance(data, bytes):
@@ -193,12 +227,17 @@ def loads(data: bytes | str) -> Any:
         except UnicodeDecodeError as e:
             raise InvalidJob(f"not UTF-8 text (byte {e.start})") from None
     try:
-        return json.loads(data, object_pairs_hook=_reject_duplicate_keys,
-                          parse_constant=_reject_constant)
+        value = json.loads(data, object_pairs_hook=_reject_duplicate_keys,
+                           parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         raise InvalidJob(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise InvalidJob("invalid JSON: nested too deeply") from None
+    except ValueError as e:
+        # int() refuses over 4300 digits (CVE-2020-10735 limit): a bad file, not a crash.
+        raise InvalidJob(f"invalid JSON: {e}") from None
+    _check_text(value)
+    return value
 
 
 @dataclass
