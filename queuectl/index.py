@@ -60,10 +60,11 @@ class Row:
     last_error: str | None
 
 
-def _row_values(job: Job, state: JobState) -> tuple:
+def _row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
+    if record is None:
+        record = json.dumps(job.to_dict(), ensure_ascii=False)
     return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
-            job.attempts, job.max_retries, job.last_error,
-            json.dumps(job.to_dict(), ensure_ascii=False))
+            job.attempts, job.max_retries, job.last_error, record)
 
 
 _UPSERT = """INSERT OR REPLACE INTO jobs
@@ -119,9 +120,12 @@ class Index:
 
     # -- writes -----------------------------------------------------------
 
-    def upsert(self, job: Job, state: JobState | None = None) -> None:
-        """Record a job as being in `state` (default: its own state field)."""
-        self.db.execute(_UPSERT, _row_values(job, state or job.state))
+    def upsert(self, job: Job, state: JobState | None = None, record: str | None = None) -> None:
+        """Record a job as being in `state` (default: its own state field).
+
+        `record` is the job's JSON when the caller already has it serialized.
+        """
+        self.db.execute(_UPSERT, _row_values(job, state or job.state, record))
 
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
         self.db.executemany(_UPSERT, (_row_values(j, s) for j, s in jobs))

@@ -164,6 +164,12 @@ class Spool:
 
     def write_tmp(self, data: bytes, *, durable: bool, mtime: float | None = None) -> str:
         """Write data to a new file in tmp/ and return its path."""
+        path, fd = self._write_tmp_fd(data, durable=durable, mtime=mtime)
+        os.close(fd)
+        return path
+
+    def _write_tmp_fd(self, data: bytes, *, durable: bool, mtime: float | None = None) -> tuple[str, int]:
+        """write_tmp, but the file stays open: the caller may lock it before renaming."""
         path = self._tmp_name()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -181,8 +187,7 @@ class Spool:
             os.close(fd)
             _unlink_quietly(path)
             raise _space_error(e, "writing a job file") from None
-        os.close(fd)
-        return path
+        return path, fd
 
     def write_file(self, dest: str, data: bytes, *, durable: bool, mtime: float | None = None) -> None:
         """Write, (fsync,) rename: a reader sees the old file or the new one, never half."""
@@ -581,8 +586,8 @@ class Spool:
         mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
         cur = self.job_path(JobState.PROCESSING, job.id)
         dest = self.job_path(job.state, job.id)
-        tmp = self.write_tmp(job.to_json(), durable=durable, mtime=mtime)
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        data = job.to_json()
+        tmp, fd = self._write_tmp_fd(data, durable=durable, mtime=mtime)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(tmp, cur)
@@ -597,11 +602,11 @@ class Spool:
             raise _space_error(e, f"recording job {job.id}") from None
         finally:
             claim.release()
-        self._index_upsert(job)
+        self._index_upsert(job, data)
 
-    def _index_upsert(self, job: Job) -> None:
+    def _index_upsert(self, job: Job, data: bytes | None = None) -> None:
         try:
-            self.index.upsert(job)
+            self.index.upsert(job, record=None if data is None else data.decode("utf-8"))
         except Exception:
             pass  # the files are the truth; the next sync repairs the row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Iterable
 
@@ -31,10 +32,19 @@ class Watcher:
         logging.getLogger("watchdog").setLevel(logging.ERROR)
 
         event = self.event
+        dirs = {os.path.abspath(d) for d in self.dirs}
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, ev) -> None:  # noqa: ANN001 - watchdog's event type
-                if ev.event_type in ("created", "moved", "closed", "modified"):
+                # Only arrivals matter. A claim renames a file *out* of pending/,
+                # and waking every worker for that would make each claim cost
+                # a rescan.
+                kind = ev.event_type
+                if kind == "moved":
+                    dest = os.path.dirname(os.fsdecode(ev.dest_path or b""))
+                    if dest in dirs:
+                        event.set()
+                elif kind in ("created", "closed"):
                     event.set()
 
         if self.poll:

@@ -116,11 +116,13 @@ class Heartbeat:
                      "since": now_iso(), "heartbeat_at": None, "job": None, **extra}
         self.last = 0.0
 
-    def beat(self, job: str | None = "-", force: bool = False) -> None:
+    def set_job(self, job: str | None) -> None:
+        """Note the current job; written with the next beat (short jobs never are)."""
+        self.info["job"] = job
+
+    def beat(self, force: bool = False) -> None:
         now = time.monotonic()
-        if job != "-":
-            self.info["job"] = job
-        elif not force and now - self.last < HEARTBEAT_INTERVAL:
+        if not force and now - self.last < HEARTBEAT_INTERVAL:
             return
         self.last = now
         self.info["heartbeat_at"] = now_iso()
@@ -161,6 +163,9 @@ class Worker:
         self.spool: Spool | None = None
         self.watcher = None
         self.parent = os.getppid()
+        self.candidates: list[tuple[str, JobState]] = []
+        self.running: Job | None = None
+        self.devnull = -1
 
     # signal handlers only set flags (and wake the loop)
     def _on_stop(self, signum, frame) -> None:  # noqa: ANN001
@@ -185,7 +190,7 @@ class Worker:
         from .watcher import Watcher
         self.spool = spool = Spool(self.root, notify=lambda m: self.say(f"[{self.name}] {m}"))
         self.hb = Heartbeat(spool, "worker", self.name, supervisor_pid=self.parent)
-        self.hb.beat(None, force=True)
+        self.hb.beat(force=True)
         self.say(f"[{self.name}] started PID={os.getpid()}")
         self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll)
         self.watcher.start()
@@ -206,6 +211,7 @@ class Worker:
             if now - last_scan >= RESCAN_INTERVAL or self.watcher.event.is_set():
                 self.watcher.event.clear()
                 waiting = spool.sync().waiting
+                self.candidates = []  # new arrivals may outrank what was fetched
                 last_scan = now
             if now - last_recover >= RECOVER_INTERVAL:
                 self.recover()
@@ -237,16 +243,31 @@ class Worker:
         return counts["pending"] == 0 and counts["failed"] == 0 and counts["processing"] == 0
 
     def claim_and_run(self) -> bool:
+        """Claim and run one job. Candidates come from the index; the rename decides."""
         spool = self.spool
-        for job_id, state in spool.index.candidates():
-            if self.stopping:
-                return False
-            claim = spool.claim(job_id, state)
-            if claim is None:
-                continue
-            self.execute(claim)
-            return True
+        for _ in range(2):
+            if not self.candidates:
+                self.candidates = spool.index.candidates(16)
+                self.candidates.reverse()
+            while self.candidates:
+                if self.stopping:
+                    return False
+                job_id, state = self.candidates.pop()
+                claim = spool.claim(job_id, state)
+                if claim is not None:
+                    self.execute(claim)
+                    return True
         return False
+
+    def long_job(self) -> None:
+        """Called once a job has run for a moment: make it visible to status and worker list.
+
+        Short jobs skip these two writes; the index then briefly shows them as
+        pending, which the next sync corrects.
+        """
+        if self.running is not None:
+            self.spool._index_upsert_state(self.running, JobState.PROCESSING)
+        self.hb.beat(force=True)
 
     def recover(self) -> None:
         for job_id, claim in self.spool.orphans():
@@ -255,10 +276,10 @@ class Worker:
     def execute(self, claim: Claim) -> None:
         spool = self.spool
         job = claim.job
-        spool._index_upsert_state(job, JobState.PROCESSING)
         attempt = job.attempts + 1
         total = job.max_retries + 1
-        self.hb.beat(job.id)
+        self.running = job
+        self.hb.set_job(job.id)
         self.say(f"[{self.name}] executing job {job.id}: {job.command}")
         started = now_iso()
         t0 = time.monotonic()
@@ -292,7 +313,8 @@ class Worker:
         else:
             self.say(f"[{self.name}] failed {job.id} (attempt {attempt}/{total}, {outcome.error})")
             self.say(f"[{self.name}] {job.id} moved to dead letter queue")
-        self.hb.beat(None)
+        self.hb.set_job(None)
+        self.running = None
 
     def _record(self, claim: Claim, job: Job) -> None:
         """Record the outcome; on a full disk keep the claim and retry until it fits.
@@ -320,11 +342,13 @@ class Worker:
             msg = f"cwd does not exist: {job.cwd}"
             _log(log_fd, msg + "\n")
             return Outcome(None, msg)
-        env = os.environ.copy()
+        env = None
         if job.env:
-            env.update(job.env)
+            env = {**os.environ, **job.env}
+        if self.devnull < 0:
+            self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=self.devnull,
                                     stdout=log_fd, stderr=log_fd, cwd=job.cwd or None, env=env,
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:
@@ -432,6 +456,7 @@ def _wait(proc: subprocess.Popen, deadline: float | None, worker: Worker | None)
     except (AttributeError, OSError):
         pidfd = -1
     try:
+        rounds = 0
         while True:
             if worker is not None and worker.kill_jobs:
                 return None
@@ -451,7 +476,11 @@ def _wait(proc: subprocess.Popen, deadline: float | None, worker: Worker | None)
                 except subprocess.TimeoutExpired:
                     pass
             if worker is not None:
-                worker.hb.beat()
+                rounds += 1
+                if rounds == 1:
+                    worker.long_job()
+                else:
+                    worker.hb.beat()
     finally:
         if pidfd >= 0:
             os.close(pidfd)
@@ -525,7 +554,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         hb = Heartbeat(spool, "supervisor", "supervisor", workers=self.count, burst=self.burst)
         prune_dead_workers(spool)
-        hb.beat(None, force=True)
+        hb.beat(force=True)
         self.say(f"[supervisor] started PID={os.getpid()} with {self.count} workers on {spool.root}")
         # Jobs left in processing/ by a crash: recover before anyone claims.
         spool.sync()
