@@ -1,15 +1,31 @@
 # Sourced by scripts/test.sh and scripts/quickstart.sh (not run on its own).
-# Makes sure .venv exists in the repo root and holds queuectl (editable) plus
-# the extras named in QUEUECTL_EXTRAS (e.g. "test"). Expects the caller to have
-# cd'ed to the repo root and to run under `set -euo pipefail`.
+# The caller has cd'ed to the repo root and runs under `set -euo pipefail`.
 
-venv_setup() {
-    local extras="${1:-}"
-    local spec="."
-    if [ -n "$extras" ]; then
-        spec=".[$extras]"
+# Install Debian packages only when missing, and only as root with apt-get
+# (elsewhere a missing package is reported and left to whoever needs it).
+apt_install_if_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "==> not installing ${missing[*]}: needs root and apt-get" >&2
+        return 0
     fi
+    echo "==> apt-get install ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Make sure .venv exists and holds queuectl (editable) plus the given extras
+# (e.g. "test").
+venv_setup() {
+    local extras="${1:-}" spec="."
+    [ -n "$extras" ] && spec=".[$extras]"
     if [ ! -x .venv/bin/python ]; then
+        # Debian's own python3 has venv without ensurepip until python3-venv is installed.
+        python3 -c 'import ensurepip' 2>/dev/null || apt_install_if_missing python3-venv
         echo "==> creating .venv" >&2
         python3 -m venv .venv
     fi
