@@ -372,6 +372,8 @@ class Spool:
             job = self.read_job(path)
         except FileNotFoundError:
             raise JobNotFound(f"job {job_id} moved while being read; try again") from None
+        # The directory is the truth: a file moved by hand still says its old state.
+        job.state = state
         return job, path
 
     # -- reconcile the index with the directories ------------------------------------------
