@@ -60,7 +60,7 @@ class Row:
     last_error: str | None
 
 
-def _row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
+def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
     return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
@@ -125,10 +125,14 @@ class Index:
 
         `record` is the job's JSON when the caller already has it serialized.
         """
-        self.db.execute(_UPSERT, _row_values(job, state or job.state, record))
+        self.db.execute(_UPSERT, row_values(job, state or job.state, record))
 
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
-        self.db.executemany(_UPSERT, (_row_values(j, s) for j, s in jobs))
+        self.db.executemany(_UPSERT, (row_values(j, s) for j, s in jobs))
+
+    def upsert_rows(self, rows: Iterable[tuple]) -> None:
+        """Rows made by row_values()."""
+        self.db.executemany(_UPSERT, rows)
 
     def delete(self, job_ids: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in job_ids))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import config as configmod
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
-from .index import Index, IndexCorrupt
+from .index import Index, IndexCorrupt, row_values
 from .job import PROGRESS, Job, JobState, check_id, loads, now_iso
 
 STATE_DIRS = [s.dirname for s in JobState]
@@ -108,6 +108,11 @@ class Spool:
             raise SpoolError(f"no spool at {self.root}")
         self._config: configmod.Config | None = None
         self._index: Index | None = None
+        # Workers set this: outcome rows then reach index.db in one transaction
+        # per flush_index() instead of one commit per job. Safe to lose in a
+        # crash: every move changed a directory mtime, so sync() finds it.
+        self.defer_index = False
+        self._deferred: list[tuple] = []
 
     # -- layout --------------------------------------------------------------
 
@@ -258,6 +263,7 @@ class Spool:
 
     def close(self) -> None:
         if self._index is not None:
+            self.flush_index()
             self._index.close()
             self._index = None
 
@@ -386,6 +392,7 @@ class Spool:
         against the index.
         """
         report = SyncReport()
+        self.flush_index()
         idx = self.index
         marks = idx.dirmarks()
         changed = []
@@ -430,6 +437,11 @@ class Spool:
             raise
         if dropins:
             self._accept_dropins(dropins, report)
+            if report.waiting:
+                # A file still being written changes its own mtime, not the
+                # directory's: forget pending/'s mark so the next sync reads the
+                # waiting file again (to accept it, or reject it after the grace).
+                idx.set_dirmark("pending", 0, 0)
         return report
 
     def _accept_dropins(self, names: list[str], report: SyncReport) -> None:
@@ -438,10 +450,11 @@ class Spool:
             idx = self.index
             grace = self.config.dropin_grace
             batch: list[Job] = []
+            taken: dict[str, str] = {}  # lower-cased id -> id, accepted in this pass
             for name in sorted(names):
                 src = self.path("pending", name)
                 try:
-                    job = self._admit(src, name, grace)
+                    job = self._admit(src, name, grace, taken)
                 except FileNotFoundError:
                     continue  # claimed or moved by someone else meanwhile
                 except _TooFresh:
@@ -454,6 +467,7 @@ class Spool:
                 if job is None:
                     continue
                 batch.append(job)
+                taken[job.id.lower()] = job.id
                 report.accepted.append(job.id)
                 if len(batch) >= 500:
                     idx.begin()
@@ -465,7 +479,16 @@ class Spool:
                 idx.upsert_many((j, JobState.PENDING) for j in batch)
                 idx.commit()
 
-    def _admit(self, src: str, name: str, grace: float) -> Job | None:
+    def _check_dropin_id(self, job_id: str, own: str | None, taken: dict[str, str]) -> None:
+        """_check_new_id, plus the ids accepted earlier in the same pass: their
+        index rows are written in batches, so the lookup ignoring case misses them."""
+        other = taken.get(job_id.lower())
+        if other is not None:
+            raise DuplicateJob(f"job {other} already exists (in pending/)")
+        self._check_new_id(job_id, own=own)
+
+    def _admit(self, src: str, name: str, grace: float, taken: dict[str, str] | None = None) -> Job | None:
+        taken = {} if taken is None else taken
         st = os.lstat(src)
         if stat.S_ISLNK(st.st_mode):
             raise InvalidJob("symlink (never followed)")
@@ -503,7 +526,7 @@ class Spool:
             # Already in queuectl's own form (an index rebuild, or a file moved
             # back by hand): keep its history and times.
             job = Job.from_record(spec)
-            self._check_new_id(job.id, own=src)
+            self._check_dropin_id(job.id, src, taken)
             if job.state is JobState.PENDING:
                 return job
             job.state, job.next_run_at = JobState.PENDING, None
@@ -515,7 +538,7 @@ class Spool:
         job = self.new_job(spec, fallback_id=fallback)
         dest = self.job_path(JobState.PENDING, job.id)
         own = src if src == dest else None
-        self._check_new_id(job.id, own=own)
+        self._check_dropin_id(job.id, own, taken)
         if own:
             self.write_file(dest, job.to_json(), durable=True)
         else:
@@ -606,13 +629,34 @@ class Spool:
             claim.release()
         self._index_upsert(job, data)
 
-    def _index_upsert(self, job: Job, data: bytes | None = None) -> None:
+    def _index_upsert(self, job: Job, data: bytes | None = None, state: JobState | None = None) -> None:
+        row = row_values(job, state or job.state, None if data is None else data.decode("utf-8"))
+        self._deferred.append(row)
+        if not self.defer_index:
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        """Write deferred index rows; the files are the truth, so a failure here only
+        leaves work for the next sync()."""
+        if not self._deferred:
+            return
+        rows, self._deferred = self._deferred, []
+        idx = self.index
         try:
-            self.index.upsert(job, record=None if data is None else data.decode("utf-8"))
+            if len(rows) == 1:
+                idx.upsert_rows(rows)
+            else:
+                idx.begin()
+                idx.upsert_rows(rows)
+                idx.commit()
         except Exception:
-            pass  # the files are the truth; the next sync repairs the row
+            try:
+                idx.rollback()
+            except Exception:
+                pass
 
     def _index_delete(self, job_id: str) -> None:
+        self.flush_index()
         try:
             self.index.delete([job_id])
         except Exception:
@@ -651,10 +695,7 @@ class Spool:
             yield name[:-5], Claim(job, fd, JobState.PROCESSING)
 
     def _index_upsert_state(self, job: Job, state: JobState) -> None:
-        try:
-            self.index.upsert(job, state)
-        except Exception:
-            pass
+        self._index_upsert(job, state=state)
 
     # -- the dead letter queue ----------------------------------------------------------------
 
@@ -739,5 +780,11 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+_hostname: str | None = None
+
+
 def hostname() -> str:
-    return socket.gethostname()
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname

@@ -29,6 +29,7 @@ from .spool import Claim, Spool, hostname
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 HEARTBEAT_INTERVAL = 2.0
+INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 EXIT_KILLED_BY_STOP = "interrupted by worker stop (not counted as an attempt)"
 
 Say = Callable[[str], None]
@@ -166,6 +167,7 @@ class Worker:
         self.candidates: list[tuple[str, JobState]] = []
         self.running: Job | None = None
         self.devnull = -1
+        self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
     def _on_stop(self, signum, frame) -> None:  # noqa: ANN001
@@ -189,6 +191,7 @@ class Worker:
     def run(self) -> int:
         from .watcher import Watcher
         self.spool = spool = Spool(self.root, notify=lambda m: self.say(f"[{self.name}] {m}"))
+        spool.defer_index = True
         self.hb = Heartbeat(spool, "worker", self.name, supervisor_pid=self.parent)
         self.hb.beat(force=True)
         self.say(f"[{self.name}] started PID={os.getpid()}")
@@ -219,7 +222,11 @@ class Worker:
             if self.stopping:
                 break
             if self.claim_and_run():
+                if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
+                    spool.flush_index()
+                    self.flushed = time.monotonic()
                 continue
+            spool.flush_index()
             if os.getppid() != self.parent:
                 break  # the supervisor is gone: finish quietly, a new one takes over
             self.hb.beat()
@@ -236,17 +243,22 @@ class Worker:
     def idle_for_good(self) -> bool:
         """Burst mode: nothing left to run now or later, here or in another worker."""
         spool = self.spool
-        report = spool.sync(force=True)
-        if report.waiting:
+
+        def empty() -> bool:
+            counts = spool.index.counts()
+            return counts["pending"] == 0 and counts["failed"] == 0 and counts["processing"] == 0
+
+        # The cheap look first; only a queue that looks empty is confirmed by a full listing.
+        if spool.sync().waiting or not empty():
             return False
-        counts = spool.index.counts()
-        return counts["pending"] == 0 and counts["failed"] == 0 and counts["processing"] == 0
+        return spool.sync(force=True).waiting == 0 and empty()
 
     def claim_and_run(self) -> bool:
         """Claim and run one job. Candidates come from the index; the rename decides."""
         spool = self.spool
         for _ in range(2):
             if not self.candidates:
+                spool.flush_index()  # or the query returns jobs this worker already ran
                 self.candidates = spool.index.candidates(16)
                 self.candidates.reverse()
             while self.candidates:
