@@ -292,6 +292,39 @@ def reindex(obj: Context, as_json):
         click.echo("reindexed: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what is safe to fix (never deletes a job).")
+@click.option("--allow-shared-spool", is_flag=True, help="Do not report a group-writable spool.")
+@click.option("--json", "as_json", is_flag=True, help="Print {spool, ok, problems} as JSON.")
+@pass_ctx
+def check(obj: Context, repair, allow_shared_spool, as_json):
+    """Verify the spool, one line per problem; exit 1 if any (with --repair: if any is left).
+
+    Checks: ids in two directories, state fields that disagree with their
+    directory, stale tmp/ files, index rows vs files, processing/ jobs with no
+    live worker, unexpected files, permissions.
+
+    \b
+    Examples:
+      queuectl check
+      queuectl check --repair
+    """
+    from .check import check as check_
+    problems = check_(obj.spool, repair=repair, allow_shared=allow_shared_spool)
+    left = [p for p in problems if not p.repaired]
+    if as_json:
+        _dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems]})
+    elif not problems:
+        click.echo(f"ok: no problems in {obj.spool.root}")
+    else:
+        for p in problems:
+            click.echo(_one_line(p.line()))
+        if repair:
+            click.echo(f"{len(problems) - len(left)} of {len(problems)} problems repaired")
+    if left:
+        raise SystemExit(1)
+
+
 # -- config --------------------------------------------------------------------
 
 

@@ -1,0 +1,522 @@
+"""`queuectl check`: verify a spool like fsck / `postsuper -s`, and repair what is safe.
+
+check() looks at the directories (the truth), the index (a cache) and the
+locks, and returns one Problem per thing that is wrong. With repair=True it
+also fixes what can be fixed without losing anything: no job file is ever
+deleted; a file that has to go is moved to rejected/ with a reason, as the
+drop-in rules do.
+
+The check is meant for a quiet spool but tolerates running workers: what it
+finds is looked at a second time before it is reported, so a job that merely
+moved on while the directories were being listed is not a problem.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .errors import InvalidJob, SpoolError
+from .job import PROGRESS, Job, JobState, loads
+from .spool import STATE_DIRS, SUBDIRS, Claim, Spool, is_ignored
+
+STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
+READ_LIMIT = 64 << 20  # never read more than this of one file
+TOP_LEVEL = {*SUBDIRS, "config.json", "index.db", "index.db-wal", "index.db-shm",
+             "index.db-journal", ".lock"}
+# Kinds, in the order they are reported and repaired.
+KINDS = ("permissions", "duplicate", "invalid-job", "state-mismatch", "orphan", "stale-tmp",
+         "unexpected-file", "stale-dropin", "index")
+
+
+@dataclass
+class Problem:
+    kind: str
+    path: str            # relative to the spool root
+    id: str | None
+    message: str
+    repaired: bool = False
+    action: str | None = None   # what --repair did, or why it did not
+    _fix: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("_fix")
+        return d
+
+    def line(self) -> str:
+        text = f"{self.kind}: {self.path}: {self.message}"
+        if self.action:
+            text += f" [{'repaired' if self.repaired else 'not repaired'}: {self.action}]"
+        return text
+
+
+@dataclass
+class _Entry:
+    """One job file found in a state directory."""
+    state: JobState
+    name: str
+    ino: int
+    job: Job | None = None
+
+
+def check(spool: Spool, *, repair: bool = False, allow_shared: bool = False,
+          now: float | None = None) -> list[Problem]:
+    """Every problem in the spool; with repair=True, each one fixed if that is safe."""
+    now = time.time() if now is None else now
+    problems: list[Problem] = []
+    problems += _check_permissions(spool, allow_shared)
+    entries: dict[str, list[_Entry]] = {}
+    problems += _scan_state_dirs(spool, entries, now)
+    problems += _check_duplicates(spool, entries)
+    problems += _check_orphans(spool, entries)
+    problems += _check_tmp(spool, now)
+    problems += _check_top_level(spool)
+    problems += _check_index(spool, entries)
+    problems.sort(key=lambda p: (KINDS.index(p.kind), p.path))
+    if repair:
+        _repair(spool, problems)
+    return problems
+
+
+# -- what is checked ------------------------------------------------------------------
+
+
+def _rel(spool: Spool, path: str) -> str:
+    return os.path.relpath(path, spool.root)
+
+
+def _check_permissions(spool: Spool, allow_shared: bool) -> list[Problem]:
+    out = []
+    if allow_shared:
+        return out
+    for sub in ["", *SUBDIRS]:
+        path = spool.path(sub) if sub else spool.root
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o022:
+            mode = stat.S_IMODE(st.st_mode)
+
+            def fix(path=path, mode=mode) -> str:
+                os.chmod(path, mode & ~0o077)  # as created: private to the owner
+                return f"chmod {mode & ~0o077:o}"
+            out.append(Problem("permissions", _rel(spool, path) if sub else ".", None,
+                               f"directory is writable by group or others (mode {mode:o}): anyone "
+                               "who can write there can run commands as the worker's user", _fix=fix))
+    return out
+
+
+def _read_regular(path: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidJob("not a regular file")
+        if st.st_size > limit:
+            raise InvalidJob(f"file is {st.st_size} bytes, too big to read")
+        chunks, offset = [], 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callable[[], str]:
+    """A repair that moves one file, unchanged, to rejected/ with a reason."""
+    def fix() -> str:
+        src = spool.path(state_dir, name)
+        fd = -1
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            pass  # a symlink, a FIFO without a writer...: nothing can hold a lock on it
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise _Skip("in use by a worker") from None
+                if os.lstat(src).st_ino != os.fstat(fd).st_ino:
+                    raise _Skip("the file changed meanwhile")
+            if not spool.reject(src, name, reason):
+                raise _Skip("the file is gone")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return f"moved to rejected/ with a .reason file"
+    return fix
+
+
+def _scan_state_dirs(spool: Spool, entries: dict[str, list[_Entry]], now: float) -> list[Problem]:
+    out: list[Problem] = []
+    for d in STATE_DIRS:
+        state = JobState.parse(d)
+        try:
+            names = sorted(os.listdir(spool.path(d)))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = spool.path(d, name)
+            rel = f"{d}/{name}"
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # moved on meanwhile
+            if state is JobState.PENDING:
+                p = _pending_entry(spool, name, path, st, now, entries)
+                if p is not None:
+                    out.append(p)
+                continue
+            if is_ignored(name) or not name.endswith(".json") or name == ".json" \
+                    or not stat.S_ISREG(st.st_mode):
+                what = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                        else "not a regular file" if not stat.S_ISREG(st.st_mode) else "not a job file name")
+                out.append(Problem("unexpected-file", rel, None, f"unexpected entry in {d}/ ({what})",
+                                   _fix=_to_rejected(spool, d, name, f"unexpected entry in {d}/ "
+                                                                     f"({what}), moved by check --repair")))
+                continue
+            entry = _Entry(state, name, st.st_ino)
+            try:
+                data, st = _read_regular(path)
+                entry.job = job = Job.from_record(loads(data))
+                if job.id != name[:-5]:
+                    raise InvalidJob(f"id field {job.id!r} does not match file name {name}")
+            except FileNotFoundError:
+                continue
+            except (InvalidJob, OSError) as e:
+                if isinstance(e, OSError):
+                    e = InvalidJob(e.strerror or str(e))
+                if state is JobState.PROCESSING:
+                    fix = None  # a live owner may be rewriting it; recovery deals with it
+                else:
+                    fix = _to_rejected(spool, d, name, f"invalid job file in {d}/: {e} (moved by check --repair)")
+                out.append(Problem("invalid-job", rel, name[:-5], f"invalid job file: {e}", _fix=fix))
+                continue
+            entries.setdefault(job.id.lower(), []).append(entry)
+            out += _job_problems(spool, entry, st, rel)
+    return out
+
+
+def _pending_entry(spool: Spool, name: str, path: str, st: os.stat_result, now: float,
+                   entries: dict[str, list[_Entry]]) -> Problem | None:
+    """pending/ is the drop zone: scratch names and fresh drop-ins are normal there."""
+    rel = f"pending/{name}"
+    old = now - st.st_mtime > STALE_AFTER
+    if is_ignored(name):
+        if not old:
+            return None
+        return Problem("unexpected-file", rel, None,
+                       f"writer's scratch file untouched for {(now - st.st_mtime) / 3600:.1f} hours",
+                       _fix=_to_rejected(spool, "pending", name,
+                                         "abandoned scratch file in pending/, moved by check --repair"))
+    if not stat.S_ISREG(st.st_mode) or not name.endswith(".json") or name == ".json":
+        what = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "not a regular file" if not stat.S_ISREG(st.st_mode) else "not a .json name")
+        return Problem("unexpected-file", rel, None,
+                       f"not a job ({what}); the next scan moves it to rejected/", _fix=_rescan)
+    try:
+        data, st = _read_regular(path, spool.config.max_job_size)
+        spec = loads(data)
+    except FileNotFoundError:
+        return None
+    except (InvalidJob, OSError) as e:
+        if isinstance(e, OSError):
+            e = InvalidJob(e.strerror or str(e))
+        if not old and isinstance(e, InvalidJob) and now - st.st_mtime < spool.config.dropin_grace:
+            return None  # may still be being written
+        return Problem("invalid-job", rel, None, f"not a valid job ({e}); the next scan moves it to rejected/",
+                       _fix=_rescan)
+    stem = name[:-5]
+    canonical = isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
+    if not canonical:
+        if not old:
+            return None  # a drop-in waiting for the next scan
+        return Problem("stale-dropin", rel, None,
+                       "dropped-in file not accepted for over an hour (no worker or command has run)",
+                       _fix=_rescan)
+    try:
+        job = Job.from_record(spec)
+    except InvalidJob as e:
+        return Problem("invalid-job", rel, stem, f"invalid job file: {e}",
+                       _fix=_to_rejected(spool, "pending", name,
+                                         f"invalid job file in pending/: {e} (moved by check --repair)"))
+    entry = _Entry(JobState.PENDING, name, st.st_ino, job)
+    entries.setdefault(job.id.lower(), []).append(entry)
+    problems = _job_problems(spool, entry, st, rel)
+    return problems[0] if problems else None
+
+
+def _rescan() -> str:
+    raise _Reindex()
+
+
+def _job_problems(spool: Spool, entry: _Entry, st: os.stat_result, rel: str) -> list[Problem]:
+    out = []
+    job = entry.job
+    assert job is not None
+    d = entry.state
+    # A processing/ file legitimately holds its previous state (claimed from
+    # pending/ or failed/) or the outcome written just before the final rename.
+    if d is not JobState.PROCESSING and job.state is not d:
+        out.append(Problem("state-mismatch", rel, job.id,
+                           f"state field says {job.state.value} but the file is in {d.dirname}/",
+                           _fix=_set_state(spool, entry)))
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o600:
+        path = spool.path(d.dirname, entry.name)
+
+        def fix(path=path) -> str:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+            return "chmod 600"
+        out.append(Problem("permissions", rel, job.id, f"job file mode is {mode:o}, not 600", _fix=fix))
+    return out
+
+
+def _set_state(spool: Spool, entry: _Entry) -> Callable[[], str]:
+    """Rewrite the state field to the directory's state: the directory is the truth."""
+    def fix() -> str:
+        d = entry.state
+        path = spool.path(d.dirname, entry.name)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise _Skip("in use by a worker") from None
+            if os.lstat(path).st_ino != os.fstat(fd).st_ino:
+                raise _Skip("the file changed meanwhile")
+            data, _ = _read_regular(path)
+            job = Job.from_record(loads(data))
+            old = job.state
+            job.state = d
+            if d is JobState.PENDING:
+                job.next_run_at = None
+            spool.write_file(path, job.to_json(), durable=True)
+        finally:
+            os.close(fd)
+        return f"state field set from {old.value} to {d.value}"
+    return fix
+
+
+def _check_duplicates(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
+    out = []
+    for key, group in entries.items():
+        if len(group) < 2:
+            continue
+        # Still true now? A job that moved while the directories were listed shows up twice.
+        group = [e for e in group if _same_file(spool, e)]
+        if len(group) < 2:
+            continue
+        keep = max(group, key=lambda e: (PROGRESS[e.state], e.job.updated_at if e.job else ""))
+        where = ", ".join(f"{e.state.dirname}/{e.name}" for e in group)
+        for e in group:
+            if e is keep:
+                continue
+            reason = (f"duplicate of job {keep.job.id} kept in {keep.state.dirname}/ "
+                      f"(the most advanced copy; moved by check --repair)")
+            fix = _to_rejected(spool, e.state.dirname, e.name, reason)
+            out.append(Problem("duplicate", f"{e.state.dirname}/{e.name}", e.job.id,
+                               f"job id {e.job.id} is in more than one place ({where}); "
+                               f"the copy in {keep.state.dirname}/ is the most advanced", _fix=fix))
+    return out
+
+
+def _same_file(spool: Spool, e: _Entry) -> bool:
+    try:
+        return os.lstat(spool.path(e.state.dirname, e.name)).st_ino == e.ino
+    except OSError:
+        return False
+
+
+def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
+    """processing/ jobs whose lock is free: their worker is gone. Probed, not consumed."""
+    out = []
+    for group in entries.values():
+        for e in group:
+            if e.state is not JobState.PROCESSING:
+                continue
+            path = spool.path("processing", e.name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free = os.lstat(path).st_ino == os.fstat(fd).st_ino == e.ino
+            except OSError:
+                free = False
+            finally:
+                os.close(fd)
+            if not free:
+                continue
+            job = e.job
+            assert job is not None
+            if job.state in (JobState.COMPLETED, JobState.FAILED, JobState.DEAD):
+                msg = (f"no live worker holds it (the file says {job.state.value}: "
+                       "recovery finishes the move)")
+            else:
+                msg = "no live worker holds it (its worker died; recovery counts a failed attempt)"
+            out.append(Problem("orphan", f"processing/{e.name}", job.id, msg, _fix=_recover(spool, e.name)))
+    return out
+
+
+def _recover(spool: Spool, name: str) -> Callable[[], str]:
+    def fix() -> str:
+        from .worker import recover_orphan
+        path = spool.path("processing", name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _Skip("already recovered by a worker") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.lstat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
+            data, _ = _read_regular(path)
+            job = Job.from_record(loads(data))
+        except OSError:
+            os.close(fd)
+            raise _Skip("taken over by a live worker meanwhile") from None
+        except InvalidJob:
+            os.close(fd)
+            raise
+        said: list[str] = []
+        recover_orphan(spool, Claim(job, fd, JobState.PROCESSING), "check", said.append)
+        return f"recovered: now in {job.state.dirname}/"
+    return fix
+
+
+def _check_tmp(spool: Spool, now: float) -> list[Problem]:
+    out = []
+    try:
+        names = sorted(os.listdir(spool.path("tmp")))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        try:
+            st = os.lstat(spool.path("tmp", name))
+        except FileNotFoundError:
+            continue
+        age = now - st.st_mtime
+        if age > STALE_AFTER:
+            out.append(Problem("stale-tmp", f"tmp/{name}", None,
+                               f"left by an interrupted write {age / 3600:.1f} hours ago",
+                               _fix=_to_rejected(spool, "tmp", name,
+                                                 "left in tmp/ by an interrupted write (moved by check --repair)")))
+    return out
+
+
+def _check_top_level(spool: Spool) -> list[Problem]:
+    out = []
+    for name in sorted(os.listdir(spool.root)):
+        if name in TOP_LEVEL:
+            continue
+        if name.startswith("index.db-") or name.startswith(".lock"):
+            continue
+        out.append(Problem("unexpected-file", name, None,
+                           "unknown entry at the top of the spool (not touched by --repair)"))
+    return out
+
+
+def _check_index(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
+    """Compare the index with the files as they are, without syncing it first."""
+    idx = spool.index
+    on_disk = {k: g for k, g in entries.items() if len(g) == 1}
+    if idx.created and on_disk:
+        return [Problem("index", "index.db", None, "index.db was missing, empty or corrupt", _fix=_rescan)]
+    rows = {r[0].lower(): (r[0], JobState(r[1])) for r in idx.db.execute("SELECT id, state FROM jobs")}
+    out = []
+    suspects = []
+    for key, (job_id, state) in rows.items():
+        group = entries.get(key)
+        if group is None:
+            suspects.append(key)
+        elif len(group) == 1 and group[0].state is not state:
+            e = group[0]
+            if e.state is JobState.PROCESSING and state in (JobState.PENDING, JobState.FAILED):
+                continue  # a short job running: its processing row is never written
+            suspects.append(key)
+    for key in on_disk:
+        if key not in rows:
+            suspects.append(key)
+    for key in suspects:
+        row = idx.lookup(key)
+        group = [e for e in entries.get(key, []) if _same_file(spool, e)]
+        if len(group) > 1:
+            continue  # a duplicate: reported as such
+        if row is None and not group:
+            continue
+        if row is None:
+            e = group[0]
+            out.append(Problem("index", f"{e.state.dirname}/{e.name}", e.job.id,
+                               "job file has no row in the index", _fix=_rescan))
+        elif not group:
+            if _exists_anywhere(spool, row.id):
+                continue  # moved on while we looked
+            out.append(Problem("index", f"index.db:{row.id}", row.id,
+                               f"index row ({row.state.value}) has no job file", _fix=_rescan))
+        elif group[0].state is not row.state:
+            e = group[0]
+            if e.state is JobState.PROCESSING and row.state in (JobState.PENDING, JobState.FAILED):
+                continue
+            out.append(Problem("index", f"{e.state.dirname}/{e.name}", e.job.id,
+                               f"index says {row.state.value} but the file is in {e.state.dirname}/",
+                               _fix=_rescan))
+    return out
+
+
+def _exists_anywhere(spool: Spool, job_id: str) -> bool:
+    return any(os.path.lexists(spool.path(d, job_id + ".json")) for d in STATE_DIRS)
+
+
+# -- repair --------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    """A repair that is not safe right now; the message says why."""
+
+
+class _Reindex(Exception):
+    """The repair is a reindex (which also rescans pending/), done once at the end."""
+
+
+def _repair(spool: Spool, problems: list[Problem]) -> None:
+    reindex: list[Problem] = []
+    changed = False
+    for p in problems:
+        if p._fix is None:
+            p.action = "needs a person: left as it is"
+            continue
+        try:
+            p.action = p._fix()
+            p.repaired = True
+            changed = True
+        except _Reindex:
+            reindex.append(p)
+        except _Skip as e:
+            p.action = str(e)
+        except (OSError, SpoolError, InvalidJob) as e:
+            p.action = f"failed: {getattr(e, 'strerror', None) or e}"
+    if reindex or changed:
+        try:
+            counts = spool.reindex()
+        except (OSError, SpoolError) as e:
+            for p in reindex:
+                p.action = f"reindex failed: {e}"
+            return
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        for p in reindex:
+            p.repaired = True
+            p.action = f"reindexed ({summary})"
