@@ -6,12 +6,10 @@ one state directory at any instant. The index (index.py) follows the files.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import itertools
 import os
-import socket
 import stat
 import time
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ def syncfs(fd: int) -> None:
     """Flush every dirty file of one filesystem: one call instead of one fsync a file."""
     global _libc
     if _libc is None:
+        import ctypes  # lazily: most commands never need it
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
             _libc.syncfs  # noqa: B018 - raises AttributeError where missing
@@ -786,5 +785,6 @@ _hostname: str | None = None
 def hostname() -> str:
     global _hostname
     if _hostname is None:
+        import socket
         _hostname = socket.gethostname()
     return _hostname
