@@ -28,8 +28,10 @@ class Watcher:
         import logging
         from watchdog.events import FileSystemEventHandler
 
-        # watchdog logs a warning for events racing a stop; they are only hints.
-        logging.getLogger("watchdog").setLevel(logging.ERROR)
+        # watchdog logs events racing a stop at ERROR level ("queue_events() called
+        # when the thread is inactive") and they reach stderr on every burst exit;
+        # events are only hints, so only a critical failure is worth a line.
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
         event = self.event
         dirs = {os.path.abspath(d) for d in self.dirs}

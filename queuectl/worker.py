@@ -167,6 +167,7 @@ class Worker:
         self.candidates: list[tuple[str, JobState]] = []
         self.running: Job | None = None
         self.devnull = -1
+        self.retry_due = float("inf")  # earliest retry this worker scheduled
         self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
@@ -237,8 +238,11 @@ class Worker:
             if due is not None:
                 timeout = max(0.0, min(timeout, due - time.time()))
             if timeout > 0:
-                self.watcher.wait(timeout)
-                last_scan = 0.0 if self.watcher.event.is_set() else last_scan
+                # wait() clears the event it woke on, so use its answer: an
+                # arrival must trigger a scan (a drop-in, or a job whose enqueuer
+                # has linked it into pending/ but not yet written its index row).
+                if self.watcher.wait(timeout):
+                    last_scan = 0.0
 
     def idle_for_good(self) -> bool:
         """Burst mode: nothing left to run now or later, here or in another worker."""
@@ -257,6 +261,11 @@ class Worker:
         """Claim and run one job. Candidates come from the index; the rename decides."""
         spool = self.spool
         for _ in range(2):
+            if self.retry_due <= time.time():
+                # A retry this worker scheduled is due: it may outrank the cached
+                # candidates (priority first), so ask the index again.
+                self.candidates = []
+                self.retry_due = float("inf")
             if not self.candidates:
                 spool.flush_index()  # or the query returns jobs this worker already ran
                 self.candidates = spool.index.candidates(16)
@@ -300,7 +309,7 @@ class Worker:
             _log(log_fd, f"=== attempt {attempt}/{total} started {started} by {self.name} "
                          f"({hostname()} pid {os.getpid()}) ===\n")
             outcome = self.run_command(job, log_fd)
-            _log(log_fd, f"=== attempt {attempt}/{total} finished {now_iso()} "
+            _log(log_fd, _line_break(log_fd) + f"=== attempt {attempt}/{total} finished {now_iso()} "
                          f"exit {_fmt_exit(outcome)} after {time.monotonic() - t0:.3f}s ===\n")
         finally:
             if log_fd >= 0:
@@ -317,6 +326,8 @@ class Worker:
             return
         delay = apply_outcome(job, entry, spool)
         self._record(claim, job)
+        if job.state is JobState.FAILED:
+            self.retry_due = min(self.retry_due, job.run_ts)
         if job.state is JobState.COMPLETED:
             self.say(f"[{self.name}] completed {job.id}")
         elif job.state is JobState.FAILED:
@@ -441,10 +452,20 @@ def _exit_outcome(status: int) -> Outcome:
 
 def _open_log(spool: Spool, job_id: str) -> int:
     try:
+        # Readable too: _line_break() peeks at the last byte the command wrote.
         return os.open(spool.path("logs", job_id + ".log"),
-                       os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                       os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def _line_break(fd: int) -> str:
+    """"\n" if the command's output did not end a line: the footer must start its own line."""
+    try:
+        size = os.fstat(fd).st_size
+        return "\n" if size and os.pread(fd, 1, size - 1) != b"\n" else ""
+    except OSError:
+        return ""
 
 
 def _log(fd: int, text: str) -> None:

@@ -1,0 +1,633 @@
+"""Workers in-process: backoff, outcomes, running commands, retries, DLQ, recovery, wake-ups.
+
+A Worker runs in the test process in burst mode (it returns when nothing is
+left to do) with its output lines collected in a list, so these tests need no
+subprocess of queuectl. The CLI end to end is in test_worker_cli.py, kills and
+signals in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from queuectl import worker as workermod
+from queuectl.job import JobState, parse_time
+from queuectl.spool import Spool
+from queuectl.watcher import Watcher
+from queuectl.worker import EXIT_KILLED_BY_STOP, Worker, apply_outcome, backoff_delay
+
+from worker_helpers import job_file, pid_gone, read_pids, wait_for, where
+
+HEADER_START = re.compile(r"^=== attempt (\d+)/(\d+) started \S+Z by (worker-\d+) \(\S+ pid \d+\) ===$")
+HEADER_END = re.compile(r"^=== attempt (\d+)/(\d+) finished \S+Z exit (.+) after [\d.]+s ===$")
+
+
+@pytest.fixture
+def spool(spool_dir: Path):
+    s = Spool(str(spool_dir))
+    yield s
+    s.close()
+
+
+def add(spool: Spool, **spec):
+    job = spool.new_job(spec)
+    spool.enqueue(job)
+    return job
+
+
+def drain(spool_dir: Path, name: str = "worker-0", **kw) -> list[str]:
+    """Run one worker in burst mode until the queue is empty; its output lines."""
+    lines: list[str] = []
+    w = Worker(str(spool_dir), name, burst=True, say=lines.append, **kw)
+    assert w.run() == 0
+    return lines
+
+
+def fast_retries(spool: Spool, cap: float = 0.05) -> None:
+    spool.set_config("backoff_max", cap)
+
+
+# -- backoff ---------------------------------------------------------------------------------
+
+
+def test_backoff_grows_as_base_to_the_attempts():
+    assert [backoff_delay(a, 2, 1000, 0) for a in range(1, 6)] == [2, 4, 8, 16, 32]
+    assert [backoff_delay(a, 3, 1000, 0) for a in range(1, 4)] == [3, 9, 27]
+    assert backoff_delay(1, 1.5, 1000, 0) == 1.5
+
+
+def test_backoff_respects_the_cap():
+    assert [backoff_delay(a, 2, 10, 0) for a in range(1, 6)] == [2, 4, 8, 10, 10]
+    assert backoff_delay(1, 2, 0.05, 0) == 0.05
+    # 2.0 ** 5000 overflows a float: still just the cap, not a crash
+    assert backoff_delay(5000, 2, 60, 0) == 60
+    assert backoff_delay(5000, 2, 60, 0.5) == 60
+
+
+def test_backoff_jitter_adds_at_most_its_fraction(monkeypatch):
+    monkeypatch.setattr(workermod.random, "random", lambda: 0.0)
+    assert backoff_delay(3, 2, 1000, 0.25) == 8
+    monkeypatch.setattr(workermod.random, "random", lambda: 0.5)
+    assert backoff_delay(3, 2, 1000, 0.25) == 9
+    monkeypatch.setattr(workermod.random, "random", lambda: 0.999999)
+    assert 8 < backoff_delay(3, 2, 1000, 0.25) < 10
+    # jitter never pushes a delay over the cap
+    assert backoff_delay(3, 2, 8.5, 0.25) == 8.5
+
+
+def test_backoff_jitter_is_random_within_bounds():
+    delays = {backoff_delay(2, 2, 1000, 0.1) for _ in range(50)}
+    assert all(4 <= d <= 4.4 for d in delays)
+    assert len(delays) > 1
+
+
+def _entry(code, error=None):
+    return {"attempt": 0, "worker": "t", "exit_code": code, "error": error}
+
+
+def test_apply_outcome_success(spool):
+    job = spool.new_job({"id": "j", "command": "true"})
+    job.last_error = "old"
+    assert apply_outcome(job, _entry(0), spool) == 0.0
+    assert (job.state, job.attempts, job.exit_code, job.last_error, job.next_run_at) == \
+        (JobState.COMPLETED, 1, 0, None, None)
+    assert job.history == [_entry(0)]
+
+
+def test_apply_outcome_failures_back_off_then_die(spool):
+    spool.set_config("backoff_base", 3)
+    spool.set_config("backoff_max", 20)
+    spool.set_config("backoff_jitter", 0)
+    job = spool.new_job({"id": "j", "command": "false", "max_retries": 3})
+    delays = []
+    for attempt in (1, 2, 3):
+        before = time.time()
+        delay = apply_outcome(job, _entry(1, "exit 1"), spool)
+        after = time.time()
+        delays.append(delay)
+        assert (job.state, job.attempts, job.last_error, job.exit_code) == (JobState.FAILED, attempt, "exit 1", 1)
+        # next_run_at = now + delay (microsecond ISO stamps)
+        due = parse_time(job.next_run_at)
+        assert before + delay - 1e-5 <= due <= after + delay + 1e-5
+    assert delays == [3, 9, 20]  # 27 is capped at backoff_max
+    assert apply_outcome(job, _entry(1, "exit 1"), spool) == 0.0
+    assert (job.state, job.attempts, job.next_run_at, job.last_error) == (JobState.DEAD, 4, None, "exit 1")
+    assert len(job.history) == 4
+
+
+def test_apply_outcome_error_without_exit_code(spool):
+    job = spool.new_job({"id": "j", "command": "true", "max_retries": 0})
+    apply_outcome(job, _entry(None, "cwd does not exist: /nowhere"), spool)
+    assert (job.state, job.exit_code, job.last_error) == (JobState.DEAD, None, "cwd does not exist: /nowhere")
+
+
+def test_failed_file_mtime_is_next_run_at(spool, spool_dir):
+    spool.set_config("backoff_jitter", 0)
+    add(spool, id="j", command="false", max_retries=2)
+    claim = spool.claim("j", JobState.PENDING)
+    assert claim is not None
+    job = claim.job
+    apply_outcome(job, _entry(1, "exit 1"), spool)
+    spool.record(claim, job)
+    assert where(spool_dir) == {"j": ["failed"]}
+    on_disk = job_file(spool_dir, "failed", "j")
+    due = parse_time(on_disk["next_run_at"])
+    assert on_disk["attempts"] == 1 and on_disk["state"] == "failed"
+    assert os.stat(spool_dir / "failed" / "j.json").st_mtime == pytest.approx(due, abs=1e-5)
+    assert due - time.time() == pytest.approx(2, abs=1)
+    # not a candidate before it is due, and the index knows when it is due
+    assert spool.index.candidates(now=due - 0.5) == []
+    assert spool.index.candidates(now=due + 0.01) == [("j", JobState.FAILED)]
+    assert spool.index.next_due() == pytest.approx(due, abs=1e-5)
+
+
+# -- running jobs --------------------------------------------------------------------------------
+
+
+def test_seed_job_runs_and_logs(spool, spool_dir):
+    add(spool, id="job1", command="echo Hello from QueueCTL", max_retries=3)
+    lines = drain(spool_dir)
+    assert lines == [f"[worker-0] started PID={os.getpid()}",
+                     "[worker-0] executing job job1: echo Hello from QueueCTL",
+                     "[worker-0] completed job1"]
+    assert where(spool_dir) == {"job1": ["done"]}
+    done = job_file(spool_dir, "done", "job1")
+    assert (done["state"], done["attempts"], done["exit_code"], done["last_error"]) == ("completed", 1, 0, None)
+    [h] = done["history"]
+    assert (h["attempt"], h["worker"], h["exit_code"], h["error"]) == (1, "worker-0", 0, None)
+    log = (spool_dir / "logs" / "job1.log").read_text().splitlines()
+    assert len(log) == 3
+    assert HEADER_START.match(log[0]).groups() == ("1", "4", "worker-0")
+    assert log[1] == "Hello from QueueCTL"
+    assert HEADER_END.match(log[2]).groups() == ("1", "4", "0")
+    # the worker's heartbeat file is gone once it stops
+    assert os.listdir(spool_dir / "workers") == []
+
+
+def test_exit_1_retries_then_dead_letter(spool, spool_dir, tmp_path):
+    fast_retries(spool)
+    runs = tmp_path / "runs"
+    add(spool, id="j", command=f"echo run >> {runs}; exit 1", max_retries=2)
+    lines = drain(spool_dir)
+    assert runs.read_text() == "run\n" * 3
+    assert lines[1:] == [
+        f"[worker-0] executing job j: echo run >> {runs}; exit 1",
+        "[worker-0] failed j (attempt 1/3, exit 1), retry in 0.050s",
+        f"[worker-0] executing job j: echo run >> {runs}; exit 1",
+        "[worker-0] failed j (attempt 2/3, exit 1), retry in 0.050s",
+        f"[worker-0] executing job j: echo run >> {runs}; exit 1",
+        "[worker-0] failed j (attempt 3/3, exit 1)",
+        "[worker-0] j moved to dead letter queue",
+    ]
+    assert where(spool_dir) == {"j": ["dead"]}
+    dead = job_file(spool_dir, "dead", "j")
+    assert (dead["attempts"], dead["exit_code"], dead["last_error"], dead["next_run_at"]) == (3, 1, "exit 1", None)
+    assert [(h["attempt"], h["exit_code"], h["error"]) for h in dead["history"]] == \
+        [(1, 1, "exit 1"), (2, 1, "exit 1"), (3, 1, "exit 1")]
+    for h in dead["history"]:
+        assert parse_time(h["started_at"]) <= parse_time(h["finished_at"])
+    log = (spool_dir / "logs" / "j.log").read_text().splitlines()
+    assert [HEADER_START.match(x).groups()[:2] for x in log if HEADER_START.match(x)] == \
+        [("1", "3"), ("2", "3"), ("3", "3")]
+    assert [HEADER_END.match(x).group(3) for x in log if HEADER_END.match(x)] == ["1", "1", "1"]
+
+
+def test_max_retries_zero_is_dead_after_one_run(spool, spool_dir, tmp_path):
+    runs = tmp_path / "runs"
+    add(spool, id="j", command=f"echo run >> {runs}; exit 3", max_retries=0)
+    lines = drain(spool_dir)
+    assert runs.read_text() == "run\n"
+    assert lines[-2:] == ["[worker-0] failed j (attempt 1/1, exit 3)", "[worker-0] j moved to dead letter queue"]
+    dead = job_file(spool_dir, "dead", "j")
+    assert (dead["attempts"], dead["exit_code"], len(dead["history"])) == (1, 3, 1)
+
+
+def test_command_not_found_is_an_ordinary_failure(spool, spool_dir):
+    fast_retries(spool)
+    add(spool, id="j", command="queuectl-no-such-command-xyz", max_retries=1)
+    lines = drain(spool_dir)
+    assert "[worker-0] failed j (attempt 1/2, exit 127), retry in 0.050s" in lines
+    dead = job_file(spool_dir, "dead", "j")
+    assert (dead["attempts"], dead["exit_code"], dead["last_error"]) == (2, 127, "exit 127")
+    assert b"not found" in (spool_dir / "logs" / "j.log").read_bytes()
+
+
+def test_missing_cwd_fails_with_the_reason_and_the_worker_goes_on(spool, spool_dir, tmp_path):
+    fast_retries(spool)
+    missing = tmp_path / "no" / "such" / "dir"
+    marker = tmp_path / "marker"
+    add(spool, id="a", command=f"touch {marker}", cwd=str(missing), max_retries=1, priority=1)
+    add(spool, id="b", command=f"pwd > {marker}.b", cwd=str(tmp_path))
+    lines = drain(spool_dir)
+    reason = f"cwd does not exist: {missing}"
+    assert f"[worker-0] failed a (attempt 1/2, {reason}), retry in 0.050s" in lines
+    assert "[worker-0] completed b" in lines
+    assert where(spool_dir) == {"a": ["dead"], "b": ["done"]}
+    dead = job_file(spool_dir, "dead", "a")
+    assert (dead["attempts"], dead["exit_code"], dead["last_error"]) == (2, None, reason)
+    assert [h["error"] for h in dead["history"]] == [reason, reason]
+    assert (spool_dir / "logs" / "a.log").read_text().count(reason + "\n") == 2
+    assert not marker.exists()
+    assert (tmp_path / "marker.b").read_text() == f"{tmp_path}\n"
+
+
+def test_job_env_reaches_the_command_on_top_of_the_workers(spool, spool_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QCTL_FROM_WORKER", "inherited")
+    monkeypatch.setenv("QCTL_OVERRIDDEN", "worker value")
+    out = tmp_path / "out"
+    add(spool, id="j", command=f'printf "%s|%s|%s" "$QCTL_A" "$QCTL_FROM_WORKER" "$QCTL_OVERRIDDEN" > {out}',
+        env={"QCTL_A": "hello world; $(not expanded)", "QCTL_OVERRIDDEN": "job value"})
+    drain(spool_dir)
+    assert out.read_text() == "hello world; $(not expanded)|inherited|job value"
+
+
+def test_stdin_is_not_the_workers(spool, spool_dir, tmp_path):
+    out = tmp_path / "out"
+    add(spool, id="j", command=f"cat > {out}; echo rc=$? >> {out}")
+    drain(spool_dir)
+    assert out.read_text() == "rc=0\n"
+
+
+def test_timeout_kills_the_whole_process_group(spool, spool_dir, tmp_path):
+    spool.set_config("kill_grace", 0.2)
+    pidfile = tmp_path / "pids"
+    add(spool, id="j", command=f"sleep 30 & echo $! > {pidfile}; sleep 30; wait", timeout=0.5, max_retries=0)
+    t0 = time.monotonic()
+    try:
+        lines = drain(spool_dir)
+        assert time.monotonic() - t0 < 10
+        [child] = read_pids(pidfile)
+        wait_for(lambda: pid_gone(child), 5, what=f"stray sleep {child} is gone")
+    finally:
+        for pid in read_pids(pidfile):
+            if not pid_gone(pid):
+                os.kill(pid, 9)
+    assert "[worker-0] failed j (attempt 1/1, timed out after 0.5s)" in lines
+    dead = job_file(spool_dir, "dead", "j")
+    assert dead["last_error"] == "timed out after 0.5s"
+    assert dead["history"][0]["error"] == "timed out after 0.5s"
+    assert "timed out after 0.5s" in (spool_dir / "logs" / "j.log").read_text()
+
+
+def test_config_timeout_and_sigkill_after_grace_for_a_group_ignoring_term(spool, spool_dir, tmp_path):
+    spool.set_config("job_timeout", 0.3)
+    spool.set_config("kill_grace", 0.3)
+    pidfile = tmp_path / "pids"
+    # An ignored signal stays ignored across exec: the child sleep ignores TERM too.
+    add(spool, id="j", command=f"trap '' TERM; sleep 30 & echo $! > {pidfile}; wait; wait", max_retries=0)
+    try:
+        drain(spool_dir)
+        [child] = read_pids(pidfile)
+        wait_for(lambda: pid_gone(child), 5, what=f"TERM-ignoring sleep {child} is killed")
+    finally:
+        for pid in read_pids(pidfile):
+            if not pid_gone(pid):
+                os.kill(pid, 9)
+    dead = job_file(spool_dir, "dead", "j")
+    assert dead["last_error"] == "timed out after 0.3s"
+
+
+def test_huge_and_non_utf8_output(spool, spool_dir):
+    size = 6 * 1024 * 1024
+    add(spool, id="big", priority=1,
+        command=f"head -c {size} /dev/zero | tr '\\0' x; printf '\\377\\376bad\\200\\n'; printf 'err\\377' >&2")
+    add(spool, id="after", command="echo still here")
+    lines = drain(spool_dir)
+    assert lines[-1] == "[worker-0] completed after"
+    assert "[worker-0] completed big" in lines
+    log = (spool_dir / "logs" / "big.log").read_bytes()
+    body = log.split(b"\n", 1)[1]
+    assert body.startswith(b"x" * size + b"\xff\xfebad\x80\nerr\xff\n=== attempt 1/4 finished ")
+    # output without a final newline: the footer still starts its own line
+    assert HEADER_END.match(log.rsplit(b"\n", 2)[1].decode())
+    assert (spool_dir / "logs" / "after.log").read_text().splitlines()[1] == "still here"
+
+
+def test_priority_first_then_creation_order(spool, spool_dir, tmp_path):
+    order = tmp_path / "order"
+    # ids deliberately not in creation order, so creation order is not name order
+    for job_id, prio in [("m", 0), ("z", 5), ("c", 0), ("a", -1), ("y", 5), ("b", 0), ("x", 10)]:
+        add(spool, id=job_id, command=f"echo {job_id} >> {order}", priority=prio)
+    drain(spool_dir)
+    assert order.read_text().split() == ["x", "z", "y", "m", "c", "b", "a"]
+
+
+def test_due_failed_job_competes_by_priority(spool, spool_dir, tmp_path):
+    fast_retries(spool, 0.02)
+    order = tmp_path / "order"
+    flag = tmp_path / "flag"
+    # f fails once; by the time it is due again, lower-priority l is still waiting
+    add(spool, id="f", priority=5, command=f"echo f >> {order}; test -e {flag} || {{ touch {flag}; exit 1; }}")
+    add(spool, id="s", priority=1, command=f"sleep 0.2; echo s >> {order}")
+    add(spool, id="l", priority=0, command=f"echo l >> {order}")
+    drain(spool_dir)
+    # f's retry is due while s runs (or sooner): it must not wait behind l
+    assert order.read_text().split() in (["f", "s", "f", "l"], ["f", "f", "s", "l"])
+
+
+def test_kill_jobs_interrupts_without_counting_an_attempt(spool, spool_dir, tmp_path):
+    spool.set_config("kill_grace", 0.2)
+    started = tmp_path / "started"
+    pidfile = tmp_path / "pid"
+    add(spool, id="j", command=f"sleep 30 & echo $! > {pidfile}; touch {started}; wait", max_retries=2)
+    lines: list[str] = []
+    w = Worker(str(spool_dir), "worker-0", burst=True, say=lines.append)
+
+    def stop_when_started():
+        wait_for(started.exists, 10)
+        w.stopping = w.kill_jobs = True  # what the SIGUSR1 handler does
+
+    t = threading.Thread(target=stop_when_started)
+    t.start()
+    try:
+        assert w.run() == 0
+        t.join()
+        [child] = read_pids(pidfile)
+        wait_for(lambda: pid_gone(child), 5)
+    finally:
+        for pid in read_pids(pidfile):
+            if not pid_gone(pid):
+                os.kill(pid, 9)
+    assert lines[-1] == "[worker-0] interrupted j: back to pending"
+    assert where(spool_dir) == {"j": ["pending"]}
+    job = job_file(spool_dir, "pending", "j")
+    assert (job["state"], job["attempts"], job["next_run_at"]) == ("pending", 0, None)
+    [h] = job["history"]
+    assert (h["counted"], h["error"], h["attempt"]) == (False, EXIT_KILLED_BY_STOP, 1)
+
+
+def test_burst_waits_for_a_drop_in_still_in_its_grace_period(spool, spool_dir):
+    spool.set_config("dropin_grace", 0.5)
+    (spool_dir / "pending" / "half.json").write_bytes(b'{"command": "echo hi"')  # still being written?
+    t0 = time.monotonic()
+    drain(spool_dir)
+    assert time.monotonic() - t0 >= 0.4
+    assert os.path.exists(spool_dir / "rejected" / "half.json")
+    assert os.listdir(spool_dir / "pending") == []
+
+
+def test_burst_runs_a_valid_drop_in(spool, spool_dir, tmp_path):
+    out = tmp_path / "out"
+    (spool_dir / "pending" / ".d.tmp").write_text(json.dumps({"command": f"echo dropped > {out}"}))
+    os.rename(spool_dir / "pending" / ".d.tmp", spool_dir / "pending" / "d.json")
+    lines = drain(spool_dir)
+    assert "[worker-0] completed d" in lines
+    assert out.read_text() == "dropped\n"
+
+
+# -- recovery --------------------------------------------------------------------------------------
+
+
+def _orphan(spool: Spool, spool_dir: Path, job_id: str) -> None:
+    """What a worker killed mid-job leaves: the file in processing/, nobody holding its lock."""
+    os.rename(spool_dir / "pending" / f"{job_id}.json", spool_dir / "processing" / f"{job_id}.json")
+
+
+def test_orphan_is_recovered_counted_and_retried(spool, spool_dir, tmp_path):
+    fast_retries(spool)
+    runs = tmp_path / "runs"
+    add(spool, id="j", command=f"echo run >> {runs}", max_retries=1)
+    _orphan(spool, spool_dir, "j")
+    lines = drain(spool_dir)
+    assert "[worker-0] recovered j (worker died, attempt 1/2): retry in 0.050s" in lines
+    assert lines[-1] == "[worker-0] completed j"
+    assert runs.read_text() == "run\n"
+    done = job_file(spool_dir, "done", "j")
+    assert done["attempts"] == 2
+    assert [(h["attempt"], h["error"]) for h in done["history"]] == [(1, "worker died"), (2, None)]
+
+
+def test_orphan_without_retries_left_is_buried_unrun(spool, spool_dir, tmp_path):
+    runs = tmp_path / "runs"
+    add(spool, id="j", command=f"echo run >> {runs}", max_retries=0)
+    _orphan(spool, spool_dir, "j")
+    lines = drain(spool_dir)
+    assert "[worker-0] recovered j (worker died, attempt 1/1): moved to dead letter queue" in lines
+    assert not runs.exists()
+    dead = job_file(spool_dir, "dead", "j")
+    assert (dead["attempts"], dead["last_error"]) == (1, "worker died")
+
+
+def test_a_locked_processing_file_is_not_an_orphan(spool, spool_dir):
+    add(spool, id="j", command="true")
+    claim = spool.claim("j", JobState.PENDING)  # holds the flock like a live worker
+    try:
+        assert list(spool.orphans()) == []
+    finally:
+        claim.release()
+    [(job_id, orphan)] = list(spool.orphans())
+    orphan.release()
+    assert job_id == "j"
+
+
+def test_recovery_finishes_a_move_the_owner_had_recorded(spool, spool_dir):
+    add(spool, id="j", command="true")
+    claim = spool.claim("j", JobState.PENDING)
+    job = claim.job
+    apply_outcome(job, _entry(0), spool)
+    # the owner rewrote processing/j.json with its outcome, then died before the last rename
+    (spool_dir / "processing" / "j.json").write_bytes(job.to_json())
+    claim.release()
+    lines = drain(spool_dir)
+    assert not any("recovered" in x for x in lines)
+    done = job_file(spool_dir, "done", "j")
+    assert (done["attempts"], len(done["history"])) == (1, 1)
+
+
+# -- the dead letter queue and logs through the CLI (in-process) -------------------------------------
+
+
+@pytest.fixture
+def dead_pair(spool, spool_dir, tmp_path):
+    """Two dead jobs, d1 and d2, and a completed one, ok."""
+    add(spool, id="d1", command="echo one; exit 1", max_retries=0)
+    add(spool, id="d2", command="exit 2", max_retries=0)
+    add(spool, id="ok", command="true")
+    drain(spool_dir)
+    assert where(spool_dir) == {"d1": ["dead"], "d2": ["dead"], "ok": ["done"]}
+    return spool_dir
+
+
+def test_dlq_list(run, dead_pair):
+    r = run("dlq", "list")
+    assert (r.exit_code, r.stdout, r.stderr) == (
+        0, "d1 - attempts 1 - exit 1 - echo one; exit 1\nd2 - attempts 1 - exit 2 - exit 2\n", "")
+    r = run("dlq", "list", "--json")
+    jobs = json.loads(r.stdout)
+    assert [(j["id"], j["attempts"], j["last_error"], j["state"]) for j in jobs] == \
+        [("d1", 1, "exit 1", "dead"), ("d2", 1, "exit 2", "dead")]
+
+
+def test_dlq_list_empty(run):
+    r = run("dlq", "list")
+    assert (r.exit_code, r.stdout) == (0, "")
+    assert json.loads(run("dlq", "list", "--json").stdout) == []
+
+
+def test_dlq_retry_one_keeps_history_and_resets_attempts(run, dead_pair, tmp_path):
+    r = run("dlq", "retry", "d1")
+    assert (r.exit_code, r.stdout) == (0, "requeued job d1\n")
+    assert where(dead_pair)["d1"] == ["pending"]
+    job = job_file(dead_pair, "pending", "d1")
+    assert (job["state"], job["attempts"], job["next_run_at"]) == ("pending", 0, None)
+    assert job["history"][0]["error"] == "exit 1"
+    assert len(job["history"]) == 2
+    assert run("status", "--json").stdout and json.loads(run("status", "--json").stdout)["pending"] == 1
+    assert [j["id"] for j in json.loads(run("dlq", "list", "--json").stdout)] == ["d2"]
+    # and it runs again, as attempt 1 of 1
+    lines = drain(dead_pair)
+    assert "[worker-0] failed d1 (attempt 1/1, exit 1)" in lines
+    assert job_file(dead_pair, "dead", "d1")["attempts"] == 1
+    assert (dead_pair / "logs" / "d1.log").read_text().count("one\n") == 2
+
+
+def test_dlq_retry_all(run, dead_pair):
+    r = run("dlq", "retry", "--all")
+    assert (r.exit_code, r.stdout) == (0, "requeued job d1\nrequeued job d2\n")
+    assert where(dead_pair) == {"d1": ["pending"], "d2": ["pending"], "ok": ["done"]}
+    r = run("dlq", "retry", "--all")
+    assert (r.exit_code, r.stdout) == (0, "")
+
+
+@pytest.mark.parametrize("cmd", ["retry", "purge"])
+def test_dlq_unknown_or_live_id_is_an_error(run, dead_pair, cmd):
+    r = run("dlq", cmd, "nope")
+    assert r.exit_code == 1
+    assert r.stderr == "Error: no job nope\n"
+    r = run("dlq", cmd, "ok")
+    assert r.exit_code == 1
+    assert r.stderr == "Error: job ok is not in the dead letter queue (it is completed)\n"
+    # nothing happened to the others, even when a good id came first
+    r = run("dlq", cmd, "d1", "nope")
+    assert r.exit_code == 1
+    assert where(dead_pair) == {"d1": ["dead"], "d2": ["dead"], "ok": ["done"]}
+
+
+@pytest.mark.parametrize("args", [(), ("d1", "--all")])
+def test_dlq_needs_ids_or_all(run, dead_pair, args):
+    for cmd in ("retry", "purge"):
+        r = run("dlq", cmd, *args, *(["--yes"] * (cmd == "purge" and "--all" in args)))
+        assert r.exit_code == 2
+        assert "Error: give job IDs or --all" in r.stderr
+
+
+def test_dlq_purge(run, dead_pair):
+    assert (dead_pair / "logs" / "d1.log").exists()
+    r = run("dlq", "purge", "d1")
+    assert (r.exit_code, r.stdout) == (0, "purged job d1\n")
+    assert where(dead_pair) == {"d2": ["dead"], "ok": ["done"]}
+    assert not (dead_pair / "logs" / "d1.log").exists()
+    assert json.loads(run("status", "--json").stdout)["dead"] == 1
+
+
+def test_dlq_purge_all_needs_yes(run, dead_pair):
+    r = run("dlq", "purge", "--all")
+    assert r.exit_code == 2
+    assert "Error: --all deletes every dead job: add --yes to confirm" in r.stderr
+    assert where(dead_pair) == {"d1": ["dead"], "d2": ["dead"], "ok": ["done"]}
+    r = run("dlq", "purge", "--all", "--yes")
+    assert (r.exit_code, r.stdout) == (0, "purged job d1\npurged job d2\n")
+    assert where(dead_pair) == {"ok": ["done"]}
+    assert json.loads(run("dlq", "list", "--json").stdout) == []
+
+
+def test_logs_prints_every_attempt(run, spool, spool_dir):
+    fast_retries(spool)
+    add(spool, id="j", command="echo out; echo err >&2; exit 4", max_retries=1)
+    drain(spool_dir)
+    r = run("logs", "j")
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert len(lines) == 8
+    assert [HEADER_START.match(x).groups() for x in lines[0::4]] == [("1", "2", "worker-0"), ("2", "2", "worker-0")]
+    assert [HEADER_END.match(x).groups()[:3] for x in lines[3::4]] == [("1", "2", "4"), ("2", "2", "4")]
+    assert sorted(lines[1:3]) == sorted(lines[5:7]) == ["err", "out"]
+    # --follow on a finished job prints the same and returns
+    assert run("logs", "j", "--follow").stdout == r.stdout
+
+
+def test_logs_of_a_job_not_yet_run_is_empty_and_unknown_id_is_an_error(run, spool):
+    add(spool, id="j", command="true")
+    r = run("logs", "j")
+    assert (r.exit_code, r.stdout) == (0, "")
+    r = run("logs", "nope")
+    assert (r.exit_code, r.stderr) == (1, "Error: no job nope\n")
+
+
+def test_no_workers(run):
+    r = run("worker", "list")
+    assert (r.exit_code, r.stdout) == (0, "")
+    assert json.loads(run("worker", "list", "--json").stdout) == []
+    assert "workers:    0" in run("status").stdout.splitlines()
+    r = run("worker", "stop")
+    assert (r.exit_code, r.stdout) == (0, "no running supervisor\n")
+
+
+def test_worker_refuses_a_group_writable_spool(run, spool_dir):
+    run("status")
+    os.chmod(spool_dir, 0o770)
+    r = run("worker", "start", "--burst")
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"Error: spool {spool_dir} is writable by group or others (mode 770)")
+    assert "--allow-shared-spool" in r.stderr
+
+
+# -- wake-ups ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_watcher_wakes_on_arrivals_not_departures(tmp_path, poll):
+    pending = tmp_path / "pending"
+    other = tmp_path / "tmp"
+    pending.mkdir()
+    other.mkdir()
+    w = Watcher([str(pending)], poll=poll, poll_interval=0.1)
+    w.start()
+    try:
+        time.sleep(0.2) if poll else None  # the polling observer's first snapshot
+        # renamed in from elsewhere in the spool (a "moved" event)
+        (other / "a.json").write_text("{}")
+        os.rename(other / "a.json", pending / "a.json")
+        assert w.event.wait(5)
+        w.event.clear()
+        # written in place (a "created" event)
+        (pending / "b.json").write_text("{}")
+        assert w.event.wait(5)
+        time.sleep(0.3)  # let the write's own trailing events arrive
+        w.event.clear()
+        # a claim renames a file out: no wake-up
+        os.rename(pending / "a.json", other / "a.json")
+        assert not w.event.wait(0.5)
+    finally:
+        w.stop()
+
+
+@pytest.mark.slow
+def test_idle_worker_wakes_for_a_new_job(spool, spool_dir, tmp_path):
+    """A non-burst worker waiting in the loop picks up a job dropped in later."""
+    lines: list[str] = []
+    w = Worker(str(spool_dir), "worker-0", burst=False, say=lines.append)
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+        wait_for(lambda: lines, 5)
+        time.sleep(0.2)  # let it go idle
+        marker = tmp_path / "marker"
+        t0 = time.monotonic()
+        add(spool, id="late", command=f"echo ok > {marker}")
+        wait_for(marker.exists, 5)
+        # inotify wakes it well before the 1 s rescan timer would
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        w._on_stop(None, None)
+        t.join(10)
+    assert not t.is_alive()
+    assert "[worker-0] completed late" in lines
