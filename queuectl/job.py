@@ -90,7 +90,9 @@ def check_id(job_id: Any) -> str:
         raise InvalidJob("id is empty")
     if len(job_id) > MAX_ID_LENGTH:
         raise InvalidJob(f"id is longer than {MAX_ID_LENGTH} characters")
-    if job_id in (".", "..") or ".." in job_id:
+    if job_id == ".":
+        raise InvalidJob("id '.' names a directory, not a job")
+    if ".." in job_id:
         raise InvalidJob(f"id {job_id!r} contains '..'")
     if "/" in job_id or "\\" in job_id:
         raise InvalidJob(f"id {job_id!r} contains a path separator")

@@ -241,6 +241,10 @@ class Spool:
         try:
             index = Index(path)
         except IndexCorrupt as e:
+            if _disk_full(self.root):
+                # SQLite cannot even open its WAL: a full disk, not a corrupt index.
+                # Deleting the index here would only make things worse.
+                raise SpoolError(f"no space left on device while opening index.db ({e})") from None
             with self.lock():
                 try:
                     index = Index(path)  # another process may have repaired it meanwhile
@@ -770,6 +774,14 @@ def _read_fd(fd: int, limit: int | None = None) -> bytes:
         if limit is not None and offset >= limit:
             break
     return b"".join(chunks)
+
+
+def _disk_full(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
 
 
 def _unlink_quietly(path: str) -> None:
