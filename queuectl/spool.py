@@ -10,6 +10,7 @@ import errno
 import fcntl
 import itertools
 import os
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass, field
@@ -227,7 +228,12 @@ class Spool:
     def index(self) -> Index:
         if self._index is None:
             self._index = self._open_index()
+            self._index_ident = _index_ident(self.path("index.db"))
         return self._index
+
+    def _index_replaced(self) -> bool:
+        stored = getattr(self, "_index_ident", None)
+        return stored is not None and _index_ident(self.path("index.db")) != stored
 
     def _open_index(self) -> Index:
         path = self.path("index.db")
@@ -388,6 +394,34 @@ class Spool:
     # -- reconcile the index with the directories ------------------------------------------
 
     def sync(self, *, force: bool = False) -> SyncReport:
+        """_sync(); an index that turns out corrupt mid-way is discarded and rebuilt."""
+        try:
+            return self._sync(force=force)
+        except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            self.discard_index(e)
+            return self._sync(force=force)
+
+    def discard_index(self, error: Exception) -> None:
+        """index.db broke under an open connection (malformed, overwritten): drop it
+        so the next use rebuilds it from the directories, unless another process
+        already replaced it."""
+        ident = getattr(self, "_index_ident", None)
+        if self._index is not None:
+            try:
+                self._index.close()
+            except Exception:
+                pass
+            self._index = None
+        self._deferred = []
+        with self.lock():
+            if _index_ident(self.path("index.db")) == ident:
+                for suffix in ("", "-wal", "-shm"):
+                    _unlink_quietly(self.path("index.db") + suffix)
+                self.notify(f"index.db is corrupt ({error}); rebuilding it from the spool directories")
+
+    def _sync(self, *, force: bool = False) -> SyncReport:
         """Bring the index in line with the directories and accept drop-ins.
 
         Cheap when nothing changed: one stat per state directory. A directory
@@ -396,6 +430,11 @@ class Spool:
         """
         report = SyncReport()
         self.flush_index()
+        if self._index is not None and self._index_replaced():
+            # Deleted, truncated or overwritten under an open connection: this
+            # process would go on using a ghost. Reopen it (rebuilding it).
+            self._index.close()
+            self._index = None
         idx = self.index
         marks = idx.dirmarks()
         changed = []
@@ -774,6 +813,21 @@ def _read_fd(fd: int, limit: int | None = None) -> bytes:
         if limit is not None and offset >= limit:
             break
     return b"".join(chunks)
+
+
+def _index_ident(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a healthy-looking index.db; None if missing, emptied or not SQLite."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if os.pread(fd, 16, 0) != b"SQLite format 3\x00":
+            return None
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino
 
 
 def _disk_full(path: str) -> bool:

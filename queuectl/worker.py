@@ -15,6 +15,7 @@ import os
 import random
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -207,6 +208,17 @@ class Worker:
         return 0
 
     def loop(self) -> None:
+        """_loop(); an index that breaks under the worker is rebuilt, never fatal."""
+        while True:
+            try:
+                return self._loop()
+            except sqlite3.DatabaseError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise
+                self.spool.discard_index(e)
+                self.candidates = []
+
+    def _loop(self) -> None:
         spool = self.spool
         last_scan = last_recover = 0.0
         while not self.stopping:
