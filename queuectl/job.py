@@ -371,8 +371,12 @@ class Job:
         return d
 
     def to_json(self) -> bytes:
-        """The canonical file form: indented so `cat` and `jq` read it easily."""
-        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        """The canonical file form: one line of JSON (`jq .` pretty-prints it).
+
+        Not indented: json's C encoder only runs without indent, and every
+        enqueue and every state change writes this.
+        """
+        return (json.dumps(self.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
 
     @property
     def created_ts(self) -> float:
