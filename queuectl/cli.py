@@ -53,6 +53,11 @@ class Context:
         spool.sync()
         return spool
 
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -80,6 +85,10 @@ def main(ctx: click.Context, spool_dir: str | None) -> None:
       queuectl status
     """
     ctx.obj = Context(spool_dir)
+    # Close the index when the command ends, not whenever the garbage collector
+    # gets to it: a connection left open (in-process callers, tests) keeps
+    # WAL locks that make the next open of a damaged index.db wait.
+    ctx.call_on_close(ctx.obj.close)
 
 
 # -- enqueue -------------------------------------------------------------------
