@@ -593,6 +593,11 @@ class Spool:
         if not stat.S_ISREG(st.st_mode):
             raise InvalidJob("not a regular file (FIFO, socket or device)")
         if st.st_nlink > 1:
+            # enqueue links tmp/X to pending/<id>.json, then unlinks tmp/X: a worker
+            # woken by that link can list the file in between. Wait (the link set
+            # the ctime) rather than reject a job enqueue is accepting.
+            if time.time() - st.st_ctime < grace and self._linked_from_tmp(st.st_ino):
+                raise _TooFresh()
             raise InvalidJob(f"hard-linked file ({st.st_nlink} links): another path could change it")
         if name == ".json":
             raise InvalidJob("empty file name: no job id")
@@ -642,6 +647,14 @@ class Spool:
             fsync_dir(self.path("pending"))
             _unlink_quietly(src)
         return job
+
+    def _linked_from_tmp(self, ino: int) -> bool:
+        """Is another link to this inode one of enqueue's own files in tmp/?"""
+        try:
+            with os.scandir(self.path("tmp")) as it:
+                return any(e.inode() == ino for e in it)
+        except OSError:
+            return False
 
     def reject(self, src: str, name: str, reason: str) -> bool:
         """Move a file, unchanged, to rejected/ with NAME.reason beside it."""

@@ -383,6 +383,25 @@ def test_burst_runs_a_valid_drop_in(spool, spool_dir, tmp_path):
     assert out.read_text() == "dropped\n"
 
 
+def test_a_job_mid_enqueue_is_not_rejected_by_a_woken_worker(spool, spool_dir):
+    """enqueue links tmp/X into pending/ (waking workers), then unlinks tmp/X and writes the
+    index row: a worker that lists pending/ in between must wait, not reject the job."""
+    job = spool.new_job({"id": "j", "command": "true"})
+    tmp = spool.write_tmp(job.to_json(), durable=False)
+    os.link(tmp, spool_dir / "pending" / "j.json")
+    worker_view = Spool(str(spool_dir))
+    try:
+        report = worker_view.sync()
+        assert (report.rejected, report.waiting) == ([], 1)
+        assert where(spool_dir) == {"j": ["pending"]}
+        assert os.listdir(spool_dir / "rejected") == []
+        os.unlink(tmp)
+        assert worker_view.sync().accepted == ["j"]
+    finally:
+        worker_view.close()
+    assert drain(spool_dir)[-1] == "[worker-0] completed j"
+
+
 # -- recovery --------------------------------------------------------------------------------------
 
 
