@@ -364,6 +364,7 @@ def test_kill_jobs_interrupts_without_counting_an_attempt(spool, spool_dir, tmp_
     assert (h["counted"], h["error"], h["attempt"]) == (False, EXIT_KILLED_BY_STOP, 1)
 
 
+@pytest.mark.slow
 def test_burst_waits_for_a_drop_in_still_in_its_grace_period(spool, spool_dir):
     spool.set_config("dropin_grace", 0.5)
     (spool_dir / "pending" / "half.json").write_bytes(b'{"command": "echo hi"')  # still being written?
@@ -602,7 +603,7 @@ def test_worker_refuses_a_group_writable_spool(run, spool_dir):
 # -- wake-ups ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+@pytest.mark.parametrize("poll", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["inotify", "polling"])
 def test_watcher_wakes_on_arrivals_not_departures(tmp_path, poll):
     pending = tmp_path / "pending"
     other = tmp_path / "tmp"
