@@ -271,12 +271,29 @@ class Spool:
     def _open_index(self) -> Index:
         path = self.path("index.db")
         existed = os.path.exists(path)
+        made = False
         if not existed:
-            # A WAL left behind by a deleted index.db belongs to that database.
-            for suffix in ("-wal", "-shm"):
-                _unlink_quietly(path + suffix)
-            # SQLite would create it with the umask's mode; the spool is private.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            # Under the lock, and checked again: processes meeting a missing
+            # index.db at once (a brand-new spool) must not delete the WAL files
+            # another one has just created and opened; that corrupts the index.
+            with self.lock():
+                if not os.path.exists(path):
+                    made = True
+                    # A WAL left behind by a deleted index.db belongs to that database.
+                    for suffix in ("-wal", "-shm"):
+                        _unlink_quietly(path + suffix)
+                    # Built aside and renamed in, so no process ever opens an empty
+                    # index.db (it would set it up at the same time, and say "empty").
+                    new = path + ".new"
+                    for suffix in ("", "-wal", "-shm"):
+                        _unlink_quietly(new + suffix)
+                    # SQLite would create it with the umask's mode; the spool is private.
+                    os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                    try:
+                        Index(new).close()
+                    except IndexCorrupt:
+                        pass  # an empty index.db below, then the usual repair
+                    os.rename(new, path)
         try:
             index = Index(path)
         except IndexCorrupt as e:
@@ -297,7 +314,7 @@ class Spool:
             return index
         if index.created and existed:
             self.notify("index.db was empty; rebuilding it from the spool directories")
-        elif index.created and not self.fresh and any(self._has_files(d) for d in STATE_DIRS):
+        elif (index.created or made) and not self.fresh and any(self._has_files(d) for d in STATE_DIRS):
             self.notify("index.db was missing; rebuilding it from the spool directories")
         return index
 
@@ -363,7 +380,8 @@ class Spool:
             if not bulk:
                 self._check_new_id(job.id)
             elif key in taken:
-                raise DuplicateJob(f"job {job.id} already exists (in {taken[key]}/)")
+                # Name the existing job, as _check_new_id does (it may differ in case).
+                raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
         done = 0
         for start in range(0, len(jobs), chunk):
             part = jobs[start:start + chunk]
@@ -404,13 +422,13 @@ class Spool:
         idx.upsert_rows(rows)
         idx.commit()
 
-    def _taken_ids(self) -> dict[str, str]:
-        """Lower-cased id -> directory, for every job file on disk."""
-        taken: dict[str, str] = {}
+    def _taken_ids(self) -> dict[str, tuple[str, str]]:
+        """Lower-cased id -> (directory, id), for every job file on disk."""
+        taken: dict[str, tuple[str, str]] = {}
         for d in STATE_DIRS:
             for name in os.listdir(self.path(d)):
                 if name.endswith(".json") and not is_ignored(name):
-                    taken[name[:-5].lower()] = d
+                    taken[name[:-5].lower()] = (d, name[:-5])
         return taken
 
     # -- reading -----------------------------------------------------------------------
@@ -596,7 +614,10 @@ class Spool:
             # enqueue links tmp/X to pending/<id>.json, then unlinks tmp/X: a worker
             # woken by that link can list the file in between. Wait (the link set
             # the ctime) rather than reject a job enqueue is accepting.
-            if time.time() - st.st_ctime < grace and self._linked_from_tmp(st.st_ino):
+            if time.time() - st.st_ctime < grace and (self._linked_from_tmp(st.st_ino)
+                                                       or _nlink(src) == 1):
+                # _nlink: enqueue may have unlinked its tmp/ copy between the
+                # lstat above and the scan of tmp/; look at the file again later.
                 raise _TooFresh()
             raise InvalidJob(f"hard-linked file ({st.st_nlink} links): another path could change it")
         if name == ".json":
@@ -882,18 +903,28 @@ def _read_fd(fd: int, limit: int | None = None) -> bytes:
     return b"".join(chunks)
 
 
-def _index_ident(path: str) -> tuple[int, int] | None:
-    """(device, inode) of a healthy-looking index.db; None if missing, emptied or not SQLite."""
+def _nlink(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.lstat(path).st_nlink
+    except OSError:
+        return 0
+
+
+def _index_ident(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a healthy-looking index.db; None if missing, emptied or not SQLite.
+
+    stat() only, never open(): closing any fd on index.db drops every POSIX lock
+    this process's SQLite connection holds on it, so another process may then
+    checkpoint and delete the WAL under that connection and corrupt the index.
+    A SQLite file is a whole number of pages (>= 512 bytes each), which
+    `echo garbage > index.db` or a truncation almost never leaves.
+    """
+    try:
+        st = os.stat(path)
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-        if os.pread(fd, 16, 0) != b"SQLite format 3\x00":
-            return None
-    finally:
-        os.close(fd)
+    if st.st_size == 0 or st.st_size % 512:
+        return None
     return st.st_dev, st.st_ino
 
 
