@@ -312,9 +312,11 @@ class Spool:
                     index = Index(path)
                     self.notify(f"index.db was corrupt ({e}); rebuilding it from the spool directories")
             return index
+        # Made above (aside, then renamed in): as new as if SQLite had just made it.
+        index.created = index.created or made
         if index.created and existed:
             self.notify("index.db was empty; rebuilding it from the spool directories")
-        elif (index.created or made) and not self.fresh and any(self._has_files(d) for d in STATE_DIRS):
+        elif index.created and not self.fresh and any(self._has_files(d) for d in STATE_DIRS):
             self.notify("index.db was missing; rebuilding it from the spool directories")
         return index
 
