@@ -101,9 +101,27 @@ def count_live_workers(spool: Spool) -> int:
     return sum(1 for w in read_workers(spool) if w["alive"] and w.get("role") == "worker")
 
 
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of a process: with the pid it names one process, ever."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def prune_dead_workers(spool: Spool) -> None:
+    """Forget workers of this host that died; first kill the job a dead worker left running.
+
+    A job runs in its own session, so it outlives a kill -9 of its worker;
+    left alone it would run on beside the retry that recovery starts.
+    """
     for w in read_workers(spool):
         if not w["alive"] and w.get("host") == hostname():
+            pid, start = w.get("job_pid"), w.get("job_start")
+            if isinstance(pid, int) and pid > 1 and start and _proc_start(pid) == start:
+                _killpg(pid, signal.SIGKILL)
             try:
                 os.unlink(spool.path("workers", w["file"]))
             except OSError:
@@ -168,6 +186,7 @@ class Worker:
         self.candidates: list[tuple[str, JobState]] = []
         self.running: Job | None = None
         self.devnull = -1
+        self.job_pid = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
         self.flushed = 0.0
 
@@ -300,9 +319,12 @@ class Worker:
         """
         if self.running is not None:
             self.spool._index_upsert_state(self.running, JobState.PROCESSING)
+        if self.job_pid:
+            self.hb.info.update(job_pid=self.job_pid, job_start=_proc_start(self.job_pid))
         self.hb.beat(force=True)
 
     def recover(self) -> None:
+        prune_dead_workers(self.spool)
         for job_id, claim in self.spool.orphans():
             recover_orphan(self.spool, claim, self.name, self.say)
 
@@ -390,6 +412,15 @@ class Worker:
             msg = f"cannot start command: {e}"
             _log(log_fd, msg + "\n")
             return Outcome(None, msg)
+        self.job_pid = proc.pid
+        try:
+            return self._supervise(proc, job, log_fd)
+        finally:
+            self.job_pid = 0
+            self.hb.info.update(job_pid=None, job_start=None)
+
+    def _supervise(self, proc: subprocess.Popen, job: Job, log_fd: int) -> Outcome:
+        spool = self.spool
         timeout = job.timeout if job.timeout is not None else spool.config.job_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         grace = spool.config.kill_grace

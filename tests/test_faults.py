@@ -43,6 +43,9 @@ def test_kill_9_worker_mid_job_is_recovered_and_completes(spool_dir, tmp_path, b
         f"echo $$ >> {strays}; echo start >> {started}; sleep 1; echo done >> {marker}")
     sup = bg("worker", "start", "--count", "1")
     wait_for(lambda: lines_in(started), 10, what="job started")
+    # a job running for a moment is in its worker's heartbeat, with the shell's pid
+    wait_for(lambda: [h.get("job_pid") for h in heartbeats(spool_dir, "worker")] == [read_pids(strays)[0]],
+             10, what="job pid in the heartbeat")
     [hb] = heartbeats(spool_dir, "worker")
     victim = hb["pid"]
     assert sup.started() == {"worker-0": victim}  # the heartbeat and the `started PID=` line agree
@@ -53,6 +56,9 @@ def test_kill_9_worker_mid_job_is_recovered_and_completes(spool_dir, tmp_path, b
     assert [(h["attempt"], h["error"]) for h in done["history"]] == [(1, "worker died"), (2, None)]
     assert done["attempts"] == 2
     assert lines_in(started) == ["start", "start"]
+    # the orphaned first run was killed before the retry started: only the retry finished
+    assert lines_in(marker) == ["done"]
+    assert pid_gone(read_pids(strays)[0])
     assert where(spool_dir) == {"long": ["done"]}
     out = sup.lines()
     assert f"[supervisor] worker-0 (PID {victim}) exited with code -9; restarting" in out
