@@ -369,11 +369,12 @@ def e2e_queuectl_bulk(env: Env, n: int, jsonl: str) -> float:
         rm_spool(spool)
 
 
-def e2e_queuectl_dropin(env: Env, n: int) -> float:
+def e2e_queuectl_dropin(env: Env, n: int, loop_times: list[float]) -> float:
     spool = new_spool(env)
     try:
         t0 = time.perf_counter()
         run(["sh", "-c", drop_loop_script(spool, n)], timeout=600)
+        loop_times.append(time.perf_counter() - t0)
         burst(spool, n)
         dt = time.perf_counter() - t0
         expect_counts(spool, completed=n, pending=0)
@@ -482,10 +483,11 @@ def e2e_huey(env: Env, n: int) -> float:
 def w_e2e(env: Env, res: Results, n: int, rounds: int) -> None:
     jsonl = os.path.join(env.work, f"jobs-{n}.jsonl")
     write_jsonl(jsonl, n)
+    loop_times: list[float] = []
     contenders: list[tuple[str, Callable[[], float] | None, str]] = [
         ("queuectl, bulk enqueue + burst", (lambda: e2e_queuectl_bulk(env, n, jsonl)) if env.worker else None,
          env.worker_note),
-        ("queuectl, shell-loop drop-ins + burst", (lambda: e2e_queuectl_dropin(env, n)) if env.worker else None,
+        ("queuectl, shell-loop drop-ins + burst", (lambda: e2e_queuectl_dropin(env, n, loop_times)) if env.worker else None,
          env.worker_note),
         ("task-spooler `tsp -S 2`", (lambda: e2e_tsp(env, n)) if env.tsp else None, env.tsp_note),
         ("huey SqliteHuey, 2 processes", (lambda: e2e_huey(env, n)) if env.huey else None, env.huey_note),
@@ -498,7 +500,8 @@ def w_e2e(env: Env, res: Results, n: int, rounds: int) -> None:
             if fn:
                 times[name].append(fn())
         log(f"e2e round {r + 1}: xargs {xs[-1]:.2f}s, "
-            + ", ".join(f"{k.split(',')[0].split(' ')[0]} {v[-1]:.2f}s" for k, v in times.items()))
+            + ", ".join(f"{k.split(' ')[0].rstrip(',')}{' drop-ins' if 'drop-ins' in k else ''} {v[-1]:.2f}s"
+                        for k, v in times.items()))
     base = median(xs)
     peers = {k: median(v) for k, v in times.items() if not k.startswith("queuectl")}
     best_peer = min(peers.values()) if peers else None
@@ -516,7 +519,8 @@ def w_e2e(env: Env, res: Results, n: int, rounds: int) -> None:
         else:
             notes = "peer"
         if "drop-ins" in name:
-            notes = "files written by a sh loop first, then burst (accept + run)"
+            notes = (f"a sh loop writes the files first ({fmt_s(median(loop_times))} of it: one `mv` "
+                     "process a job), then burst accepts and runs them")
         if "tsp" in name:
             notes = "peer; output kept in private TMPDIR, server started cold"
         if "huey" in name:
@@ -866,6 +870,10 @@ def machine_info() -> dict[str, str]:
         nproc = os.cpu_count() or 0
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "queuectl"],
+                           capture_output=True, text=True).stdout.strip()
+    if dirty:
+        commit += " + uncommitted changes in queuectl/"
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{nproc} cores ({cpu}), {platform.system()} {platform.release()}",
@@ -913,16 +921,17 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             ap.error(f"unknown workloads: {', '.join(sorted(bad))}")
     sizes = dict(
-        bulk=5_000 if smoke else 100_000,
+        bulk=2_000 if smoke else 100_000,
         bulk_rounds=1 if smoke else max(3, min(rounds, 3)),
         drops=20 if smoke else 200,
-        poll_drops=10 if smoke else 200,  # smoke: also at most ~8 s of drops per mode
+        poll_drops=6 if smoke else 200,  # smoke: also at most ~8 s of drops per mode
         status_jobs=2_000 if smoke else 200_000,
         status_rounds=3 if smoke else max(5, rounds),
         startup_rounds=5 if smoke else max(10, rounds),
     )
 
     t_start = time.perf_counter()
+    info = machine_info()  # at the start: the commit measured, not the one at the end
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="queuectl-bench-", dir=args.workdir)
@@ -969,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {work}")
     argv_line = "python bench/run.py" + ("" if argv is None and len(sys.argv) == 1 else
                                         " " + " ".join(sys.argv[1:] if argv is None else argv))
-    table = render(res, machine_info(), argv_line, peers, env)
+    table = render(res, info, argv_line, peers, env)
     print(table)
     elapsed = time.perf_counter() - t_start
     log(f"total {elapsed:.1f}s, {len(res.errors)} harness error(s)")
