@@ -150,7 +150,12 @@ class Spool:
             for name in SUBDIRS:
                 path = os.path.join(self.root, name)
                 if not os.path.isdir(path):
-                    os.mkdir(path, 0o700)
+                    try:
+                        os.mkdir(path, 0o700)
+                    except FileExistsError:
+                        # Another process creating the same new spool got there first.
+                        if not os.path.isdir(path):
+                            raise
         except OSError as e:
             raise SpoolError(f"cannot create spool at {self.root}: {e.strerror or e}") from None
 
