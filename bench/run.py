@@ -882,9 +882,33 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def fs_probe(work: str, n: int = 300) -> float:
+    """Median µs to create, write and rename one small file where the spools live.
+
+    xargs never touches the disk, queuectl does 5-8 metadata operations a job,
+    and on a shared VM their cost swings 20x with other tenants' I/O: this
+    number, taken at the start and the end of the run, says how the disk was.
+    """
+    d = tempfile.mkdtemp(prefix="fsprobe-", dir=work)
+    ts = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            fd = os.open(os.path.join(d, f".p{i}.tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"x" * 400)
+            os.close(fd)
+            os.rename(os.path.join(d, f".p{i}.tmp"), os.path.join(d, f"p{i}.json"))
+            ts.append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return median(ts) * 1e6
+
+
 def render(res: Results, info: dict[str, str], args_line: str, peers: str, env: Env) -> str:
     lines = [f"- date: {info['date']}", f"- machine: {info['machine']}", f"- python: {info['python']}",
              f"- queuectl: {info['queuectl']}", f"- peers: {peers}", f"- command: `{args_line}`",
+             f"- filesystem probe (create+write+rename of a 400-byte file in the work dir, median): "
+             f"{info.get('fs_start', '?')} at the start, {info.get('fs_end', '?')} at the end",
              f"- parallelism {PAR} everywhere; figures are medians; ratios are against a baseline measured "
              "in the same run, rounds interleaved", ""]
     header = ["workload", "figure", "baseline", "ratio", "target", "peer notes"]
@@ -938,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(smoke=smoke, work=work)
     res = Results()
     try:
+        info["fs_start"] = f"{fs_probe(work):.0f} µs"
         detect_worker(env)
         if not env.worker:
             log(env.worker_note)
@@ -970,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 kill_children()
             log(f"workload {label} took {time.perf_counter() - t0:.1f}s")
+        info["fs_end"] = f"{fs_probe(work):.0f} µs"
     finally:
         kill_children()
         if not args.keep:
