@@ -271,7 +271,8 @@ class Spool:
 
     def _index_replaced(self) -> bool:
         stored = getattr(self, "_index_ident", None)
-        return stored is not None and _index_ident(self.path("index.db")) != stored
+        # None: it was already gone or broken when opened (wrecked at that very moment)
+        return stored is None or _index_ident(self.path("index.db")) != stored
 
     def _open_index(self) -> Index:
         path = self.path("index.db")

@@ -32,8 +32,11 @@ def _runs(out: Path) -> Counter:
     return Counter(out.read_text().split()) if out.exists() else Counter()
 
 
-def _final_checks(spool: Path, out: Path, ids: set[str], max_doubles: int) -> None:
+def _final_checks(spool: Path, out: Path, ids: set[str], max_doubles: int,
+                  status_first: bool = False) -> None:
     all_ids_once(spool, ids)
+    if status_first:  # the next command rebuilds whatever the last wreck left
+        assert status_json(spool) == dir_counts(spool)
     assert names(spool, "processing") == []
     runs = _runs(out)
     assert set(runs) == ids, "a job that ran is not in the queue, or one never ran"
@@ -148,7 +151,7 @@ def test_index_wrecked_while_workers_run(spool, tmp_path, procs):
     assert wrecks >= 6
     assert "Traceback" not in log, log[log.index("Traceback"):][:3000]
     assert "restarting" not in log, "a worker died of a broken index"
-    _final_checks(spool, out, {j["id"] for j in jobs}, max_doubles=0)
+    _final_checks(spool, out, {j["id"] for j in jobs}, max_doubles=0, status_first=True)
 
 
 ENQUEUE_LOOP = """
