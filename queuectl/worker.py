@@ -462,8 +462,13 @@ def apply_outcome(job: Job, entry: dict, spool: Spool) -> float:
 def recover_orphan(spool: Spool, claim: Claim, by: str, say: Say) -> None:
     """A processing/ job whose owner died: finish its move, or count a failed attempt."""
     job = claim.job
-    if job.state in (JobState.COMPLETED, JobState.FAILED, JobState.DEAD):
-        spool.record(claim, job)  # the owner wrote the outcome but died before the move
+    # Only a final state proves the owner recorded an outcome and died before the
+    # last rename: claims are taken from pending/ and failed/ only. A `failed`
+    # file may be a retry claimed unchanged, so it counts an attempt; otherwise
+    # a job that kills its worker would retry forever. (A crash between the two
+    # renames of a failed outcome then counts one attempt too many: rare, and safe.)
+    if job.state in (JobState.COMPLETED, JobState.DEAD):
+        spool.record(claim, job)
         return
     attempt = job.attempts + 1
     entry = {"attempt": attempt, "worker": by, "host": hostname(), "pid": os.getpid(),

@@ -22,7 +22,7 @@ from queuectl import worker as workermod
 from queuectl.job import JobState, parse_time
 from queuectl.spool import Spool
 from queuectl.watcher import Watcher
-from queuectl.worker import EXIT_KILLED_BY_STOP, Worker, apply_outcome, backoff_delay
+from queuectl.worker import EXIT_KILLED_BY_STOP, Worker, apply_outcome, backoff_delay, recover_orphan
 
 from worker_helpers import job_file, pid_gone, read_pids, wait_for, where
 
@@ -434,6 +434,25 @@ def test_orphan_without_retries_left_is_buried_unrun(spool, spool_dir, tmp_path)
     assert not runs.exists()
     dead = job_file(spool_dir, "dead", "j")
     assert (dead["attempts"], dead["last_error"]) == (1, "worker died")
+
+
+def test_a_retry_whose_worker_dies_counts_an_attempt(spool, spool_dir, tmp_path):
+    """A job that kills its worker on every retry must still reach the dead letter queue."""
+    fast_retries(spool)
+    add(spool, id="j", command="exit 1", max_retries=2)
+    claim = spool.claim("j", JobState.PENDING)
+    job = claim.job
+    apply_outcome(job, {"attempt": 1, "exit_code": 1, "error": "exit 1"}, spool)
+    spool.record(claim, job)
+    assert (job.state, job.attempts) == (JobState.FAILED, 1)
+    for attempts in (2, 3):
+        claim = spool.claim("j", JobState.FAILED)  # the retry, claimed with its file unchanged...
+        claim.release()                             # ...and its worker dies
+        [(_, orphan)] = list(spool.orphans())
+        recover_orphan(spool, orphan, "test", lambda line: None)
+        state = JobState.FAILED if attempts == 2 else JobState.DEAD
+        recovered = job_file(spool_dir, state.dirname, "j")
+        assert (recovered["attempts"], recovered["last_error"]) == (attempts, "worker died")
 
 
 def test_a_locked_processing_file_is_not_an_orphan(spool, spool_dir):
