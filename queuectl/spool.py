@@ -370,6 +370,14 @@ class Spool:
         return self.enqueue_many([job])[0]
 
     def enqueue_many(self, jobs: list[Job], chunk: int = 4096) -> list[Job]:
+        # Ids are unique ignoring case, which no no-clobber rename can enforce
+        # between two spellings (job1 vs JOB1 racing): check and place under the
+        # spool lock. Open the index first: repairing it takes the same lock.
+        self.index  # noqa: B018
+        with self.lock():
+            return self._enqueue_many(jobs, chunk)
+
+    def _enqueue_many(self, jobs: list[Job], chunk: int = 4096) -> list[Job]:
         """Durably add jobs to pending/, all checked before any is written.
 
         The fsyncs are batched: every file of a chunk is written, one syncfs()
