@@ -196,7 +196,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     if as_json:
         _dump([j.to_dict() for j in jobs])
     elif quiet:
-        click.echo(f"enqueued {len(jobs)} jobs")
+        click.echo(f"enqueued {len(jobs)} job{'' if len(jobs) == 1 else 's'}")
     elif jobs:  # an empty array enqueues nothing: print nothing, not a blank line
         click.echo("\n".join(f"enqueued job {j.id}" for j in jobs))
 
