@@ -678,8 +678,10 @@ class Spool:
             # back by hand): keep its history and times.
             job = Job.from_record(spec)
             self._check_dropin_id(job.id, src, taken)
-            if job.state is JobState.PENDING:
+            if job.state is JobState.PENDING and "max_retries" in spec:
                 return job
+            if "max_retries" not in spec:
+                job.max_retries = self.config.max_retries
             job.state, job.next_run_at = JobState.PENDING, None
             self.write_file(src, job.to_json(), durable=True)
             return job

@@ -425,3 +425,13 @@ def test_job_moved_back_into_pending_by_hand(run, spool, read_job):
     os.rename(spool / "dead" / "back.json", spool / "pending" / "back.json")
     assert run("list").stdout == "back - pending - true\n"
     assert read_job("pending", "back")["state"] == "pending"
+
+
+def test_dropin_in_canonical_form_without_max_retries_takes_the_config_value(run, spool_dir, read_job):
+    assert run("config", "set", "max_retries", "7").exit_code == 0
+    record = {"id": "moved", "command": "true", "state": "pending",
+              "created_at": "2026-01-01T00:00:00.000000Z", "history": []}
+    (spool_dir / "pending" / "moved.json").write_text(json.dumps(record))
+    assert run("list").stdout == "moved - pending - true\n"
+    rec = read_job("pending", "moved")
+    assert (rec["max_retries"], rec["created_at"]) == (7, "2026-01-01T00:00:00.000000Z")
