@@ -588,16 +588,23 @@ class Spool:
         return report
 
     def _accept_dropins(self, names: list[str], report: SyncReport) -> None:
-        """Turn files other programs put into pending/ into canonical jobs, or reject them."""
+        """Turn files other programs put into pending/ into canonical jobs, or reject them.
+
+        Accepted files are rewritten in batches, like a bulk enqueue: every
+        canonical file of a batch is written, one syncfs() makes them durable,
+        then each is renamed into place and pending/ is fsynced once.
+        """
         with self.lock():
-            idx = self.index
             grace = self.config.dropin_grace
-            batch: list[Job] = []
+            # For many drop-ins one listing of the state directories beats five
+            # stats and an index query a file.
+            on_disk = self._taken_ids() if len(names) > 16 else None
             taken: dict[str, str] = {}  # lower-cased id -> id, accepted in this pass
+            batch: list[_Admitted] = []
             for name in sorted(names):
                 src = self.path("pending", name)
                 try:
-                    job = self._admit(src, name, grace, taken)
+                    admitted = self._admit(src, name, grace, taken, on_disk)
                 except FileNotFoundError:
                     continue  # claimed or moved by someone else meanwhile
                 except _TooFresh:
@@ -607,30 +614,67 @@ class Spool:
                     if self.reject(src, name, str(e)):
                         report.rejected.append((name, str(e)))
                     continue
-                if job is None:
-                    continue
-                batch.append(job)
-                taken[job.id.lower()] = job.id
-                report.accepted.append(job.id)
-                if len(batch) >= 500:
-                    idx.begin()
-                    idx.upsert_many((j, JobState.PENDING) for j in batch)
-                    idx.commit()
+                taken[admitted.job.id.lower()] = admitted.job.id
+                batch.append(admitted)
+                if len(batch) >= 1024:
+                    self._commit_admitted(batch, report)
                     batch = []
             if batch:
-                idx.begin()
-                idx.upsert_many((j, JobState.PENDING) for j in batch)
-                idx.commit()
+                self._commit_admitted(batch, report)
 
-    def _check_dropin_id(self, job_id: str, own: str | None, taken: dict[str, str]) -> None:
+    def _commit_admitted(self, batch: list["_Admitted"], report: SyncReport) -> None:
+        tmps: list[str | None] = []
+        try:
+            for a in batch:
+                tmps.append(None if a.data is None else self.write_tmp(a.data, durable=False))
+            if any(tmps):
+                fd = os.open(self.path("tmp"), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
+            rows = []
+            for a, tmp in zip(batch, tmps):
+                if tmp is not None:
+                    if a.src == a.dest:
+                        os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
+                    else:
+                        try:
+                            rename_noreplace(tmp, a.dest)
+                        except FileExistsError:
+                            _unlink_quietly(tmp)
+                            continue  # someone took the id meanwhile; the drop-in stays for the next pass
+                        _unlink_quietly(a.src)
+                rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode()))
+                report.accepted.append(a.job.id)
+        except BaseException:
+            for tmp in tmps:
+                if tmp is not None:
+                    _unlink_quietly(tmp)
+            raise
+        fsync_dir(self.path("pending"))
+        idx = self.index
+        idx.begin()
+        idx.upsert_rows(rows)
+        idx.commit()
+
+    def _check_dropin_id(self, job_id: str, own: str | None, taken: dict[str, str],
+                         on_disk: dict[str, tuple[str, str]] | None = None) -> None:
         """_check_new_id, plus the ids accepted earlier in the same pass: their
         index rows are written in batches, so the lookup ignoring case misses them."""
         other = taken.get(job_id.lower())
         if other is not None:
             raise DuplicateJob(f"job {other} already exists (in pending/)")
-        self._check_new_id(job_id, own=own)
+        if on_disk is None:
+            self._check_new_id(job_id, own=own)
+            return
+        hit = on_disk.get(job_id.lower())
+        if hit is not None and os.path.join(self.root, hit[0], hit[1] + ".json") != own:
+            raise DuplicateJob(f"job {hit[1]} already exists (in {hit[0]}/)")
 
-    def _admit(self, src: str, name: str, grace: float, taken: dict[str, str] | None = None) -> Job | None:
+    def _admit(self, src: str, name: str, grace: float, taken: dict[str, str] | None = None,
+               on_disk: dict[str, tuple[str, str]] | None = None) -> "_Admitted":
+        """Validate one drop-in and say what to write; raise InvalidJob to reject it."""
         taken = {} if taken is None else taken
         st = os.lstat(src)
         if stat.S_ISLNK(st.st_mode):
@@ -677,28 +721,20 @@ class Spool:
             # Already in queuectl's own form (an index rebuild, or a file moved
             # back by hand): keep its history and times.
             job = Job.from_record(spec)
-            self._check_dropin_id(job.id, src, taken)
+            self._check_dropin_id(job.id, src, taken, on_disk)
             if job.state is JobState.PENDING and "max_retries" in spec:
-                return job
+                return _Admitted(job, None, src, src)
             if "max_retries" not in spec:
                 job.max_retries = self.config.max_retries
             job.state, job.next_run_at = JobState.PENDING, None
-            self.write_file(src, job.to_json(), durable=True)
-            return job
+            return _Admitted(job, job.to_json(), src, src)
         fallback = None
         if not (isinstance(spec, dict) and "id" in spec):
             fallback = check_id(stem)
         job = self.new_job(spec, fallback_id=fallback)
         dest = self.job_path(JobState.PENDING, job.id)
-        own = src if src == dest else None
-        self._check_dropin_id(job.id, own, taken)
-        if own:
-            self.write_file(dest, job.to_json(), durable=True)
-        else:
-            self._place(self.write_tmp(job.to_json(), durable=True), dest)
-            fsync_dir(self.path("pending"))
-            _unlink_quietly(src)
-        return job
+        self._check_dropin_id(job.id, src if src == dest else None, taken, on_disk)
+        return _Admitted(job, job.to_json(), src, dest)
 
     def _linked_from_tmp(self, ino: int) -> bool:
         """Is another link to this inode one of enqueue's own files in tmp/?"""
@@ -914,6 +950,15 @@ class Spool:
 
     def heartbeat_path(self, worker_id: str) -> str:
         return self.path("workers", f"{worker_id}.json")
+
+
+@dataclass
+class _Admitted:
+    """A valid drop-in: the job, its canonical bytes (None: the file already is), where it goes."""
+    job: Job
+    data: bytes | None
+    src: str
+    dest: str
 
 
 class _TooFresh(Exception):
