@@ -55,9 +55,13 @@ class Watcher:
         else:
             from watchdog.observers import Observer
             observer = Observer()
+        from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent
         handler = Handler()
+        # Ask inotify for arrivals only: without a filter every open, read and
+        # close of a job file (each claim) would wake the observer thread.
+        arrivals = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
         for d in self.dirs:
-            observer.schedule(handler, d, recursive=False)
+            observer.schedule(handler, d, recursive=False, event_filter=arrivals)
         observer.daemon = True
         observer.start()
         self._observer = observer

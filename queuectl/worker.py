@@ -254,9 +254,6 @@ class Worker:
             if self.stopping:
                 break
             if self.claim_and_run():
-                if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
-                    spool.flush_index()
-                    self.flushed = time.monotonic()
                 continue
             spool.flush_index()
             if os.getppid() != self.parent:
@@ -289,7 +286,39 @@ class Worker:
         return spool.sync(force=True).waiting == 0 and empty()
 
     def claim_and_run(self) -> bool:
-        """Claim and run one job. Candidates come from the index; the rename decides."""
+        """Claim and run jobs back to back; False if there was nothing to claim.
+
+        Each next command is started before the previous outcome is recorded,
+        so the bookkeeping runs while a child runs instead of between children.
+        A crash in that window counts the finished job as `worker died` and
+        runs it again: at-least-once, as always. The chain breaks at every
+        rescan tick so drop-ins, recovery and heartbeats keep their pace.
+        """
+        claim = self._next_claim()
+        if claim is None:
+            return False
+        chain_started = time.monotonic()
+        run = self._start(claim)
+        while run is not None:
+            outcome = self._finish(run)
+            nxt = None
+            if (not self.stopping and not outcome.interrupted
+                    and time.monotonic() - chain_started < RESCAN_INTERVAL
+                    and not self.watcher_event_pending()):
+                claim = self._next_claim()
+                if claim is not None:
+                    nxt = self._start(claim)
+            self._conclude(run, outcome)
+            run = nxt
+        self.hb.set_job(None)
+        self.running = None
+        return True
+
+    def watcher_event_pending(self) -> bool:
+        return self.watcher is not None and self.watcher.event.is_set()
+
+    def _next_claim(self) -> Claim | None:
+        """Candidates come from the index; the rename decides."""
         spool = self.spool
         for _ in range(2):
             if self.retry_due <= time.time():
@@ -303,13 +332,12 @@ class Worker:
                 self.candidates.reverse()
             while self.candidates:
                 if self.stopping:
-                    return False
+                    return None
                 job_id, state = self.candidates.pop()
                 claim = spool.claim(job_id, state)
                 if claim is not None:
-                    self.execute(claim)
-                    return True
-        return False
+                    return claim
+        return None
 
     def long_job(self) -> None:
         """Called once a job has run for a moment: make it visible to status and worker list.
@@ -329,27 +357,45 @@ class Worker:
             recover_orphan(self.spool, claim, self.name, self.say)
 
     def execute(self, claim: Claim) -> None:
-        spool = self.spool
+        """Run one claimed job to its recorded outcome."""
+        run = self._start(claim)
+        self._conclude(run, self._finish(run))
+        self.hb.set_job(None)
+        self.running = None
+
+    def _start(self, claim: Claim) -> "_Run":
+        """Log the attempt's header and start its command."""
         job = claim.job
-        attempt = job.attempts + 1
-        total = job.max_retries + 1
+        run = _Run(claim, job.attempts + 1, job.max_retries + 1, now_iso(), time.monotonic(),
+                   _open_log(self.spool, job.id))
         self.running = job
         self.hb.set_job(job.id)
         self.say(f"[{self.name}] executing job {job.id}: {job.command}")
-        started = now_iso()
-        t0 = time.monotonic()
-        log_fd = _open_log(spool, job.id)
-        try:
-            _log(log_fd, f"=== attempt {attempt}/{total} started {started} by {self.name} "
+        _log(run.log_fd, f"=== attempt {run.attempt}/{run.total} started {run.started} by {self.name} "
                          f"({hostname()} pid {os.getpid()}) ===\n")
-            outcome = self.run_command(job, log_fd)
-            _log(log_fd, _line_break(log_fd) + f"=== attempt {attempt}/{total} finished {now_iso()} "
-                         f"exit {_fmt_exit(outcome)} after {time.monotonic() - t0:.3f}s ===\n")
+        try:
+            run.proc = self.spawn(job, run.log_fd)
+        except _NotStarted as e:
+            run.failed = Outcome(None, str(e))
+        return run
+
+    def _finish(self, run: "_Run") -> Outcome:
+        """Wait for the command (timeout, stop) and log the attempt's footer."""
+        try:
+            outcome = run.failed if run.proc is None else self._supervise(run.proc, run.claim.job, run.log_fd)
+            _log(run.log_fd, _line_break(run.log_fd) + f"=== attempt {run.attempt}/{run.total} finished "
+                             f"{now_iso()} exit {_fmt_exit(outcome)} "
+                             f"after {time.monotonic() - run.t0:.3f}s ===\n")
         finally:
-            if log_fd >= 0:
-                os.close(log_fd)
+            os.close(run.log_fd)
+        return outcome
+
+    def _conclude(self, run: "_Run", outcome: Outcome) -> None:
+        """Record the outcome in the job file (and so in its directory) and say it."""
+        spool = self.spool
+        claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
         entry = {"attempt": attempt, "worker": self.name, "host": hostname(), "pid": os.getpid(),
-                 "started_at": started, "finished_at": now_iso(),
+                 "started_at": run.started, "finished_at": now_iso(),
                  "exit_code": outcome.exit_code, "error": outcome.error}
         if outcome.interrupted:
             entry["counted"] = False
@@ -370,8 +416,9 @@ class Worker:
         else:
             self.say(f"[{self.name}] failed {job.id} (attempt {attempt}/{total}, {outcome.error})")
             self.say(f"[{self.name}] {job.id} moved to dead letter queue")
-        self.hb.set_job(None)
-        self.running = None
+        if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
+            spool.flush_index()
+            self.flushed = time.monotonic()
 
     def _record(self, claim: Claim, job: Job) -> None:
         """Record the outcome; on a full disk keep the claim and retry until it fits.
@@ -393,12 +440,12 @@ class Worker:
                     raise
                 time.sleep(0.5)
 
-    def run_command(self, job: Job, log_fd: int) -> Outcome:
-        spool = self.spool
+    def spawn(self, job: Job, log_fd: int) -> subprocess.Popen:
+        """Start `/bin/sh -c COMMAND` in its own session; _NotStarted says why it could not."""
         if job.cwd and not os.path.isdir(job.cwd):
             msg = f"cwd does not exist: {job.cwd}"
             _log(log_fd, msg + "\n")
-            return Outcome(None, msg)
+            raise _NotStarted(msg)
         env = None
         if job.env:
             env = {**os.environ, **job.env}
@@ -411,15 +458,26 @@ class Worker:
         except (OSError, ValueError) as e:
             msg = f"cannot start command: {e}"
             _log(log_fd, msg + "\n")
-            return Outcome(None, msg)
+            raise _NotStarted(msg) from None
         self.job_pid = proc.pid
+        return proc
+
+    def run_command(self, job: Job, log_fd: int) -> Outcome:
+        """Start and wait for one command (no claim or record)."""
         try:
-            return self._supervise(proc, job, log_fd)
+            proc = self.spawn(job, log_fd)
+        except _NotStarted as e:
+            return Outcome(None, str(e))
+        return self._supervise(proc, job, log_fd)
+
+    def _supervise(self, proc: subprocess.Popen, job: Job, log_fd: int) -> Outcome:
+        try:
+            return self._wait_outcome(proc, job, log_fd)
         finally:
             self.job_pid = 0
             self.hb.info.update(job_pid=None, job_start=None)
 
-    def _supervise(self, proc: subprocess.Popen, job: Job, log_fd: int) -> Outcome:
+    def _wait_outcome(self, proc: subprocess.Popen, job: Job, log_fd: int) -> Outcome:
         spool = self.spool
         timeout = job.timeout if job.timeout is not None else spool.config.job_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -439,6 +497,23 @@ class Worker:
             _log(log_fd, f"\n{msg}\n")
             return Outcome(status, msg)
         return Outcome(status, EXIT_KILLED_BY_STOP, interrupted=True)
+
+
+class _NotStarted(Exception):
+    """The command could not be started (bad cwd, exec failure): an ordinary failed attempt."""
+
+
+@dataclass
+class _Run:
+    """One attempt in flight."""
+    claim: Claim
+    attempt: int
+    total: int
+    started: str
+    t0: float
+    log_fd: int
+    proc: subprocess.Popen | None = None
+    failed: Outcome | None = None
 
 
 def apply_outcome(job: Job, entry: dict, spool: Spool) -> float:
