@@ -286,36 +286,17 @@ class Worker:
         return spool.sync(force=True).waiting == 0 and empty()
 
     def claim_and_run(self) -> bool:
-        """Claim and run jobs back to back; False if there was nothing to claim.
+        """Claim and run one job; False if there was nothing to claim.
 
-        Each next command is started before the previous outcome is recorded,
-        so the bookkeeping runs while a child runs instead of between children.
-        A crash in that window counts the finished job as `worker died` and
-        runs it again: at-least-once, as always. The chain breaks at every
-        rescan tick so drop-ins, recovery and heartbeats keep their pace.
+        The outcome is recorded before the next claim. Starting the next command
+        first would hide the bookkeeping behind a running child, but a kill -9
+        in between would then re-run two jobs instead of one.
         """
         claim = self._next_claim()
         if claim is None:
             return False
-        chain_started = time.monotonic()
-        run = self._start(claim)
-        while run is not None:
-            outcome = self._finish(run)
-            nxt = None
-            if (not self.stopping and not outcome.interrupted
-                    and time.monotonic() - chain_started < RESCAN_INTERVAL
-                    and not self.watcher_event_pending()):
-                claim = self._next_claim()
-                if claim is not None:
-                    nxt = self._start(claim)
-            self._conclude(run, outcome)
-            run = nxt
-        self.hb.set_job(None)
-        self.running = None
+        self.execute(claim)
         return True
-
-    def watcher_event_pending(self) -> bool:
-        return self.watcher is not None and self.watcher.event.is_set()
 
     def _next_claim(self) -> Claim | None:
         """Candidates come from the index; the rename decides."""
