@@ -151,7 +151,7 @@ def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callab
         finally:
             if fd >= 0:
                 os.close(fd)
-        return f"moved to rejected/ with a .reason file"
+        return "moved to rejected/ with a .reason file"
     return fix
 
 

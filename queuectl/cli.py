@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import click
@@ -249,18 +248,9 @@ def status(obj: Context, as_json):
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    workers = _live_workers(spool)
-    if workers is not None:
-        click.echo(f"{'workers:':<{width + 1}} {workers}")
+    from .spool import count_live_workers
+    click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
-
-
-def _live_workers(spool) -> int | None:
-    try:
-        from .worker import count_live_workers
-    except ImportError:
-        return None
-    return count_live_workers(spool)
 
 
 @main.command()
@@ -483,7 +473,7 @@ def worker_list(obj: Context, as_json):
     Example:
       queuectl worker list
     """
-    from .worker import read_workers
+    from .spool import read_workers
     workers = [w for w in read_workers(obj.spool) if w["alive"]]
     if as_json:
         _dump([{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")}

@@ -10,17 +10,18 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import json
 import os
 import sqlite3
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from . import config as configmod
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .index import Index, IndexCorrupt, row_values
-from .job import PROGRESS, Job, JobState, check_id, loads, now_iso
+from .job import Job, JobState, check_id, loads, now_iso
 
 STATE_DIRS = [s.dirname for s in JobState]
 SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers"]
@@ -122,11 +123,13 @@ class SyncReport:
     accepted: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     waiting: int = 0  # unparseable drop-ins still inside their grace period
+    busy: bool = False  # another process held the drop-in lock: look again shortly
 
 
 class Spool:
     def __init__(self, root: str, *, create: bool = True, notify: Callable[[str], None] | None = None):
         self.root = os.path.abspath(root)
+        self._lock_depth = 0  # how deep this Spool holds the spool-wide lock
         self.notify = notify or (lambda msg: None)
         self.fresh = False
         if create:
@@ -139,6 +142,9 @@ class Spool:
         # per flush_index() instead of one commit per job. Safe to lose in a
         # crash: every move changed a directory mtime, so sync() finds it.
         self.defer_index = False
+        # Commands wait for a busy drop-in acceptance (list must show every
+        # drop-in); workers set this False and let the holder finish it.
+        self.wait_for_dropins = True
         self._deferred: list[tuple] = []
 
     # -- layout --------------------------------------------------------------
@@ -166,20 +172,58 @@ class Spool:
     def job_path(self, state: JobState, job_id: str) -> str:
         return os.path.join(self.root, state.dirname, job_id + ".json")
 
-    def lock(self, timeout: float = -1):
-        """The spool-wide lock (config writes, reindex, drop-in acceptance)."""
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[bool]:
+        """The spool-wide lock for cold paths (config writes, reindex, index repair).
+
+        filelock's Unix lock is flock(2) on SPOOL/.lock, the same lock hot_lock()
+        takes, so the two exclude each other between processes; within this
+        Spool either one nests inside the other instead of deadlocking.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+            return
         from filelock import FileLock
-        return FileLock(self.path(".lock"), timeout=timeout, mode=0o600)
+        with FileLock(self.path(".lock"), mode=0o600):
+            self._lock_depth = 1
+            try:
+                yield True
+            finally:
+                self._lock_depth = 0
 
     @contextlib.contextmanager
-    def quick_lock(self) -> Iterator[None]:
-        """The same spool-wide lock for a hot path: filelock's Unix lock is flock(2)
-        on this very file, and importing filelock costs a CLI ~14 ms of start-up.
-        Never nest inside lock() in one process (two descriptors would deadlock)."""
+    def hot_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """The same spool-wide lock for hot paths (enqueue, drop-in acceptance).
+
+        A bare flock(2): a waiter is woken by the kernel the moment the lock is
+        free, where filelock polls every 50 ms (that made drop-in pickup slow
+        when two idle workers raced for it), and a CLI is spared filelock's
+        14 ms import. With wait=False it yields False, without the lock, if
+        another process holds it.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+            return
         fd = os.open(self.path(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            self._lock_depth = 1
+            try:
+                yield True
+            finally:
+                self._lock_depth = 0
         finally:
             os.close(fd)
 
@@ -387,7 +431,7 @@ class Spool:
         # between two spellings (job1 vs JOB1 racing): check and place under the
         # spool lock. Open the index first: repairing it takes the same lock.
         self.index  # noqa: B018
-        with self.quick_lock():
+        with self.hot_lock():
             return self._enqueue_many(jobs, chunk)
 
     def _enqueue_many(self, jobs: list[Job], chunk: int = 4096) -> list[Job]:
@@ -594,7 +638,13 @@ class Spool:
         canonical file of a batch is written, one syncfs() makes them durable,
         then each is renamed into place and pending/ is fsynced once.
         """
-        with self.lock():
+        with self.hot_lock(wait=self.wait_for_dropins) as locked:
+            if not locked:
+                # Another process is accepting drop-ins right now; a worker need
+                # not queue up behind it (the files will be in the index soon).
+                report.waiting += len(names)
+                report.busy = True
+                return
             grace = self.config.dropin_grace
             # For many drop-ins one listing of the state directories beats five
             # stats and an index query a file.
@@ -950,6 +1000,57 @@ class Spool:
 
     def heartbeat_path(self, worker_id: str) -> str:
         return self.path("workers", f"{worker_id}.json")
+
+
+# -- worker heartbeats (workers/): here, not in worker.py, so `status` need not
+# import multiprocessing and subprocess just to count them --------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_workers(spool: "Spool") -> list[dict]:
+    """Every heartbeat file, each with an `alive` flag."""
+    host = hostname()
+    lease = spool.config.lease
+    now = time.time()
+    out = []
+    try:
+        names = sorted(os.listdir(spool.path("workers")))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        path = spool.path("workers", name)
+        try:
+            with open(path, "rb") as f:
+                info = json.loads(f.read())
+            mtime = os.stat(path).st_mtime
+        except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        if info.get("host") == host:
+            alive = _pid_alive(int(info.get("pid", 0)))
+        else:
+            alive = now - mtime < lease
+        info["alive"] = alive
+        info["file"] = name
+        out.append(info)
+    return out
+
+
+def count_live_workers(spool: "Spool") -> int:
+    return sum(1 for w in read_workers(spool) if w["alive"] and w.get("role") == "worker")
+
 
 
 @dataclass

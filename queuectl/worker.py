@@ -18,18 +18,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from .errors import JobNotFound, SpoolError, WorkerError
 from .job import Job, JobState, now_iso
-from .spool import Claim, Spool, hostname
+from .spool import Claim, Spool, _pid_alive, hostname, read_workers
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 HEARTBEAT_INTERVAL = 2.0
+BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 EXIT_KILLED_BY_STOP = "interrupted by worker stop (not counted as an attempt)"
 
@@ -53,52 +53,6 @@ def backoff_delay(attempts: int, base: float, cap: float, jitter: float) -> floa
 
 
 # -- heartbeats and the worker registry -----------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_workers(spool: Spool) -> list[dict]:
-    """Every heartbeat file, each with an `alive` flag."""
-    host = hostname()
-    lease = spool.config.lease
-    now = time.time()
-    out = []
-    try:
-        names = sorted(os.listdir(spool.path("workers")))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        path = spool.path("workers", name)
-        try:
-            with open(path, "rb") as f:
-                info = json.loads(f.read())
-            mtime = os.stat(path).st_mtime
-        except (OSError, ValueError):
-            continue
-        if not isinstance(info, dict):
-            continue
-        if info.get("host") == host:
-            alive = _pid_alive(int(info.get("pid", 0)))
-        else:
-            alive = now - mtime < lease
-        info["alive"] = alive
-        info["file"] = name
-        out.append(info)
-    return out
-
-
-def count_live_workers(spool: Spool) -> int:
-    return sum(1 for w in read_workers(spool) if w["alive"] and w.get("role") == "worker")
 
 
 def _proc_start(pid: int) -> str | None:
@@ -213,6 +167,7 @@ class Worker:
         from .watcher import Watcher
         self.spool = spool = Spool(self.root, notify=lambda m: self.say(f"[{self.name}] {m}"))
         spool.defer_index = True
+        spool.wait_for_dropins = False
         self.hb = Heartbeat(spool, "worker", self.name, supervisor_pid=self.parent)
         self.hb.beat(force=True)
         self.say(f"[{self.name}] started PID={os.getpid()}")
@@ -243,9 +198,11 @@ class Worker:
         while not self.stopping:
             now = time.monotonic()
             waiting = 0
+            busy = False
             if now - last_scan >= RESCAN_INTERVAL or self.watcher.event.is_set():
                 self.watcher.event.clear()
-                waiting = spool.sync().waiting
+                report = spool.sync()
+                waiting, busy = report.waiting, report.busy
                 self.candidates = []  # new arrivals may outrank what was fetched
                 last_scan = now
             if now - last_recover >= RECOVER_INTERVAL:
@@ -265,6 +222,11 @@ class Worker:
             timeout = RESCAN_INTERVAL
             if due is not None:
                 timeout = max(0.0, min(timeout, due - time.time()))
+            if busy:
+                # An enqueue or another worker holds the drop-in lock for a moment;
+                # its files are ours to claim as soon as it lets go.
+                timeout = min(timeout, BUSY_RETRY)
+                last_scan = 0.0
             if timeout > 0:
                 # wait() clears the event it woke on, so use its answer: an
                 # arrival must trigger a scan (a drop-in, or a job whose enqueuer
