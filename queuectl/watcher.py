@@ -54,6 +54,7 @@ class Watcher:
             observer = PollingObserver(timeout=self.poll_interval)
         else:
             from watchdog.observers import Observer
+            _no_move_pairing_delay()
             observer = Observer()
         from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent
         handler = Handler()
@@ -76,3 +77,19 @@ class Watcher:
         woke = self.event.wait(timeout)
         self.event.clear()
         return woke
+
+
+def _no_move_pairing_delay() -> None:
+    """Deliver inotify events at once instead of up to 0.5 s late.
+
+    watchdog holds every IN_MOVED_FROM for 0.5 s hoping to pair it with its
+    IN_MOVED_TO, in a FIFO queue: each claim (a rename from pending/ into the
+    unwatched processing/) never pairs, so every event behind it, the arrival
+    of the next job included, waited half a second. Unpaired, a file renamed
+    into pending/ arrives as "created", which is all a worker needs.
+    """
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # older watchdog: no grouper, nothing to tune
+        return
+    InotifyMoveEventGrouper.delay = 0
