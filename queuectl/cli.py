@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -23,7 +24,7 @@ class QueueGroup(click.Group):
         except QueueError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
-            if e.errno == 28:
+            if e.errno == errno.ENOSPC:
                 raise click.ClickException(f"no space left on device ({e.filename or 'spool'})") from None
             raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
 

@@ -94,6 +94,9 @@ _UPSERT = """INSERT INTO jobs
         last_error = excluded.last_error, record = excluded.record"""
 
 
+_ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
+
+
 class Index:
     """One connection to SPOOL/index.db. Not shared between threads."""
 
@@ -186,8 +189,7 @@ class Index:
 
     def lookup(self, job_id: str) -> Row | None:
         """The row whose id equals job_id ignoring case (ids are unique that way)."""
-        r = self.db.execute("SELECT id, state, command, priority, created, run_at, attempts, "
-                            "max_retries, last_error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        r = self.db.execute(f"SELECT {_ROW_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Row(r[0], JobState(r[1]), *r[2:]) if r else None
 
     def record(self, job_id: str) -> dict | None:
@@ -196,21 +198,15 @@ class Index:
 
     def records(self, state: JobState | None = None, limit: int | None = None) -> Iterator[dict]:
         """Full job records, oldest first."""
-        sql = "SELECT record FROM jobs"
-        args: list = []
-        if state is not None:
-            sql += " WHERE state = ?"
-            args.append(state.value)
-        sql += " ORDER BY created, id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        for (rec,) in self.db.execute(sql, args):
+        for (rec,) in self._select("record", state, limit):
             yield json.loads(rec)
 
     def rows(self, state: JobState | None = None, limit: int | None = None) -> list[Row]:
-        sql = ("SELECT id, state, command, priority, created, run_at, attempts, max_retries, "
-               "last_error FROM jobs")
+        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self._select(_ROW_COLUMNS, state, limit)]
+
+    def _select(self, columns: str, state: JobState | None, limit: int | None) -> sqlite3.Cursor:
+        """Jobs (of one state), oldest first, at most `limit`."""
+        sql = f"SELECT {columns} FROM jobs"
         args: list = []
         if state is not None:
             sql += " WHERE state = ?"
@@ -219,7 +215,7 @@ class Index:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self.db.execute(sql, args)]
+        return self.db.execute(sql, args)
 
     def candidates(self, limit: int = 32, now: float | None = None) -> list[tuple[str, JobState]]:
         """Jobs that may run now: highest priority first, then oldest."""

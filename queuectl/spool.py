@@ -181,19 +181,12 @@ class Spool:
         Spool either one nests inside the other instead of deadlocking.
         """
         if self._lock_depth:
-            self._lock_depth += 1
-            try:
+            with self._held():
                 yield True
-            finally:
-                self._lock_depth -= 1
             return
         from filelock import FileLock
-        with FileLock(self.path(".lock"), mode=0o600):
-            self._lock_depth = 1
-            try:
-                yield True
-            finally:
-                self._lock_depth = 0
+        with FileLock(self.path(".lock"), mode=0o600), self._held():
+            yield True
 
     @contextlib.contextmanager
     def hot_lock(self, *, wait: bool = True) -> Iterator[bool]:
@@ -206,11 +199,8 @@ class Spool:
         another process holds it.
         """
         if self._lock_depth:
-            self._lock_depth += 1
-            try:
+            with self._held():
                 yield True
-            finally:
-                self._lock_depth -= 1
             return
         fd = os.open(self.path(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -219,13 +209,18 @@ class Spool:
             except BlockingIOError:
                 yield False
                 return
-            self._lock_depth = 1
-            try:
+            with self._held():
                 yield True
-            finally:
-                self._lock_depth = 0
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
 
     # -- config ----------------------------------------------------------------
 
@@ -820,14 +815,10 @@ class Spool:
         processing/ it is locked by its owner; the lock dies with the process.
         """
         src = self.job_path(source, job_id)
-        try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        fd = lock_job_file(src)
+        if fd is None:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(src, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
-                raise FileNotFoundError(src)
             dest = self.job_path(JobState.PROCESSING, job_id)
             if os.path.lexists(dest):
                 raise FileExistsError(dest)  # a duplicate: `check` reports it, never run twice
@@ -919,17 +910,9 @@ class Spool:
             if is_ignored(name) or not name.endswith(".json"):
                 continue
             path = self.path("processing", name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
-                    raise FileNotFoundError(path)
-            except OSError:
-                os.close(fd)
-                continue
+            fd = lock_job_file(path)
+            if fd is None:
+                continue  # its worker lives (or it just moved on)
             try:
                 job = Job.from_record(loads(_read_fd(fd)))
                 if job.id != name[:-5]:
@@ -948,15 +931,10 @@ class Spool:
 
     def _hold(self, state: JobState, job_id: str) -> Claim:
         """Lock a job file in place (as a worker's claim does), or raise JobNotFound."""
-        path = self.job_path(state, job_id)
+        fd = lock_job_file(self.job_path(state, job_id), wait=True)
+        if fd is None:
+            raise JobNotFound(f"no job {job_id} in {state.dirname}/")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            raise JobNotFound(f"no job {job_id} in {state.dirname}/") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
-                raise FileNotFoundError(path)
             job = Job.from_record(loads(_read_fd(fd)))
         except (OSError, InvalidJob) as e:
             os.close(fd)
@@ -1064,6 +1042,27 @@ class _Admitted:
 
 class _TooFresh(Exception):
     """An unparseable drop-in that may still be being written."""
+
+
+def lock_job_file(path: str, *, wait: bool = False) -> int | None:
+    """An open descriptor holding the flock of the job file at path, or None.
+
+    None if there is no such regular file (symlinks are never followed), if
+    another process holds the lock (unless wait), or if the path stopped naming
+    the locked file meanwhile (it was renamed on or replaced).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _read_fd(fd: int, limit: int | None = None) -> bytes:

@@ -109,15 +109,19 @@ def age() -> Callable[[Path | str, float], None]:
     return age_file
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
-    """Poll predicate until it returns something truthy; fail after timeout."""
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+             what: str | None = None):
+    """Poll predicate until it returns something truthy; fail the test after timeout.
+
+    The one polling helper of the suite (worker_helpers and torture_util use it).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+            pytest.fail(f"not within {timeout}s: {what or predicate}")
         time.sleep(interval)
 
 

@@ -11,10 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_for as _wait_for
 
 STATE_DIRS = ["pending", "processing", "done", "failed", "dead"]
 STATE_OF_DIR = {"pending": "pending", "processing": "processing", "done": "completed",
@@ -69,14 +70,8 @@ def procs(tmp_path: Path):
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what or predicate}")
-        time.sleep(interval)
+    """conftest.wait_for with the longer default these multi-process tests need."""
+    return _wait_for(predicate, timeout, interval, what)
 
 
 def wait_exit(p: subprocess.Popen, timeout: float, procs: Procs | None = None) -> int:

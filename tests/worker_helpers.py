@@ -12,27 +12,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from conftest import wait_for  # noqa: F401 - re-exported for the worker tests
+
 STATE_DIRS = ["pending", "processing", "done", "failed", "dead"]
 STARTED_RE = re.compile(r"^\[(worker-\d+)\] started PID=(\d+)$")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-             what: str | None = None):
-    """Poll predicate until it returns something truthy; fail the test after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what or predicate}")
-        time.sleep(interval)
 
 
 def cli_argv(spool: Path | str, *args) -> list[str]:
