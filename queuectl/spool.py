@@ -906,6 +906,7 @@ class Spool:
             names = os.listdir(self.path("processing"))
         except FileNotFoundError:
             return
+        remote = None
         for name in names:
             if is_ignored(name) or not name.endswith(".json"):
                 continue
@@ -913,6 +914,11 @@ class Spool:
             fd = lock_job_file(path)
             if fd is None:
                 continue  # its worker lives (or it just moved on)
+            if remote is None:
+                remote = self._remote_leases()
+            if remote and _leased(name[:-5], fd, remote, self.config.lease):
+                os.close(fd)
+                continue
             try:
                 job = Job.from_record(loads(_read_fd(fd)))
                 if job.id != name[:-5]:
@@ -923,6 +929,17 @@ class Spool:
                 self._index_delete(name[:-5])
                 continue
             yield name[:-5], Claim(job, fd, JobState.PROCESSING)
+
+    def _remote_leases(self) -> list[dict]:
+        """Heartbeats of live workers on other hosts.
+
+        A free flock proves a job's owner dead only where locks work across
+        hosts (local disks, NFS). On a shared filesystem without them (sshfs,
+        some FUSE mounts) a worker on another host may hold the job all the
+        same, so its heartbeat lease counts as the lock.
+        """
+        host = hostname()
+        return [w for w in read_workers(self) if w.get("host") != host and w["alive"]]
 
     def _index_upsert_state(self, job: Job, state: JobState) -> None:
         self._index_upsert(job, state=state)
@@ -1042,6 +1059,18 @@ class _Admitted:
 
 class _TooFresh(Exception):
     """An unparseable drop-in that may still be being written."""
+
+
+def _leased(job_id: str, fd: int, remote: list[dict], lease: float) -> bool:
+    """May a live worker on another host own this processing/ file?
+
+    Yes if its heartbeat names the job, or if the file was claimed (renamed,
+    which sets its ctime) less than a lease ago: short jobs are never named in
+    a heartbeat.
+    """
+    if any(w.get("job") == job_id for w in remote):
+        return True
+    return time.time() - os.fstat(fd).st_ctime < lease
 
 
 def lock_job_file(path: str, *, wait: bool = False) -> int | None:

@@ -670,3 +670,17 @@ def test_idle_worker_wakes_for_a_new_job(spool, spool_dir, tmp_path):
         t.join(10)
     assert not t.is_alive()
     assert "[worker-0] completed late" in lines
+
+
+def test_a_job_leased_by_a_live_worker_on_another_host_is_not_recovered(spool, spool_dir):
+    """Where flock does not reach across hosts (sshfs), the heartbeat lease stands in for it."""
+    add(spool, id="j", command="true")
+    _orphan(spool, spool_dir, "j")  # lock free, as another host's lock looks from here
+    hb = spool_dir / "workers" / "elsewhere.4242.json"
+    hb.write_text(json.dumps({"id": "worker-0", "role": "worker", "host": "elsewhere", "pid": 4242, "job": "j"}))
+    assert list(spool.orphans()) == []
+    lapsed = time.time() - spool.config.lease - 1
+    os.utime(hb, (lapsed, lapsed))  # its heartbeat is older than the lease: that worker is gone
+    [(job_id, claim)] = list(spool.orphans())
+    claim.release()
+    assert job_id == "j"
