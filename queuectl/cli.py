@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -504,7 +505,7 @@ def logs(obj: Context, job_id, follow):
     from .worker import job_log_path
     spool = obj.spool
     path = job_log_path(spool, job_id)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer  # bytes: logs hold whatever the command wrote
     offset = 0
     while True:
         try:
