@@ -140,12 +140,7 @@ def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callab
             pass  # a symlink, a FIFO without a writer...: nothing can hold a lock on it
         try:
             if fd >= 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    raise _Skip("in use by a worker") from None
-                if os.lstat(src).st_ino != os.fstat(fd).st_ino:
-                    raise _Skip("the file changed meanwhile")
+                _lock_or_skip(src, fd)
             if not spool.reject(src, name, reason):
                 raise _Skip("the file is gone")
         finally:
@@ -291,12 +286,7 @@ def _set_state(spool: Spool, entry: _Entry) -> Callable[[], str]:
         path = spool.path(d.dirname, entry.name)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise _Skip("in use by a worker") from None
-            if os.lstat(path).st_ino != os.fstat(fd).st_ino:
-                raise _Skip("the file changed meanwhile")
+            _lock_or_skip(path, fd)
             data, _ = _read_regular(path)
             job = Job.from_record(loads(data))
             old = job.state
@@ -486,6 +476,16 @@ def _exists_anywhere(spool: Spool, job_id: str) -> bool:
 
 class _Skip(Exception):
     """A repair that is not safe right now; the message says why."""
+
+
+def _lock_or_skip(path: str, fd: int) -> None:
+    """Lock the open job file for a repair, or _Skip: a worker holds it, or the path moved on."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise _Skip("in use by a worker") from None
+    if os.lstat(path).st_ino != os.fstat(fd).st_ino:
+        raise _Skip("the file changed meanwhile")
 
 
 class _Reindex(Exception):
