@@ -138,6 +138,7 @@ class Spool:
             raise SpoolError(f"no spool at {self.root}")
         self._config: configmod.Config | None = None
         self._index: Index | None = None
+        self._index_ident: tuple | None = None  # which index.db file _index has open
         # Workers set this: outcome rows then reach index.db in one transaction
         # per flush_index() instead of one commit per job. Safe to lose in a
         # crash: every move changed a directory mtime, so sync() finds it.
@@ -322,7 +323,7 @@ class Spool:
         return self._index
 
     def _index_replaced(self) -> bool:
-        stored = getattr(self, "_index_ident", None)
+        stored = self._index_ident
         # None: it was already gone or broken when opened (wrecked at that very moment)
         return stored is None or _index_ident(self.path("index.db")) != stored
 
@@ -390,9 +391,7 @@ class Spool:
 
     def reindex(self) -> dict[str, int]:
         """Forget the index and rebuild it from the directories."""
-        # Open it before taking the lock: repairing a corrupt index.db takes
-        # the same (non-reentrant) lock.
-        idx = self.index
+        idx = self.index  # (a corrupt index.db is repaired on opening)
         with self.lock():
             idx.begin()
             idx.clear()

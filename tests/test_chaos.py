@@ -24,8 +24,8 @@ from torture_util import (all_ids_once, assert_check_clean, children, configure,
 pytestmark = pytest.mark.slow
 
 
-def _jobs(out: Path, prefix: str, n: int) -> list[dict]:
-    return [{"id": f"{prefix}{i}", "command": f"echo {prefix}{i} >> {out}"} for i in range(n)]
+def _jobs(out: Path, prefix: str, n: int, then: str = "") -> list[dict]:
+    return [{"id": f"{prefix}{i}", "command": f"echo {prefix}{i} >> {out}{then}"} for i in range(n)]
 
 
 def _runs(out: Path) -> Counter:
@@ -57,7 +57,9 @@ def spool(tmp_path: Path) -> Path:
 
 def test_kill_9_storm_on_workers(spool, tmp_path, procs):
     out = tmp_path / "out"
-    jobs = _jobs(out, "c", 1000)
+    # A few ms a job, so the storm (a kill every ~200 ms while the first 600 run)
+    # lasts long enough to land several kills however fast the workers are.
+    jobs = _jobs(out, "c", 1000, then="; sleep 0.01")
     enqueue_lines(spool, jobs)
     sup = procs.start(spool, "worker", "start", "--count", "4", "--burst", name="sup")
     kills: list[int] = []
