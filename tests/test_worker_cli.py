@@ -38,7 +38,7 @@ def test_seed_walkthrough(spool_dir, tmp_path):
     assert r.stderr == ""
     out = lines_of(r.stdout)
     assert len(out) == 5, r.stdout
-    m = re.fullmatch(rf"\[supervisor\] started PID={PID} with 1 workers on (.+)", out[0])
+    m = re.fullmatch(rf"\[supervisor\] started PID={PID} with 1 worker on (.+)", out[0])
     assert m and m.group(2) == str(spool_dir)
     m = re.fullmatch(rf"\[worker-0\] started PID={PID}", out[1])
     assert m and m.group(1) != out[0]
