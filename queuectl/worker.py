@@ -654,7 +654,8 @@ class Supervisor:
         hb = Heartbeat(spool, "supervisor", "supervisor", workers=self.count, burst=self.burst)
         prune_dead_workers(spool)
         hb.beat(force=True)
-        self.say(f"[supervisor] started PID={os.getpid()} with {self.count} worker{"" if self.count == 1 else "s"} on {spool.root}")
+        plural = "" if self.count == 1 else "s"
+        self.say(f"[supervisor] started PID={os.getpid()} with {self.count} worker{plural} on {spool.root}")
         # Jobs left in processing/ by a crash: recover before anyone claims.
         spool.sync()
         for _job_id, claim in spool.orphans():
