@@ -22,7 +22,7 @@ from typing import Callable
 
 from .errors import InvalidJob, SpoolError
 from .job import PROGRESS, Job, JobState, loads
-from .spool import STATE_DIRS, SUBDIRS, Claim, Spool, is_ignored
+from .spool import STATE_DIRS, SUBDIRS, Claim, Spool, _read_fd, is_ignored, lock_job_file
 
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
@@ -353,7 +353,7 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
                 continue
             job = e.job
             assert job is not None
-            if job.state in (JobState.COMPLETED, JobState.FAILED, JobState.DEAD):
+            if job.state in (JobState.COMPLETED, JobState.DEAD):
                 msg = (f"no live worker holds it (the file says {job.state.value}: "
                        "recovery finishes the move)")
             else:
@@ -365,21 +365,12 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
 def _recover(spool: Spool, name: str) -> Callable[[], str]:
     def fix() -> str:
         from .worker import recover_orphan
-        path = spool.path("processing", name)
+        fd = lock_job_file(spool.path("processing", name))
+        if fd is None:
+            raise _Skip("recovered or taken over by a live worker meanwhile")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise _Skip("already recovered by a worker") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.lstat(path).st_ino != os.fstat(fd).st_ino:
-                raise FileNotFoundError(path)
-            data, _ = _read_regular(path)
-            job = Job.from_record(loads(data))
-        except OSError:
-            os.close(fd)
-            raise _Skip("taken over by a live worker meanwhile") from None
-        except InvalidJob:
+            job = Job.from_record(loads(_read_fd(fd)))
+        except (OSError, InvalidJob):
             os.close(fd)
             raise
         said: list[str] = []
