@@ -447,13 +447,20 @@ def test_enqueue_on_a_full_disk_fails_cleanly(small_fs):
     assert status_json(spool)["pending"] == 301
 
 
-def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, procs):
+def _job_that_waits_for_go(small_fs: Path, tmp_path: Path):
+    """A spool on the small filesystem with job `full`: it counts its runs in
+    `runs`, touches `started`, then waits until `go` exists."""
     spool = small_fs / "spool"
     configure(spool, backoff_max=0.05)
     started, go, runs = tmp_path / "started", tmp_path / "go", tmp_path / "runs"
     cmd = (f"echo run >> {runs}; touch {started}; "
            f"while [ ! -e {go} ]; do sleep 0.02; done")
     assert qc(spool, "enqueue", "--id", "full", cmd).returncode == 0
+    return spool, started, go, runs
+
+
+def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, procs):
+    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path)
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
     wait_for(lambda: started.exists(), what="job started")
     ballast = _fill(small_fs)
@@ -473,12 +480,7 @@ def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, pr
 
 
 def test_worker_killed_on_a_full_disk_loses_nothing(small_fs, tmp_path, procs):
-    spool = small_fs / "spool"
-    configure(spool, backoff_max=0.05)
-    started, go, runs = tmp_path / "started", tmp_path / "go", tmp_path / "runs"
-    cmd = (f"echo run >> {runs}; touch {started}; "
-           f"while [ ! -e {go} ]; do sleep 0.02; done")
-    assert qc(spool, "enqueue", "--id", "full", cmd).returncode == 0
+    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path)
     assert qc(spool, "enqueue", "--id", "other", "true").returncode == 0
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
     wait_for(lambda: started.exists(), what="job started")
