@@ -13,16 +13,18 @@ moved on while the directories were being listed is not a problem.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from .dropins import is_canonical, is_ignored, reject
 from .errors import InvalidJob, SpoolError
-from .job import PROGRESS, Job, JobState, loads
-from .spool import STATE_DIRS, SUBDIRS, Claim, Spool, _read_fd, is_ignored, lock_job_file
+from .fsio import lock_fd, lock_file, open_nofollow, read_fd
+from .job import PROGRESS, Job, JobState, loads, parse_file
+from .recovery import recover_orphan
+from .spool import STATE_DIRS, SUBDIRS, Spool
 
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
@@ -113,18 +115,14 @@ def _check_permissions(spool: Spool, allow_shared: bool) -> list[Problem]:
 
 
 def _read_regular(path: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = open_nofollow(path)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidJob("not a regular file")
         if st.st_size > limit:
             raise InvalidJob(f"file is {st.st_size} bytes, too big to read")
-        chunks, offset = [], 0
-        while chunk := os.pread(fd, 1 << 20, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks), st
+        return read_fd(fd), st
     finally:
         os.close(fd)
 
@@ -135,13 +133,13 @@ def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callab
         src = spool.path(state_dir, name)
         fd = -1
         try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_nofollow(src)
         except OSError:
             pass  # a symlink, a FIFO without a writer...: nothing can hold a lock on it
         try:
             if fd >= 0:
                 _lock_or_skip(src, fd)
-            if not spool.reject(src, name, reason):
+            if not reject(spool, src, name, reason):
                 raise _Skip("the file is gone")
         finally:
             if fd >= 0:
@@ -181,9 +179,7 @@ def _scan_state_dirs(spool: Spool, entries: dict[str, list[_Entry]], now: float)
             entry = _Entry(state, name, st.st_ino)
             try:
                 data, st = _read_regular(path)
-                entry.job = job = Job.from_record(loads(data))
-                if job.id != name[:-5]:
-                    raise InvalidJob(f"id field {job.id!r} does not match file name {name}")
+                entry.job = job = parse_file(data, name[:-5])
             except FileNotFoundError:
                 continue
             except (InvalidJob, OSError) as e:
@@ -230,8 +226,7 @@ def _pending_entry(spool: Spool, name: str, path: str, st: os.stat_result, now: 
         return Problem("invalid-job", rel, None, f"not a valid job ({e}); the next scan moves it to rejected/",
                        _fix=_rescan)
     stem = name[:-5]
-    canonical = isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
-    if not canonical:
+    if not is_canonical(spec, stem):
         if not old:
             return None  # a drop-in waiting for the next scan
         return Problem("stale-dropin", rel, None,
@@ -249,8 +244,12 @@ def _pending_entry(spool: Spool, name: str, path: str, st: os.stat_result, now: 
     return problems[0] if problems else None
 
 
+# A fix that returns this is done by one reindex (which also rescans pending/) at the end.
+REINDEX = "reindex"
+
+
 def _rescan() -> str:
-    raise _Reindex()
+    return REINDEX
 
 
 def _job_problems(spool: Spool, entry: _Entry, st: os.stat_result, rel: str) -> list[Problem]:
@@ -269,7 +268,7 @@ def _job_problems(spool: Spool, entry: _Entry, st: os.stat_result, rel: str) -> 
         path = spool.path(d.dirname, entry.name)
 
         def fix(path=path) -> str:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_nofollow(path)
             try:
                 os.fchmod(fd, 0o600)
             finally:
@@ -284,7 +283,7 @@ def _set_state(spool: Spool, entry: _Entry) -> Callable[[], str]:
     def fix() -> str:
         d = entry.state
         path = spool.path(d.dirname, entry.name)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_nofollow(path)
         try:
             _lock_or_skip(path, fd)
             data, _ = _read_regular(path)
@@ -337,18 +336,12 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
         for e in group:
             if e.state is not JobState.PROCESSING:
                 continue
-            path = spool.path("processing", e.name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
+            # Probed, not kept: the lock is let go at once.
+            fd = lock_file(spool.path("processing", e.name))
+            if fd is None:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                free = os.lstat(path).st_ino == os.fstat(fd).st_ino == e.ino
-            except OSError:
-                free = False
-            finally:
-                os.close(fd)
+            free = os.fstat(fd).st_ino == e.ino
+            os.close(fd)
             if not free:
                 continue
             job = e.job
@@ -364,18 +357,14 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
 
 def _recover(spool: Spool, name: str) -> Callable[[], str]:
     def fix() -> str:
-        from .worker import recover_orphan
-        fd = lock_job_file(spool.path("processing", name))
+        fd = lock_file(spool.path("processing", name))
         if fd is None:
             raise _Skip("recovered or taken over by a live worker meanwhile")
-        try:
-            job = Job.from_record(loads(_read_fd(fd)))
-        except (OSError, InvalidJob):
-            os.close(fd)
-            raise
-        said: list[str] = []
-        recover_orphan(spool, Claim(job, fd, JobState.PROCESSING), "check", said.append)
-        return f"recovered: now in {job.state.dirname}/"
+        claim = spool.adopt(fd, JobState.PROCESSING, name[:-5])
+        if claim is None:
+            return "invalid: moved to rejected/ with a .reason file"
+        recover_orphan(spool, claim, "check")
+        return f"recovered: now in {claim.job.state.dirname}/"
     return fix
 
 
@@ -471,16 +460,8 @@ class _Skip(Exception):
 
 def _lock_or_skip(path: str, fd: int) -> None:
     """Lock the open job file for a repair, or _Skip: a worker holds it, or the path moved on."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise _Skip("in use by a worker") from None
-    if os.lstat(path).st_ino != os.fstat(fd).st_ino:
-        raise _Skip("the file changed meanwhile")
-
-
-class _Reindex(Exception):
-    """The repair is a reindex (which also rescans pending/), done once at the end."""
+    if not lock_fd(path, fd):
+        raise _Skip("in use by a worker, or changed meanwhile")
 
 
 def _repair(spool: Spool, problems: list[Problem]) -> None:
@@ -491,11 +472,13 @@ def _repair(spool: Spool, problems: list[Problem]) -> None:
             p.action = "needs a person: left as it is"
             continue
         try:
-            p.action = p._fix()
+            action = p._fix()
+            if action == REINDEX:
+                reindex.append(p)
+                continue
+            p.action = action
             p.repaired = True
             changed = True
-        except _Reindex:
-            reindex.append(p)
         except _Skip as e:
             p.action = str(e)
         except (OSError, SpoolError, InvalidJob) as e:

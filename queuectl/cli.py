@@ -1,74 +1,22 @@
-"""The click CLI: parse, call the core, print. Domain errors become click errors."""
+"""The click CLI: parse, call the core, print. Domain errors become click errors.
+
+The worker, logs and dead-letter commands live in cli_workers.py and are
+loaded only when one of them runs.
+"""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import sys
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import InvalidJob, QueueError
-
-STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "done"]
-
-
-class QueueGroup(click.Group):
-    """Turns domain and OS errors into one `Error: ...` line and exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except QueueError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise click.ClickException(f"no space left on device ({e.filename or 'spool'})") from None
-            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+from .cli_base import STATE_NAMES, Context, QueueGroup, dump, json_option, one_line, pass_ctx, Lines
+from .errors import InvalidJob
 
 
-def _notify(msg: str) -> None:
-    click.echo(f"queuectl: {msg}", err=True)
-
-
-class Context:
-    """Opens the spool on first use, so `--help` and `--version` touch no disk."""
-
-    def __init__(self, spool_dir: str | None):
-        self.spool_dir = spool_dir
-        self._spool = None
-
-    @property
-    def spool(self):
-        if self._spool is None:
-            from .spool import Spool, default_spool
-            self._spool = Spool(self.spool_dir or default_spool(), notify=_notify)
-        return self._spool
-
-    def synced(self):
-        """The spool with its index brought up to date with the directories."""
-        spool = self.spool
-        spool.sync()
-        return spool
-
-    def close(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 @click.group(cls=QueueGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,50 +34,18 @@ def main(ctx: click.Context, spool_dir: str | None) -> None:
       queuectl status
     """
     ctx.obj = Context(spool_dir)
+    Lines.install(workers=False)
     # Close the index when the command ends, not whenever the garbage collector
     # gets to it: a connection left open (in-process callers, tests) keeps
     # WAL locks that make the next open of a damaged index.db wait.
     ctx.call_on_close(ctx.obj.close)
 
 
+main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "logs"),
+             "dlq": (".cli_workers", "dlq")}
+
+
 # -- enqueue -------------------------------------------------------------------
-
-
-def _parse_specs(data: bytes, source: str) -> list[tuple[str, Any]]:
-    """(position, spec) pairs from a JSON object, a JSON array, or JSON Lines.
-
-    A record that does not parse becomes (position, InvalidJob) so every bad
-    record can be reported, not only the first.
-    """
-    from .job import loads
-    # Parse bytes, not decoded text: loads() then reports bad UTF-8 as such,
-    # with its byte offset, for the whole file and for each line alike.
-    stripped = data.lstrip()
-    if not stripped:
-        raise InvalidJob(f"{source} is empty")
-    try:
-        whole = loads(data)
-    except InvalidJob as e:
-        whole, whole_error = None, e
-    else:
-        whole_error = None
-    if isinstance(whole, list):
-        return [(f"item {i}", spec) for i, spec in enumerate(whole, 1)]
-    if whole_error is None:
-        return [(source, whole)]
-    if stripped.startswith(b"["):
-        raise InvalidJob(f"{source}: {whole_error}")
-    records = []
-    for n, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {n}", loads(line)))
-        except InvalidJob as e:
-            records.append((f"line {n}", e))
-    if len(records) == 1:
-        raise InvalidJob(f"{source}: {whole_error}")
-    return records
 
 
 @main.command()
@@ -142,7 +58,7 @@ def _parse_specs(data: bytes, source: str) -> list[tuple[str, Any]]:
 @click.option("--priority", type=int, help="Higher runs first (default 0).")
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs of a file, report the rest.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs enqueued.")
-@click.option("--json", "as_json", is_flag=True, help="Print the enqueued jobs as JSON.")
+@json_option("Print the enqueued jobs as JSON.")
 @pass_ctx
 def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, skip_invalid, quiet, as_json):
     """Add jobs to the queue, durably (fsynced before this returns).
@@ -163,7 +79,8 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     else:
         # getattr: a stdin replaced by a test runner or a wrapper may have no name.
         name = getattr(file, "name", "<stdin>")
-        specs = _parse_specs(file.read(), "stdin" if name == "<stdin>" else name)
+        from .job import parse_specs
+        specs = parse_specs(file.read(), "stdin" if name == "<stdin>" else name)
     if job_id is not None:
         if len(specs) != 1:
             raise click.UsageError("--id needs exactly one job")
@@ -195,7 +112,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
         click.echo(f"skipped {line}", err=True)
     spool.enqueue_many(jobs)
     if as_json:
-        _dump([j.to_dict() for j in jobs])
+        dump([j.to_dict() for j in jobs])
     elif quiet:
         click.echo(f"enqueued {len(jobs)} job{'' if len(jobs) == 1 else 's'}")
     elif jobs:  # an empty array enqueues nothing: print nothing, not a blank line
@@ -214,7 +131,7 @@ def _state(value: str | None):
 @click.option("-s", "--state", type=click.Choice(STATE_NAMES, case_sensitive=False),
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
-@click.option("--json", "as_json", is_flag=True, help="Print full job records as a JSON array.")
+@json_option("Print full job records as a JSON array.")
 @pass_ctx
 def list_(obj: Context, state, limit, as_json):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
@@ -225,15 +142,15 @@ def list_(obj: Context, state, limit, as_json):
     """
     idx = obj.synced().index
     if as_json:
-        _dump(list(idx.records(_state(state), limit)))
+        dump(list(idx.records(_state(state), limit)))
         return
-    lines = [f"{r.id} - {r.state.value} - {_one_line(r.command)}" for r in idx.rows(_state(state), limit)]
+    lines = [f"{r.id} - {r.state.value} - {one_line(r.command)}" for r in idx.rows(_state(state), limit)]
     if lines:
         click.echo("\n".join(lines))
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+@json_option("Print the counts as a JSON object.")
 @pass_ctx
 def status(obj: Context, as_json):
     """Count the jobs in each state (all five, even when zero).
@@ -245,19 +162,19 @@ def status(obj: Context, as_json):
     spool = obj.synced()
     counts = spool.index.counts()
     if as_json:
-        _dump(counts)
+        dump(counts)
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    from .spool import count_live_workers
+    from .registry import count_live_workers
     click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
 
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print {state, path, job} as JSON.")
+@json_option("Print {state, path, job} as JSON.")
 @pass_ctx
 def show(obj: Context, job_id, as_json):
     """Show one job's whole record and the directory that holds it.
@@ -270,14 +187,14 @@ def show(obj: Context, job_id, as_json):
     job, path = obj.synced().show(job_id)
     rel = os.path.relpath(path, obj.spool.root)
     if as_json:
-        _dump({"state": job.state.value, "dir": os.path.dirname(rel), "path": path, "job": job.to_dict()})
+        dump({"state": job.state.value, "dir": os.path.dirname(rel), "path": path, "job": job.to_dict()})
         return
     click.echo(f"{job.id} is in {os.path.dirname(rel)}/ ({path})")
     click.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+@json_option("Print the counts as a JSON object.")
 @pass_ctx
 def reindex(obj: Context, as_json):
     """Rebuild the index from the spool directories and print the counts.
@@ -288,7 +205,7 @@ def reindex(obj: Context, as_json):
     """
     counts = obj.spool.reindex()
     if as_json:
-        _dump(counts)
+        dump(counts)
     else:
         click.echo("reindexed: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
@@ -296,7 +213,7 @@ def reindex(obj: Context, as_json):
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix (never deletes a job).")
 @click.option("--allow-shared-spool", is_flag=True, help="Do not report a group-writable spool.")
-@click.option("--json", "as_json", is_flag=True, help="Print {spool, ok, problems} as JSON.")
+@json_option("Print {spool, ok, problems} as JSON.")
 @pass_ctx
 def check(obj: Context, repair, allow_shared_spool, as_json):
     """Verify the spool, one line per problem; exit 1 if any (with --repair: if any is left).
@@ -314,12 +231,12 @@ def check(obj: Context, repair, allow_shared_spool, as_json):
     problems = check_(obj.spool, repair=repair, allow_shared=allow_shared_spool)
     left = [p for p in problems if not p.repaired]
     if as_json:
-        _dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems]})
+        dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems]})
     elif not problems:
         click.echo(f"ok: no problems in {obj.spool.root}")
     else:
         for p in problems:
-            click.echo(_one_line(p.line()))
+            click.echo(one_line(p.line()))
         if repair:
             click.echo(f"{len(problems) - len(left)} of {len(problems)} problems repaired")
     if left:
@@ -344,7 +261,7 @@ def _fmt(value: Any) -> str:
 
 
 @config.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print all settings as a JSON object.")
+@json_option("Print all settings as a JSON object.")
 @pass_ctx
 def config_list(obj: Context, as_json):
     """Print every setting with its value.
@@ -353,9 +270,9 @@ def config_list(obj: Context, as_json):
     Example:
       queuectl config list
     """
-    cfg = obj.spool.config
+    cfg = obj.spool.config.as_dict()
     if as_json:
-        _dump(dict(cfg))
+        dump(cfg)
     else:
         for key, value in cfg.items():
             click.echo(f"{key} = {_fmt(value)}")
@@ -363,7 +280,7 @@ def config_list(obj: Context, as_json):
 
 @config.command("get")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True, help="Print the value as JSON.")
+@json_option("Print the value as JSON.")
 @pass_ctx
 def config_get(obj: Context, key, as_json):
     """Print one setting.
@@ -372,8 +289,7 @@ def config_get(obj: Context, key, as_json):
     Example:
       queuectl config get backoff_base
     """
-    from .config import normalize_key
-    value = obj.spool.config[normalize_key(key)]
+    value = obj.spool.config.get(key)
     click.echo(json.dumps(value) if as_json else _fmt(value))
 
 
@@ -393,218 +309,6 @@ def config_set(obj: Context, key, value):
     click.echo(f"{name} = {_fmt(parsed)}")
 
 
-# -- workers -------------------------------------------------------------------
-
-
-@main.group()
-def worker():
-    """Run, stop and list workers.
-
-    \b
-    Example:
-      queuectl worker start --count 4
-    """
-
-
-@worker.command("start")
-@click.option("-c", "--count", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes.")
-@click.option("--burst", is_flag=True, help="Exit 0 when nothing is left to do.")
-@click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/worker-*.log.")
-@click.option("--poll", is_flag=True, help="Poll the spool instead of inotify (network filesystems).")
-@click.option("--stop-timeout", type=click.FloatRange(0), default=None,
-              help="On stop, kill jobs still running after this many seconds.")
-@click.option("--allow-shared-spool", is_flag=True,
-              help="Run even if the spool is writable by group or others.")
-@pass_ctx
-def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool):
-    """Start a supervisor with COUNT worker processes in the foreground.
-
-    Ctrl-C or SIGTERM stops gracefully: no new claims, running jobs finish.
-    A second Ctrl-C (or --stop-timeout) kills them; they go back to pending.
-
-    \b
-    Examples:
-      queuectl worker start --count 2
-      queuectl worker start --count 1 --burst     # drain the queue, then exit
-      queuectl worker start --count 4 --detach
-    """
-    from .worker import Supervisor, check_spool_permissions, detach as detach_
-    spool = obj.spool
-    if detach:
-        if not allow_shared_spool:
-            check_spool_permissions(spool)
-        argv = ["--spool", spool.root, "worker", "start", "--count", str(count)]
-        argv += ["--burst"] * burst + ["--poll"] * poll + ["--allow-shared-spool"] * allow_shared_spool
-        if stop_timeout is not None:
-            argv += ["--stop-timeout", str(stop_timeout)]
-        pid, log = detach_(spool, argv)
-        click.echo(f"started supervisor PID={pid}, log {log}")
-        return
-    sup = Supervisor(spool.root, count, burst=burst, poll=poll, stop_timeout=stop_timeout,
-                     allow_shared=allow_shared_spool)
-    raise SystemExit(sup.run())
-
-
-@worker.command("stop")
-@click.option("--timeout", type=click.FloatRange(0), default=60, show_default=True,
-              help="Seconds to let running jobs finish before they are killed.")
-@pass_ctx
-def worker_stop(obj: Context, timeout):
-    """Stop every supervisor of this spool on this host, gracefully, and wait.
-
-    \b
-    Example:
-      queuectl worker stop --timeout 30
-    """
-    from .worker import stop_supervisors
-    pids = stop_supervisors(obj.spool, timeout)
-    if not pids:
-        click.echo("no running supervisor")
-    for pid in pids:
-        click.echo(f"stopped supervisor PID={pid}")
-
-
-@worker.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print workers as a JSON array.")
-@pass_ctx
-def worker_list(obj: Context, as_json):
-    """Show each live worker: id, host, pid, since, current job, last heartbeat.
-
-    \b
-    Example:
-      queuectl worker list
-    """
-    from .spool import read_workers
-    workers = [w for w in read_workers(obj.spool) if w["alive"]]
-    if as_json:
-        _dump([{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")}
-               for w in workers])
-        return
-    for w in workers:
-        click.echo(f"{w.get('id')} host={w.get('host')} pid={w.get('pid')} since={w.get('since')} "
-                   f"job={w.get('job') or '-'} heartbeat={w.get('heartbeat_at')}")
-
-
-# -- logs ------------------------------------------------------------------------
-
-
-@main.command()
-@click.argument("job_id", metavar="ID")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is done or dead.")
-@pass_ctx
-def logs(obj: Context, job_id, follow):
-    """Print a job's output: every attempt, each with a header line.
-
-    \b
-    Example:
-      queuectl logs job1 --follow
-    """
-    import time as _time
-    from .job import JobState
-    from .worker import job_log_path
-    spool = obj.spool
-    path = job_log_path(spool, job_id)
-    out = sys.stdout.buffer  # bytes: logs hold whatever the command wrote
-    offset = 0
-    while True:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                while chunk := f.read(1 << 16):
-                    out.write(chunk)
-                    offset += len(chunk)
-                out.flush()
-        except FileNotFoundError:
-            pass
-        if not follow:
-            return
-        state, _ = spool.find(job_id)
-        if state in (JobState.COMPLETED, JobState.DEAD) and os.path.getsize(path) <= offset:
-            return
-        _time.sleep(0.2)
-
-
-# -- the dead letter queue ---------------------------------------------------------
-
-
-@main.group()
-def dlq():
-    """The dead letter queue: jobs that used up their retries.
-
-    \b
-    Example:
-      queuectl dlq list
-      queuectl dlq retry job1
-    """
-
-
-@dlq.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print full job records as a JSON array.")
-@pass_ctx
-def dlq_list(obj: Context, as_json):
-    """List dead jobs with their attempts and last error.
-
-    \b
-    Example:
-      queuectl dlq list --json
-    """
-    from .worker import dead_jobs
-    jobs = dead_jobs(obj.spool)
-    if as_json:
-        _dump(jobs)
-        return
-    for j in jobs:
-        click.echo(f"{j['id']} - attempts {j['attempts']} - {_one_line(j.get('last_error') or '')} "
-                   f"- {_one_line(j['command'])}")
-
-
-def _dlq_targets(obj: Context, job_ids, all_) -> list[str]:
-    if bool(job_ids) == bool(all_):
-        raise click.UsageError("give job IDs or --all")
-    if all_:
-        from .worker import dead_jobs
-        return [j["id"] for j in dead_jobs(obj.spool)]
-    from .worker import ensure_dead
-    ensure_dead(obj.spool, list(job_ids))
-    return list(job_ids)
-
-
-@dlq.command("retry")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
-@click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
-@pass_ctx
-def dlq_retry(obj: Context, job_ids, all_):
-    """Move dead jobs back to pending with attempts reset (history kept).
-
-    \b
-    Examples:
-      queuectl dlq retry job1 job2
-      queuectl dlq retry --all
-    """
-    for job_id in _dlq_targets(obj, job_ids, all_):
-        job = obj.spool.requeue(job_id)
-        click.echo(f"requeued job {job.id}")
-
-
-@dlq.command("purge")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
-@click.option("--all", "all_", is_flag=True, help="Delete every dead job.")
-@click.option("--yes", is_flag=True, help="Confirm --all.")
-@pass_ctx
-def dlq_purge(obj: Context, job_ids, all_, yes):
-    """Delete dead jobs and their logs for good.
-
-    \b
-    Examples:
-      queuectl dlq purge job1
-      queuectl dlq purge --all --yes
-    """
-    if all_ and not yes:
-        raise click.UsageError("--all deletes every dead job: add --yes to confirm")
-    for job_id in _dlq_targets(obj, job_ids, all_):
-        obj.spool.purge(job_id)
-        click.echo(f"purged job {job_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,18 +75,35 @@ def parse_value(key: str, value: Any) -> Any:
         raise ConfigError(f"{name}: {e}") from None
 
 
-class Config(dict):
-    """All settings, defaults filled in. Attribute access for the core's convenience."""
+@dataclass(frozen=True)
+class Config:
+    """All settings, typed, defaults filled in (the defaults are SETTINGS')."""
+    max_retries: int = SETTINGS["max_retries"].default
+    backoff_base: float = SETTINGS["backoff_base"].default
+    backoff_max: float = SETTINGS["backoff_max"].default
+    backoff_jitter: float = SETTINGS["backoff_jitter"].default
+    job_timeout: float | None = SETTINGS["job_timeout"].default
+    kill_grace: float = SETTINGS["kill_grace"].default
+    dropin_grace: float = SETTINGS["dropin_grace"].default
+    max_job_size: int = SETTINGS["max_job_size"].default
+    lease: float = SETTINGS["lease"].default
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting by name, in SETTINGS' order."""
+        return {name: getattr(self, name) for name in SETTINGS}
+
+    def get(self, key: str) -> Any:
+        return getattr(self, normalize_key(key))
+
+    def replace(self, key: str, value: Any) -> "Config":
+        """A copy with one setting changed (validated)."""
+        values = self.as_dict()
+        values[normalize_key(key)] = parse_value(key, value)
+        return Config(**values)
 
 
 def defaults() -> Config:
-    return Config({k: s.default for k, s in SETTINGS.items()})
+    return Config()
 
 
 def from_bytes(data: bytes) -> Config:
@@ -97,11 +114,11 @@ def from_bytes(data: bytes) -> Config:
         raise ConfigError(f"config.json is not valid JSON: {e}") from None
     if not isinstance(stored, dict):
         raise ConfigError("config.json must hold a JSON object")
-    config = defaults()
+    values = {}
     for key, value in stored.items():
-        config[normalize_key(key)] = parse_value(key, value)
-    return config
+        values[normalize_key(key)] = parse_value(key, value)
+    return Config(**values)
 
 
-def to_bytes(config: dict[str, Any]) -> bytes:
-    return (json.dumps(dict(config), indent=2) + "\n").encode()
+def to_bytes(config: Config) -> bytes:
+    return (json.dumps(config.as_dict(), indent=2) + "\n").encode()

@@ -386,3 +386,47 @@ class Job:
     def run_ts(self) -> float:
         """When the job may next run (epoch seconds); 0 means now."""
         return parse_time(self.next_run_at) if self.next_run_at else 0.0
+
+
+def parse_file(data: bytes, stem: str) -> Job:
+    """The job in a canonical job file named <stem>.json; InvalidJob if it is not one."""
+    job = Job.from_record(loads(data))
+    if job.id != stem:
+        raise InvalidJob(f"id field {job.id!r} does not match file name {stem}.json")
+    return job
+
+
+def parse_specs(data: bytes, source: str) -> list[tuple[str, Any]]:
+    """(position, spec) pairs from a JSON object, a JSON array, or JSON Lines.
+
+    A record that does not parse becomes (position, InvalidJob) so every bad
+    record can be reported, not only the first.
+    """
+    # Parse bytes, not decoded text: loads() then reports bad UTF-8 as such,
+    # with its byte offset, for the whole file and for each line alike.
+    stripped = data.lstrip()
+    if not stripped:
+        raise InvalidJob(f"{source} is empty")
+    try:
+        whole = loads(data)
+    except InvalidJob as e:
+        whole, whole_error = None, e
+    else:
+        whole_error = None
+    if isinstance(whole, list):
+        return [(f"item {i}", spec) for i, spec in enumerate(whole, 1)]
+    if whole_error is None:
+        return [(source, whole)]
+    if stripped.startswith(b"["):
+        raise InvalidJob(f"{source}: {whole_error}")
+    records: list[tuple[str, Any]] = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {n}", loads(line)))
+        except InvalidJob as e:
+            records.append((f"line {n}", e))
+    if len(records) == 1:
+        raise InvalidJob(f"{source}: {whole_error}")
+    return records

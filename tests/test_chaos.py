@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from torture_util import (all_ids_once, assert_check_clean, children, configure, dir_counts,  # noqa: F401
-                          enqueue_lines, names, procs, qc, status_json, wait_exit, wait_for,
+from support import (all_ids_once, assert_check_clean, children, configure, dir_counts,  # noqa: F401
+                          enqueue_lines, names, qc, status_json, wait_exit, wait_for,
                           worker_pids)
 
 pytestmark = pytest.mark.slow

@@ -24,13 +24,13 @@ lease = 30
 
 
 def test_defaults():
-    d = configmod.defaults()
+    d = configmod.defaults().as_dict()
     assert d["max_retries"] == 3
     assert d["backoff_base"] == 2
     assert d["backoff_max"] == 3600
     assert d["job_timeout"] is None
     assert d["dropin_grace"] == 2
-    assert d.max_retries == 3  # attribute access
+    assert configmod.defaults().max_retries == 3  # typed attribute access
 
 
 def test_config_list_on_a_brand_new_spool(run, spool_dir):
@@ -40,7 +40,7 @@ def test_config_list_on_a_brand_new_spool(run, spool_dir):
     assert r.stderr == ""
     assert not (spool_dir / "config.json").exists()  # reading writes nothing
     r = run("config", "list", "--json")
-    assert json.loads(r.stdout) == configmod.defaults()
+    assert json.loads(r.stdout) == configmod.defaults().as_dict()
 
 
 @pytest.mark.parametrize("key, value, shown, stored", [
@@ -76,7 +76,7 @@ def test_config_set_keeps_other_settings(run, spool_dir):
     assert "backoff_max = 0.05\n" in r.stdout
     assert "job_timeout = none\n" in r.stdout
     assert json.loads((spool_dir / "config.json").read_text()) == {
-        **configmod.defaults(), "max_retries": 5, "backoff_max": 0.05, "job_timeout": None}
+        **configmod.defaults().as_dict(), "max_retries": 5, "backoff_max": 0.05, "job_timeout": None}
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -151,7 +151,7 @@ def test_hand_written_config_with_dash_key_and_missing_keys(run, spool_dir):
 
 def test_from_bytes():
     assert configmod.from_bytes(b"") == configmod.defaults()
-    assert configmod.from_bytes(b'{"backoff_max": 0.05}')["backoff_max"] == 0.05
+    assert configmod.from_bytes(b'{"backoff_max": 0.05}').backoff_max == 0.05
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         configmod.from_bytes(b"[1]")
     with pytest.raises(ConfigError, match="unknown config key"):

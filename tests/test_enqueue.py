@@ -12,7 +12,7 @@ import pytest
 
 import queuectl.spool as spoolmod
 from queuectl.errors import DuplicateJob, SpoolError
-from queuectl.job import Job, JobState
+from queuectl.job import Job
 from queuectl.spool import Spool
 
 
@@ -136,10 +136,10 @@ def _trace(monkeypatch, events):
         events.append(("place", str(dst)))
         return real_noreplace(src, dst)
 
-    def syncfs(fd):
-        events.append(("syncfs", _fd_path(fd)))
+    def syncfs(path):
+        events.append(("syncfs", path))
 
-    real_noreplace = spoolmod.rename_noreplace if hasattr(spoolmod, "rename_noreplace") else None
+    real_noreplace = spoolmod.rename_noreplace
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
     monkeypatch.setattr(os, "rename", rename)

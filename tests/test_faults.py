@@ -13,9 +13,9 @@ import signal
 
 import pytest
 
-from queuectl.worker import EXIT_KILLED_BY_STOP
+from queuectl.runner import EXIT_KILLED_BY_STOP
 
-from worker_helpers import bg, cli, heartbeats, job_file, pid_gone, read_pids, wait_for, where  # noqa: F401
+from support import cli, heartbeats, job_file, pid_gone, read_pids, wait_for, where  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

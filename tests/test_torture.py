@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from torture_util import (assert_check_clean, configure, dir_counts, names, procs,  # noqa: F401
+from support import (assert_check_clean, configure, dir_counts, names,  # noqa: F401
                           qc, status_json, wait_exit, wait_for)
 
 pytestmark = pytest.mark.slow

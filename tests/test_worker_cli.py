@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from worker_helpers import bg, cli, cli_argv, heartbeats, job_file, pid_gone, wait_for, where  # noqa: F401
+from support import cli, cli_argv, heartbeats, job_file, pid_gone, wait_for, where  # noqa: F401
 
 PID = r"(\d+)"
 

@@ -1,0 +1,125 @@
+"""What every click command shares: error mapping, the lazy spool context, output helpers.
+
+Domain errors become one `Error: ...` line and exit 1; the core's log records
+become the lines a person sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from typing import Any
+
+import click
+
+from .errors import QueueError
+
+STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "done"]
+
+
+class QueueGroup(click.Group):
+    """Turns domain and OS errors into one `Error: ...` line and exit 1.
+
+    Subcommands named in `lazy` are imported from their module on first use,
+    so a command never pays for another's imports.
+    """
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.lazy: dict[str, tuple[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+            module, attr = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module, "queuectl"), attr), name)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QueueError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise click.ClickException(f"no space left on device ({e.filename or 'spool'})") from None
+            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+
+
+class Lines:
+    """How the core's log records look to a person: one line each, one write each.
+
+    Commands print notices as `queuectl: ...` on stderr. `worker start` prints
+    `[supervisor] ...` / `[worker-N] ...` on stdout with one write(2) per
+    line, so lines from concurrent worker processes never interleave.
+    """
+
+    handler = None
+
+    @classmethod
+    def install(cls, *, workers: bool) -> None:
+        root = logging.getLogger("queuectl")
+        if cls.handler is not None:
+            root.removeHandler(cls.handler)
+        cls.handler = WorkerLines() if workers else NoticeLines()
+        root.addHandler(cls.handler)
+        root.setLevel(logging.INFO)
+
+
+class NoticeLines(logging.Handler):
+    def emit(self, record) -> None:  # noqa: ANN001 - logging.LogRecord
+        if record.levelno >= 30:  # WARNING: notices; INFO lines are a worker's
+            click.echo(f"queuectl: {record.getMessage()}", err=True)
+
+
+class WorkerLines(logging.Handler):
+    def emit(self, record) -> None:  # noqa: ANN001 - logging.LogRecord
+        who = "supervisor" if record.processName == "MainProcess" else record.processName
+        os.write(1, f"[{who}] {record.getMessage()}\n".encode("utf-8", "replace"))
+
+
+class Context:
+    """Opens the spool on first use, so `--help` and `--version` touch no disk."""
+
+    def __init__(self, spool_dir: str | None):
+        self.spool_dir = spool_dir
+        self._spool = None
+
+    @property
+    def spool(self):
+        if self._spool is None:
+            from .spool import Spool, default_spool
+            self._spool = Spool(self.spool_dir or default_spool())
+        return self._spool
+
+    def synced(self):
+        """The spool with its index brought up to date with the directories."""
+        spool = self.spool
+        spool.sync()
+        return spool
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def json_option(help: str):
+    """The --json flag every command that prints data has."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")

@@ -1,0 +1,221 @@
+"""Commands that run and stop workers, read logs, and work the dead letter queue."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .cli_base import Context, Lines, dump, json_option, one_line, pass_ctx
+
+# -- workers -------------------------------------------------------------------
+
+
+@click.group()
+def worker():
+    """Run, stop and list workers.
+
+    \b
+    Example:
+      queuectl worker start --count 4
+    """
+
+
+@worker.command("start")
+@click.option("-c", "--count", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes.")
+@click.option("--burst", is_flag=True, help="Exit 0 when nothing is left to do.")
+@click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/worker-*.log.")
+@click.option("--poll", is_flag=True, help="Poll the spool instead of inotify (network filesystems).")
+@click.option("--stop-timeout", type=click.FloatRange(0), default=None,
+              help="On stop, kill jobs still running after this many seconds.")
+@click.option("--allow-shared-spool", is_flag=True,
+              help="Run even if the spool is writable by group or others.")
+@pass_ctx
+def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool):
+    """Start a supervisor with COUNT worker processes in the foreground.
+
+    Ctrl-C or SIGTERM stops gracefully: no new claims, running jobs finish.
+    A second Ctrl-C (or --stop-timeout) kills them; they go back to pending.
+
+    \b
+    Examples:
+      queuectl worker start --count 2
+      queuectl worker start --count 1 --burst     # drain the queue, then exit
+      queuectl worker start --count 4 --detach
+    """
+    from .supervisor import Supervisor, check_spool_permissions, detach as detach_
+    spool = obj.spool
+    if detach:
+        if not allow_shared_spool:
+            check_spool_permissions(spool)
+        argv = ["--spool", spool.root, "worker", "start", "--count", str(count)]
+        argv += ["--burst"] * burst + ["--poll"] * poll + ["--allow-shared-spool"] * allow_shared_spool
+        if stop_timeout is not None:
+            argv += ["--stop-timeout", str(stop_timeout)]
+        pid, log = detach_(spool, argv)
+        click.echo(f"started supervisor PID={pid}, log {log}")
+        return
+    sup = Supervisor(spool.root, count, burst=burst, poll=poll, stop_timeout=stop_timeout,
+                     allow_shared=allow_shared_spool)
+    Lines.install(workers=True)
+    raise SystemExit(sup.run())
+
+
+@worker.command("stop")
+@click.option("--timeout", type=click.FloatRange(0), default=60, show_default=True,
+              help="Seconds to let running jobs finish before they are killed.")
+@pass_ctx
+def worker_stop(obj: Context, timeout):
+    """Stop every supervisor of this spool on this host, gracefully, and wait.
+
+    \b
+    Example:
+      queuectl worker stop --timeout 30
+    """
+    from .supervisor import stop_supervisors
+    pids = stop_supervisors(obj.spool, timeout)
+    if not pids:
+        click.echo("no running supervisor")
+    for pid in pids:
+        click.echo(f"stopped supervisor PID={pid}")
+
+
+@worker.command("list")
+@json_option("Print workers as a JSON array.")
+@pass_ctx
+def worker_list(obj: Context, as_json):
+    """Show each live worker: id, host, pid, since, current job, last heartbeat.
+
+    \b
+    Example:
+      queuectl worker list
+    """
+    from .registry import read_workers
+    workers = [w for w in read_workers(obj.spool) if w.alive]
+    if as_json:
+        dump([{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")}
+               for w in workers])
+        return
+    for w in workers:
+        click.echo(f"{w.get('id')} host={w.get('host')} pid={w.get('pid')} since={w.get('since')} "
+                   f"job={w.get('job') or '-'} heartbeat={w.get('heartbeat_at')}")
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is done or dead.")
+@pass_ctx
+def logs(obj: Context, job_id, follow):
+    """Print a job's output: every attempt, each with a header line.
+
+    \b
+    Example:
+      queuectl logs job1 --follow
+    """
+    import time as _time
+    from .job import JobState
+    spool = obj.spool
+    path = spool.log_of(job_id)
+    out = sys.stdout.buffer  # bytes: logs hold whatever the command wrote
+    offset = 0
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(1 << 16):
+                    out.write(chunk)
+                    offset += len(chunk)
+                out.flush()
+        except FileNotFoundError:
+            pass
+        if not follow:
+            return
+        state, _ = spool.find(job_id)
+        if state in (JobState.COMPLETED, JobState.DEAD) and os.path.getsize(path) <= offset:
+            return
+        _time.sleep(0.2)
+
+
+# -- the dead letter queue ---------------------------------------------------------
+
+
+@click.group()
+def dlq():
+    """The dead letter queue: jobs that used up their retries.
+
+    \b
+    Example:
+      queuectl dlq list
+      queuectl dlq retry job1
+    """
+
+
+@dlq.command("list")
+@json_option("Print full job records as a JSON array.")
+@pass_ctx
+def dlq_list(obj: Context, as_json):
+    """List dead jobs with their attempts and last error.
+
+    \b
+    Example:
+      queuectl dlq list --json
+    """
+    jobs = obj.spool.dead_jobs()
+    if as_json:
+        dump(jobs)
+        return
+    for j in jobs:
+        click.echo(f"{j['id']} - attempts {j['attempts']} - {one_line(j.get('last_error') or '')} "
+                   f"- {one_line(j['command'])}")
+
+
+def _dlq_targets(obj: Context, job_ids, all_) -> list[str]:
+    if bool(job_ids) == bool(all_):
+        raise click.UsageError("give job IDs or --all")
+    if all_:
+        return [j["id"] for j in obj.spool.dead_jobs()]
+    obj.spool.ensure_dead(list(job_ids))
+    return list(job_ids)
+
+
+@dlq.command("retry")
+@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
+@pass_ctx
+def dlq_retry(obj: Context, job_ids, all_):
+    """Move dead jobs back to pending with attempts reset (history kept).
+
+    \b
+    Examples:
+      queuectl dlq retry job1 job2
+      queuectl dlq retry --all
+    """
+    for job_id in _dlq_targets(obj, job_ids, all_):
+        job = obj.spool.requeue(job_id)
+        click.echo(f"requeued job {job.id}")
+
+
+@dlq.command("purge")
+@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.option("--all", "all_", is_flag=True, help="Delete every dead job.")
+@click.option("--yes", is_flag=True, help="Confirm --all.")
+@pass_ctx
+def dlq_purge(obj: Context, job_ids, all_, yes):
+    """Delete dead jobs and their logs for good.
+
+    \b
+    Examples:
+      queuectl dlq purge job1
+      queuectl dlq purge --all --yes
+    """
+    if all_ and not yes:
+        raise click.UsageError("--all deletes every dead job: add --yes to confirm")
+    for job_id in _dlq_targets(obj, job_ids, all_):
+        obj.spool.purge(job_id)
+        click.echo(f"purged job {job_id}")
+

@@ -1,0 +1,243 @@
+"""Admission of files other programs drop into pending/, and quarantine with a reason.
+
+A drop-in is untrusted input. A valid one is rewritten in queuectl's own form
+(in batches: write all, one syncfs, rename each, one directory fsync); an
+invalid one moves, byte for byte, to rejected/ with NAME.reason beside it. A
+file that does not parse yet is given `dropin_grace` seconds: it may still be
+being written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import DuplicateJob, InvalidJob
+from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
+from .index import row_values
+from .job import Job, JobState, check_id, loads
+
+if TYPE_CHECKING:
+    from .spool import Spool
+
+log = logging.getLogger("queuectl.dropins")
+BATCH = 1024  # accepted files made durable by one syncfs
+
+
+def is_ignored(name: str) -> bool:
+    """Writers' scratch names: dotfiles and *.tmp (but `.json` alone is a bad job)."""
+    return (name.startswith(".") and name != ".json") or name.endswith(".tmp")
+
+
+def is_canonical(spec: Any, stem: str) -> bool:
+    """Is this parsed file already in queuectl's own form (written by queuectl, or moved back by hand)?"""
+    return isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
+
+
+@dataclass
+class SyncReport:
+    """What one sync of the index with the directories found."""
+    added: int = 0
+    removed: int = 0
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    waiting: int = 0  # unparseable drop-ins still inside their grace period
+    busy: bool = False  # another process held the drop-in lock: look again shortly
+
+
+@dataclass
+class _Admitted:
+    """A valid drop-in: the job, its canonical bytes (None: the file already is), where it goes."""
+    job: Job
+    data: bytes | None
+    src: str
+    dest: str
+
+
+class _TooFresh(Exception):
+    """An unparseable drop-in that may still be being written."""
+
+
+def reject(spool: "Spool", src: str, name: str, reason: str) -> bool:
+    """Move a file, unchanged, to rejected/ with NAME.reason beside it; False if it is gone."""
+    dest_name = name or "unnamed"
+    for n in itertools.count():
+        candidate = dest_name if n == 0 else f"{dest_name}.{n}"
+        dest = spool.path("rejected", candidate)
+        if not os.path.lexists(dest) and not os.path.lexists(dest + ".reason"):
+            break
+    try:
+        os.rename(src, dest)
+    except FileNotFoundError:
+        return False
+    line = " ".join(reason.split()) + "\n"
+    atomic_write(spool.path("tmp"), dest + ".reason", line.encode(), durable=False)
+    log.warning("rejected %s: %s", name, reason)
+    return True
+
+
+def accept(spool: "Spool", names: list[str], report: SyncReport, *, wait: bool) -> None:
+    """Turn files other programs put into pending/ into canonical jobs, or reject them.
+
+    With wait=False a busy drop-in lock (another process accepting right now)
+    is not waited for: the report says so and the caller looks again shortly.
+    """
+    with spool.hot_lock(wait=wait) as locked:
+        if not locked:
+            report.waiting += len(names)
+            report.busy = True
+            return
+        grace = spool.config.dropin_grace
+        # For many drop-ins one listing of the state directories beats five
+        # stats and an index query a file.
+        on_disk = spool.taken_ids() if len(names) > 16 else None
+        taken: dict[str, str] = {}  # lower-cased id -> id, accepted in this pass
+        batch: list[_Admitted] = []
+        for name in sorted(names):
+            src = spool.path("pending", name)
+            try:
+                admitted = _admit(spool, src, name, grace, taken, on_disk)
+            except FileNotFoundError:
+                continue  # claimed or moved by someone else meanwhile
+            except _TooFresh:
+                report.waiting += 1
+                continue
+            except InvalidJob as e:
+                if reject(spool, src, name, str(e)):
+                    report.rejected.append((name, str(e)))
+                continue
+            taken[admitted.job.id.lower()] = admitted.job.id
+            batch.append(admitted)
+            if len(batch) >= BATCH:
+                _commit(spool, batch, report)
+                batch = []
+        if batch:
+            _commit(spool, batch, report)
+
+
+def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
+    tmps: list[str | None] = []
+    try:
+        for a in batch:
+            tmps.append(None if a.data is None else write_tmp(spool.path("tmp"), a.data, durable=False)[0])
+        if any(tmps):
+            syncfs(spool.path("tmp"))
+        rows = []
+        for a, tmp in zip(batch, tmps):
+            if tmp is not None:
+                if a.src == a.dest:
+                    os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
+                else:
+                    try:
+                        rename_noreplace(tmp, a.dest)
+                    except FileExistsError:
+                        unlink_quietly(tmp)
+                        continue  # someone took the id meanwhile; the drop-in stays for the next pass
+                    unlink_quietly(a.src)
+            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode()))
+            report.accepted.append(a.job.id)
+    except BaseException:
+        for tmp in tmps:
+            if tmp is not None:
+                unlink_quietly(tmp)
+        raise
+    spool.fsync_state_dir(JobState.PENDING)
+    spool.indexes.add_rows(rows)
+
+
+def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str, str],
+                   on_disk: dict[str, tuple[str, str]] | None = None) -> None:
+    """The spool's duplicate rule, plus the ids accepted earlier in the same pass:
+    their index rows are written in batches, so the lookup ignoring case misses them."""
+    other = taken.get(job_id.lower())
+    if other is not None:
+        raise DuplicateJob(f"job {other} already exists (in pending/)")
+    if on_disk is None:
+        spool.check_new_id(job_id, own=own)
+        return
+    hit = on_disk.get(job_id.lower())
+    if hit is not None and os.path.join(spool.root, hit[0], hit[1] + ".json") != own:
+        raise DuplicateJob(f"job {hit[1]} already exists (in {hit[0]}/)")
+
+
+def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: float) -> None:
+    """The rules on the file itself, before a byte of it is read."""
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidJob("symlink (never followed)")
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidJob("a directory, not a job file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidJob("not a regular file (FIFO, socket or device)")
+    if st.st_nlink > 1:
+        # enqueue links tmp/X to pending/<id>.json, then unlinks tmp/X: a worker
+        # woken by that link can list the file in between. Wait (the link set
+        # the ctime) rather than reject a job enqueue is accepting.
+        if time.time() - st.st_ctime < grace and (_linked_from_tmp(spool, st.st_ino) or nlink(src) == 1):
+            # nlink: enqueue may have unlinked its tmp/ copy between the
+            # lstat above and the scan of tmp/; look at the file again later.
+            raise _TooFresh()
+        raise InvalidJob(f"hard-linked file ({st.st_nlink} links): another path could change it")
+    if name == ".json":
+        raise InvalidJob("empty file name: no job id")
+    if not name.endswith(".json"):
+        raise InvalidJob("file name does not end in .json")
+    limit = spool.config.max_job_size
+    if st.st_size > limit:
+        raise InvalidJob(f"file is {st.st_size} bytes, over the limit of {limit} (config max_job_size)")
+
+
+def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, str],
+           on_disk: dict[str, tuple[str, str]] | None) -> _Admitted:
+    """Validate one drop-in and say what to write; raise InvalidJob to reject it."""
+    st = os.lstat(src)
+    _check_file(spool, src, name, st, grace)
+    limit = spool.config.max_job_size
+    fd = open_nofollow(src)
+    try:
+        fst = os.fstat(fd)
+        if fst.st_ino != st.st_ino or not stat.S_ISREG(fst.st_mode):
+            raise FileNotFoundError(src)  # swapped under us: look again next scan
+        data = read_fd(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InvalidJob(f"file is over the limit of {limit} bytes (config max_job_size)")
+    try:
+        spec = loads(data)
+    except InvalidJob:
+        if time.time() - st.st_mtime < grace:
+            raise _TooFresh() from None
+        raise
+    stem = name[:-5]
+    if is_canonical(spec, stem):
+        # Already in queuectl's own form (an index rebuild, or a file moved
+        # back by hand): keep its history and times.
+        job = Job.from_record(spec)
+        _check_id_free(spool, job.id, src, taken, on_disk)
+        if job.state is JobState.PENDING and "max_retries" in spec:
+            return _Admitted(job, None, src, src)
+        if "max_retries" not in spec:
+            job.max_retries = spool.config.max_retries
+        job.state, job.next_run_at = JobState.PENDING, None
+        return _Admitted(job, job.to_json(), src, src)
+    fallback = None
+    if not (isinstance(spec, dict) and "id" in spec):
+        fallback = check_id(stem)
+    job = spool.new_job(spec, fallback_id=fallback)
+    dest = spool.job_path(JobState.PENDING, job.id)
+    _check_id_free(spool, job.id, src if src == dest else None, taken, on_disk)
+    return _Admitted(job, job.to_json(), src, dest)
+
+
+def _linked_from_tmp(spool: "Spool", ino: int) -> bool:
+    """Is another link to this inode one of enqueue's own files in tmp/?"""
+    try:
+        with os.scandir(spool.path("tmp")) as it:
+            return any(e.inode() == ino for e in it)
+    except OSError:
+        return False

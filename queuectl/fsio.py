@@ -1,0 +1,211 @@
+"""File primitives every other module builds on: no job or spool knowledge here.
+
+Opening without following links, atomic write (tmp + fsync + rename), fsync
+of a directory, syncfs, rename without replacing, file locks, bounded reads,
+and telling a full disk from other failures.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+
+from .errors import SpoolError
+
+_counter = itertools.count()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = None
+
+# Open flags for any file another program may have put in the spool: never
+# follow a symlink, never block on a FIFO, never leak into a child.
+NOFOLLOW_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_nofollow(path: str) -> int:
+    """A read-only descriptor on path itself (a symlink raises ELOOP, a FIFO never blocks)."""
+    return os.open(path, NOFOLLOW_FLAGS)
+
+
+def read_fd(fd: int, limit: int | None = None) -> bytes:
+    """Everything from offset 0 (at most about `limit` bytes), whatever the file offset is."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 16, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        if limit is not None and offset >= limit:
+            break
+    return b"".join(chunks)
+
+
+def read_nofollow(path: str, limit: int | None = None) -> tuple[bytes, os.stat_result]:
+    """The bytes and fstat of the file at path, read without following links."""
+    fd = open_nofollow(path)
+    try:
+        return read_fd(fd, limit), os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_libc():
+    global _libc
+    if _libc is None:
+        import ctypes  # lazily: most commands never need it
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
+def syncfs(path: str) -> None:
+    """Flush every dirty file of the filesystem holding path: one call instead of one fsync a file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = _load_libc()
+        if libc and hasattr(libc, "syncfs") and libc.syncfs(fd) == 0:
+            return
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that raises FileExistsError instead of replacing dst.
+
+    renameat2(RENAME_NOREPLACE) is one atomic step; where the kernel or the
+    filesystem lacks it, link + unlink gives the same no-clobber guarantee.
+    """
+    libc = _load_libc()
+    if libc and hasattr(libc, "renameat2"):
+        import ctypes
+        if libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst)
+    os.unlink(src)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Is this error a full disk or an exhausted quota (not a broken file)?"""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(e) or "disk full" in str(e)
+
+
+def space_error(e: OSError, what: str) -> SpoolError:
+    """The SpoolError a failed write becomes: a full disk says so in its own words."""
+    if is_disk_full(e):
+        return SpoolError(f"no space left on device while {what}")
+    return SpoolError(f"{what}: {e.strerror or e}")
+
+
+def disk_full(path: str) -> bool:
+    """Is the filesystem holding path out of blocks or inodes right now?"""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def tmp_name(tmp_dir: str) -> str:
+    """A scratch name no other writer uses: dot-prefixed, .tmp-suffixed (ignored by every scan)."""
+    return os.path.join(tmp_dir, f".{os.getpid()}.{next(_counter)}.{os.urandom(3).hex()}.tmp")
+
+
+def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None = None,
+              keep_open: bool = False) -> tuple[str, int]:
+    """Write data to a new private file in tmp_dir: (path, fd), fd -1 unless keep_open.
+
+    keep_open lets the caller lock the file before renaming it into place.
+    """
+    path = tmp_name(tmp_dir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise space_error(e, "writing a job file") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        if durable:
+            os.fsync(fd)
+    except OSError as e:
+        os.close(fd)
+        unlink_quietly(path)
+        raise space_error(e, "writing a job file") from None
+    if keep_open:
+        return path, fd
+    os.close(fd)
+    return path, -1
+
+
+def atomic_write(tmp_dir: str, dest: str, data: bytes, *, durable: bool, mtime: float | None = None) -> None:
+    """Write, (fsync,) rename: a reader sees the old file or the new one, never half."""
+    tmp, _ = write_tmp(tmp_dir, data, durable=durable, mtime=mtime)
+    try:
+        os.rename(tmp, dest)
+    except OSError as e:
+        unlink_quietly(tmp)
+        raise space_error(e, f"writing {dest}") from None
+    if durable:
+        fsync_dir(os.path.dirname(dest))
+
+
+def lock_file(path: str, *, wait: bool = False) -> int | None:
+    """An open descriptor holding the flock of the regular file at path, or None.
+
+    None if there is no such file (symlinks are never followed), if another
+    process holds the lock (unless wait), or if the path stopped naming the
+    locked file meanwhile (it was renamed on or replaced).
+    """
+    try:
+        fd = open_nofollow(path)
+    except OSError:
+        return None
+    if lock_fd(path, fd, wait=wait):
+        return fd
+    os.close(fd)
+    return None
+
+
+def lock_fd(path: str, fd: int, *, wait: bool = False) -> bool:
+    """flock an open descriptor; True only if path still names that very file."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
+def nlink(path: str) -> int:
+    try:
+        return os.lstat(path).st_nlink
+    except OSError:
+        return 0

@@ -1,0 +1,165 @@
+"""Outcomes and retries (backoff), and claims whose owner is gone: detect and recover.
+
+An attempt's outcome picks the next state: done, failed (retry after a
+backoff) or dead. A job in processing/ whose owner died counts a failed
+attempt ("worker died") and follows the same rule, so delivery is
+at-least-once and a job that kills its worker still reaches the dead letter
+queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from .config import Config
+from .dropins import is_ignored
+from .fsio import lock_file
+from .job import Job, JobState, now_iso
+from .registry import WorkerInfo, forget, hostname, read_workers, signal_process
+
+if TYPE_CHECKING:
+    from .spool import Claim, Spool
+
+log = logging.getLogger("queuectl.recovery")
+
+
+def backoff_delay(attempts: int, base: float, cap: float, jitter: float) -> float:
+    """Seconds before retry number `attempts`: base ** attempts (+ jitter), never above cap."""
+    try:
+        delay = float(base) ** attempts
+    except OverflowError:
+        delay = float("inf")
+    if jitter:
+        delay *= 1 + random.random() * jitter
+    return min(delay, cap)
+
+
+def apply_outcome(job: Job, entry: dict, config: Config) -> float:
+    """Count the attempt and pick the next state: done, failed (retry later) or dead.
+
+    Returns the backoff delay in seconds (0 unless the job will be retried).
+    """
+    job.attempts += 1
+    job.history.append(entry)
+    job.exit_code = entry.get("exit_code")
+    if entry.get("exit_code") == 0 and not entry.get("error"):
+        job.state, job.last_error, job.next_run_at = JobState.COMPLETED, None, None
+        return 0.0
+    job.last_error = entry.get("error")
+    if job.attempts <= job.max_retries:
+        delay = backoff_delay(job.attempts, config.backoff_base, config.backoff_max, config.backoff_jitter)
+        job.state, job.next_run_at = JobState.FAILED, now_iso(time.time() + delay)
+        return delay
+    job.state, job.next_run_at = JobState.DEAD, None
+    return 0.0
+
+
+def fmt_secs(delay: float) -> str:
+    return f"{delay:.1f}s" if delay >= 0.1 else f"{delay:.3f}s"
+
+
+# -- orphans -----------------------------------------------------------------------------
+
+
+def _remote_leases(spool: "Spool") -> list[WorkerInfo]:
+    """Heartbeats of live workers on other hosts.
+
+    A free flock proves a job's owner dead only where locks work across
+    hosts (local disks, NFS). On a shared filesystem without them (sshfs,
+    some FUSE mounts) a worker on another host may hold the job all the
+    same, so its heartbeat lease counts as the lock.
+    """
+    host = hostname()
+    return [w for w in read_workers(spool) if w.host != host and w.alive]
+
+
+def _leased(job_id: str, fd: int, remote: list[WorkerInfo], lease: float) -> bool:
+    """May a live worker on another host own this processing/ file?
+
+    Yes if its heartbeat names the job, or if the file was claimed (renamed,
+    which sets its ctime) less than a lease ago: short jobs are never named in
+    a heartbeat.
+    """
+    if any(w.job == job_id for w in remote):
+        return True
+    return time.time() - os.fstat(fd).st_ctime < lease
+
+
+def orphans(spool: "Spool") -> Iterator["Claim"]:
+    """Claims on processing/ jobs whose owner is gone (their lock is free)."""
+    try:
+        names = os.listdir(spool.path("processing"))
+    except FileNotFoundError:
+        return
+    remote = None
+    for name in names:
+        if is_ignored(name) or not name.endswith(".json"):
+            continue
+        path = spool.path("processing", name)
+        fd = lock_file(path)
+        if fd is None:
+            continue  # its worker lives (or it just moved on)
+        if remote is None:
+            remote = _remote_leases(spool)
+        if remote and _leased(name[:-5], fd, remote, spool.config.lease):
+            os.close(fd)
+            continue
+        claim = spool.adopt(fd, JobState.PROCESSING, name[:-5])
+        if claim is not None:
+            yield claim
+
+
+def recover_orphan(spool: "Spool", claim: "Claim", by: str) -> str | None:
+    """A processing/ job whose owner died: finish its move, or count a failed attempt.
+
+    Returns the line to tell a person, or None when only a finished move was completed.
+    """
+    job = claim.job
+    # Only a final state proves the owner recorded an outcome and died before the
+    # last rename: claims are taken from pending/ and failed/ only. A `failed`
+    # file may be a retry claimed unchanged, so it counts an attempt; otherwise
+    # a job that kills its worker would retry forever. (A crash between the two
+    # renames of a failed outcome then counts one attempt too many: rare, and safe.)
+    if job.state in (JobState.COMPLETED, JobState.DEAD):
+        spool.record(claim, job)
+        return None
+    attempt = job.attempts + 1
+    entry = {"attempt": attempt, "worker": by, "host": hostname(), "pid": os.getpid(),
+             "started_at": None, "finished_at": now_iso(), "exit_code": None, "error": "worker died"}
+    delay = apply_outcome(job, entry, spool.config)
+    spool.record(claim, job)
+    where = f"retry in {fmt_secs(delay)}" if job.state is JobState.FAILED else "moved to dead letter queue"
+    return f"recovered {job.id} (worker died, attempt {attempt}/{job.max_retries + 1}): {where}"
+
+
+def prune_dead_workers(spool: "Spool") -> None:
+    """Forget workers of this host that died; first kill the job a dead worker left running.
+
+    A job runs in its own session, so it outlives a kill -9 of its worker;
+    left alone it would run on beside the retry that recovery starts.
+    """
+    host = hostname()
+    for w in read_workers(spool):
+        if w.alive or w.host != host:
+            continue
+        pid, start = w.get("job_pid"), w.get("job_start")
+        if isinstance(pid, int) and isinstance(start, str):
+            signal_process(pid, start, signal.SIGKILL, group=True)
+        forget(spool, w)
+
+
+def recover_all(spool: "Spool", by: str) -> list[str]:
+    """Prune dead workers, then recover every orphaned claim; the lines to tell a person."""
+    prune_dead_workers(spool)
+    said = []
+    for claim in orphans(spool):
+        line = recover_orphan(spool, claim, by)
+        if line:
+            said.append(line)
+    return said
+
