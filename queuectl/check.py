@@ -24,14 +24,15 @@ from .errors import InvalidJob, SpoolError
 from .fsio import lock_fd, lock_file, open_nofollow, read_fd
 from .job import PROGRESS, Job, JobState, loads, parse_file
 from .recovery import recover_orphan
-from .spool import STATE_DIRS, SUBDIRS, Spool
+from .registry import claimed_by_live_workers
+from .spool import STATE_DIRS, SUBDIRS, Spool, unsafe_dirs
 
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
 TOP_LEVEL = {*SUBDIRS, "config.json", "index.db", "index.db-wal", "index.db-shm",
              "index.db-journal", ".lock"}
 # Kinds, in the order they are reported and repaired.
-KINDS = ("permissions", "duplicate", "invalid-job", "state-mismatch", "orphan", "stale-tmp",
+KINDS = ("permissions", "duplicate", "invalid-job", "state-mismatch", "orphan", "replaced-claim", "stale-tmp",
          "unexpected-file", "stale-dropin", "index")
 
 
@@ -96,21 +97,16 @@ def _check_permissions(spool: Spool, allow_shared: bool) -> list[Problem]:
     out = []
     if allow_shared:
         return out
-    for sub in ["", *SUBDIRS]:
-        path = spool.path(sub) if sub else spool.root
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if st.st_mode & 0o022:
-            mode = stat.S_IMODE(st.st_mode)
-
+    for path, mode, why in unsafe_dirs(spool.root):
+        fix = None
+        if os.lstat(path).st_uid == os.geteuid():
             def fix(path=path, mode=mode) -> str:
                 os.chmod(path, mode & ~0o077)  # as created: private to the owner
                 return f"chmod {mode & ~0o077:o}"
-            out.append(Problem("permissions", _rel(spool, path) if sub else ".", None,
-                               f"directory is writable by group or others (mode {mode:o}): anyone "
-                               "who can write there can run commands as the worker's user", _fix=fix))
+        sub = _rel(spool, path)
+        out.append(Problem("permissions", sub, None,
+                           f"directory {why}: anyone who can write there can run commands as "
+                           "the worker's user", _fix=fix))
     return out
 
 
@@ -330,8 +326,14 @@ def _same_file(spool: Spool, e: _Entry) -> bool:
 
 
 def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
-    """processing/ jobs whose lock is free: their worker is gone. Probed, not consumed."""
+    """processing/ jobs whose lock is free: their worker is gone. Probed, not consumed.
+
+    A free lock on a job that a live worker's claim record names means the
+    file was replaced under its worker (edited in place): not an orphan, but
+    not ok either.
+    """
     out = []
+    owned = claimed_by_live_workers(spool)
     for group in entries.values():
         for e in group:
             if e.state is not JobState.PROCESSING:
@@ -346,6 +348,12 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
                 continue
             job = e.job
             assert job is not None
+            owner = owned.get(job.id)
+            if owner is not None:
+                out.append(Problem("replaced-claim", f"processing/{e.name}", job.id,
+                                   f"replaced while {owner.id} (pid {owner.pid}) runs it (edited in place?): "
+                                   "the worker's outcome will overwrite it; edit jobs in pending/ only"))
+                continue
             if job.state in (JobState.COMPLETED, JobState.DEAD):
                 msg = (f"no live worker holds it (the file says {job.state.value}: "
                        "recovery finishes the move)")
@@ -402,6 +410,8 @@ def _check_top_level(spool: Spool) -> list[Problem]:
 
 def _check_index(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
     """Compare the index with the files as they are, without syncing it first."""
+    if spool.readonly:
+        return []  # its index lives in memory, built from these very files
     idx = spool.index
     on_disk = {k: g for k, g in entries.items() if len(g) == 1}
     if idx.created and on_disk:

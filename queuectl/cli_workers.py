@@ -196,7 +196,11 @@ def dlq_retry(obj: Context, job_ids, all_):
       queuectl dlq retry --all
     """
     for job_id in _dlq_targets(obj, job_ids, all_):
-        job = obj.spool.requeue(job_id)
+        # With --all, a job another `dlq retry` or `purge` took meanwhile is skipped, not an error.
+        job = obj.spool.requeue(job_id, missing_ok=all_)
+        if job is None:
+            click.echo(f"skipped job {job_id}: no longer in the dead letter queue", err=True)
+            continue
         click.echo(f"requeued job {job.id}")
 
 
@@ -216,6 +220,8 @@ def dlq_purge(obj: Context, job_ids, all_, yes):
     if all_ and not yes:
         raise click.UsageError("--all deletes every dead job: add --yes to confirm")
     for job_id in _dlq_targets(obj, job_ids, all_):
-        obj.spool.purge(job_id)
+        if not obj.spool.purge(job_id, missing_ok=all_):
+            click.echo(f"skipped job {job_id}: no longer in the dead letter queue", err=True)
+            continue
         click.echo(f"purged job {job_id}")
 

@@ -182,6 +182,9 @@ def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: 
             # lstat above and the scan of tmp/; look at the file again later.
             raise _TooFresh()
         raise InvalidJob(f"hard-linked file ({st.st_nlink} links): another path could change it")
+    if st.st_uid != os.geteuid() and not spool.shared:
+        raise InvalidJob(f"owned by uid {st.st_uid}, not by the spool's user (uid {os.geteuid()}): "
+                         "a private spool runs only its owner's jobs")
     if name == ".json":
         raise InvalidJob("empty file name: no job id")
     if not name.endswith(".json"):

@@ -107,7 +107,7 @@ class Index:
 
     def __init__(self, path: str):
         self.path = path
-        self.created = not os.path.exists(path) or os.path.getsize(path) == 0
+        self.created = path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0
         try:
             self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
                                       isolation_level=None, check_same_thread=False)
@@ -321,6 +321,8 @@ class IndexStore:
 
     def _open(self) -> Index:
         path = self.path
+        if path == ":memory:":
+            return Index(path)  # a read-only spool's: built from the directories by sync
         existed = os.path.exists(path)
         made = False
         if not existed:

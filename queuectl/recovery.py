@@ -20,7 +20,8 @@ from .config import Config
 from .dropins import is_ignored
 from .fsio import lock_file
 from .job import Job, JobState, now_iso
-from .registry import WorkerInfo, forget, hostname, read_workers, signal_process
+from .registry import (WorkerInfo, claimed_by_live_workers, forget, hostname, owner_marker, processes_marked,
+                       read_workers, signal_process)
 
 if TYPE_CHECKING:
     from .spool import Claim, Spool
@@ -96,7 +97,7 @@ def orphans(spool: "Spool") -> Iterator["Claim"]:
         names = os.listdir(spool.path("processing"))
     except FileNotFoundError:
         return
-    remote = None
+    remote = owned = None
     for name in names:
         if is_ignored(name) or not name.endswith(".json"):
             continue
@@ -104,6 +105,11 @@ def orphans(spool: "Spool") -> Iterator["Claim"]:
         fd = lock_file(path)
         if fd is None:
             continue  # its worker lives (or it just moved on)
+        if owned is None:
+            owned = claimed_by_live_workers(spool)
+        if name[:-5] in owned:
+            os.close(fd)  # replaced under its live owner (edited in place): still owned
+            continue
         if remote is None:
             remote = _remote_leases(spool)
         if remote and _leased(name[:-5], fd, remote, spool.config.lease):
@@ -150,6 +156,14 @@ def prune_dead_workers(spool: "Spool") -> None:
         pid, start = w.get("job_pid"), w.get("job_start")
         if isinstance(pid, int) and isinstance(start, str):
             signal_process(pid, start, signal.SIGKILL, group=True)
+        if w.role == "worker" and w.pid_start:
+            # A command started too shortly before its worker died to be in the
+            # heartbeat: it carries the worker's mark in its environment.
+            for leftover in processes_marked(owner_marker(w.pid, w.pid_start)):
+                try:
+                    os.killpg(os.getpgid(leftover), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         forget(spool, w)
 
 

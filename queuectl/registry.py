@@ -77,6 +77,33 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return start is None or st.start == start
 
 
+def owner_marker(pid: int, start: str | None) -> str:
+    """The value of QUEUECTL_OWNER in the environment of every command a worker starts.
+
+    The environment is set before the command runs a single instruction and
+    is inherited by everything it starts, so recovery can find a dead
+    worker's leftovers even if the worker died before it could note their pid.
+    """
+    return f"{hostname()}:{pid}:{start or ''}"
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Pids of this host's processes whose environment carries QUEUECTL_OWNER=marker."""
+    needle = b"\0QUEUECTL_OWNER=" + marker.encode() + b"\0"
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or another user's
+        if needle in env or env.endswith(needle[:-1]):
+            found.append(int(name))
+    return found
+
+
 def signal_process(pid: int, start: str | None, sig: int, *, group: bool = False) -> bool:
     """Send sig to pid (or its process group) only if it is still the process that started at `start`."""
     if not isinstance(pid, int) or pid <= 1 or not pid_alive(pid, start):
@@ -169,6 +196,37 @@ def count_live_workers(spool: "Spool") -> int:
 
 def forget(spool: "Spool", w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
+    unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
+
+
+CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded
+
+
+def read_claim(path: str) -> str | None:
+    """The job id a worker's claim record names, or None."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CLAIM_RECORD + 1)
+    except OSError:
+        return None
+    text = data.decode("ascii", "replace").strip()
+    return text or None
+
+
+def claimed_by_live_workers(spool: "Spool") -> dict[str, WorkerInfo]:
+    """Job id -> the live worker whose claim record names it.
+
+    A worker writes the id before its claim rename and clears it after the
+    outcome is recorded, so a job it runs is protected even when its file in
+    processing/ was replaced (by `sed -i`, say) and so lost the worker's flock.
+    """
+    out: dict[str, WorkerInfo] = {}
+    for w in read_workers(spool):
+        if w.alive and w.role == "worker":
+            job = read_claim(spool.path("workers", w.file[:-5] + ".claim"))
+            if job:
+                out[job] = w
+    return out
 
 
 class Heartbeat:
@@ -177,6 +235,8 @@ class Heartbeat:
     def __init__(self, spool: "Spool", role: str, name: str, **extra: Any):
         self.spool = spool
         self.path = spool.path("workers", f"{hostname()}.{os.getpid()}.json")
+        self.claim_path = self.path[:-5] + ".claim"
+        self._claim_fd = -1
         self.info: dict[str, Any] = {
             "id": name, "role": role, "host": hostname(), "pid": os.getpid(),
             "pid_start": proc_start(os.getpid()), "since": now_iso(), "heartbeat_at": None,
@@ -198,6 +258,23 @@ class Heartbeat:
         except (OSError, SpoolError):
             pass  # a full disk must not stop the worker; liveness also uses the pid
 
+    def claiming(self, job_id: str | None) -> None:
+        """Record (before the claim rename) or clear (after the outcome) the job this worker holds.
+
+        One pwrite of a fixed-size record: no new inode per job, and a reader
+        sees the old id or the new one.
+        """
+        try:
+            if self._claim_fd < 0:
+                self._claim_fd = os.open(self.claim_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.pwrite(self._claim_fd, (job_id or "").ljust(CLAIM_RECORD).encode("ascii"), 0)
+        except OSError:
+            pass  # a full disk: the flock on the claimed file still protects it
+
     def remove(self) -> None:
         unlink_quietly(self.path)
+        if self._claim_fd >= 0:
+            os.close(self._claim_fd)
+            self._claim_fd = -1
+        unlink_quietly(self.claim_path)
 

@@ -6,19 +6,18 @@ one state directory at any instant. The index (index.py) follows the files.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 from . import config as configmod
 from .dropins import SyncReport, accept, is_ignored, reject
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
-from .fsio import (atomic_write, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
+from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
 from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
@@ -61,6 +60,29 @@ def _create(root: str) -> bool:
     return fresh
 
 
+def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
+    """(path, mode, why) for each spool directory someone else could write jobs into.
+
+    Anyone who can write a job into the spool can run commands as the worker's
+    user: the spool and each of its directories must be the running user's
+    and writable by no one else.
+    """
+    out = []
+    me = os.geteuid()
+    for sub in ["", *SUBDIRS]:
+        path = os.path.join(root, sub) if sub else root
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != me:
+            out.append((path, mode, f"is owned by uid {st.st_uid}, not by you (uid {me})"))
+        elif st.st_mode & 0o022:
+            out.append((path, mode, f"is writable by group or others (mode {mode:o})"))
+    return out
+
+
 @dataclass
 class Claim:
     """A job a process holds: the open, flock'ed job file."""
@@ -74,80 +96,31 @@ class Claim:
             self.fd = -1
 
 
-class SpoolLock:
-    """The spool-wide lock (flock on SPOOL/.lock), reentrant within one Spool."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._depth = 0  # how deep this process holds it through this object
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[bool]:
-        """The spool-wide lock for cold paths (config writes, reindex, index repair).
-
-        filelock's Unix lock is flock(2) on SPOOL/.lock, the same lock hot_lock()
-        takes, so the two exclude each other between processes; within this
-        Spool either one nests inside the other instead of deadlocking.
-        """
-        if self._depth:
-            with self._held():
-                yield True
-            return
-        from filelock import FileLock
-        with FileLock(self.path, mode=0o600), self._held():
-            yield True
-
-    @contextlib.contextmanager
-    def hot_lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """The same spool-wide lock for hot paths (enqueue, drop-in acceptance).
-
-        A bare flock(2): a waiter is woken by the kernel the moment the lock is
-        free, where filelock polls every 50 ms, and a CLI is spared filelock's
-        14 ms import. With wait=False it yields False, without the lock, if
-        another process holds it.
-        """
-        if self._depth:
-            with self._held():
-                yield True
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            with self._held():
-                yield True
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _held(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-
-
 class Spool:
     """One spool directory. `worker=True`: index writes are batched (flush_index)
     and a busy drop-in acceptance is not waited for (its files are claimable soon)."""
 
-    def __init__(self, root: str, *, create: bool = True, worker: bool = False):
+    def __init__(self, root: str, *, create: bool = True, worker: bool = False, shared: bool = False):
         self.root = os.path.abspath(root)
+        # A deliberately shared spool (--allow-shared-spool, inherited by the
+        # workers through the environment): other users' drop-ins are jobs too.
+        self.shared = shared or os.environ.get("QUEUECTL_ALLOW_SHARED_SPOOL") == "1"
         self.fresh = False
-        if create:
+        # A read-only spool (a snapshot, a backup, a read-only mount) can still
+        # be inspected: no locks, no drop-in admission, an index in memory.
+        self.readonly = os.path.isdir(self.root) and not os.access(self.root, os.W_OK)
+        if create and not self.readonly:
             self.fresh = _create(self.root)
         elif not os.path.isdir(self.root):
             raise SpoolError(f"no spool at {self.root}")
         self._config: configmod.Config | None = None
         locks = SpoolLock(self.path(".lock"))
         self.lock, self.hot_lock = locks.lock, locks.hot_lock
+        if self.readonly:
+            self.lock = self.hot_lock = no_lock
         self.wait_for_dropins = not worker
-        self.indexes = IndexStore(self.path("index.db"), self.lock, self._has_jobs,
-                                  fresh=self.fresh, defer=worker)
+        self.indexes = IndexStore(":memory:" if self.readonly else self.path("index.db"), self.lock,
+                                  self._has_jobs, fresh=self.fresh, defer=worker)
 
     # -- layout --------------------------------------------------------------
 
@@ -156,6 +129,15 @@ class Spool:
 
     def job_path(self, state: JobState, job_id: str) -> str:
         return os.path.join(self.root, state.dirname, job_id + ".json")
+
+    def check_private(self) -> None:
+        """SpoolError unless only the running user can write jobs into this spool."""
+        for path, _mode, why in unsafe_dirs(self.root):
+            what = "spool" if path == self.root else "spool directory"
+            raise SpoolError(
+                f"{what} {path} {why}: anyone who can write there can run commands as you. Fix with "
+                f"`chown -R $(id -u) {self.root}; chmod -R go-w {self.root}`, or pass "
+                "--allow-shared-spool for a deliberately shared spool")
 
     def log_path(self, job_id: str) -> str:
         return self.path("logs", job_id + ".log")
@@ -350,7 +332,7 @@ class Spool:
         idx.begin()
         try:
             for d in changed:
-                found = self._sync_dir(idx, JobState.parse(d), report)
+                found = _sync_dir(self, idx, JobState.parse(d), report)
                 if found is not None:
                     dropins = found
             idx.commit()
@@ -365,32 +347,6 @@ class Spool:
                 # waiting file again (to accept it, or reject it after the grace).
                 idx.set_dirmark("pending", 0, 0)
         return report
-
-    def _sync_dir(self, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
-        """Diff one state directory against the index; for pending/, the names still to admit."""
-        d = state.dirname
-        checked = time.time_ns()
-        mtime = os.stat(self.path(d)).st_mtime_ns
-        names = os.listdir(self.path(d))
-        on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-        known = idx.ids_in(state)
-        gone = known - on_disk
-        if gone:
-            idx.delete(gone)
-            report.removed += len(gone)
-        dropins = None
-        if state is JobState.PENDING:
-            dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
-        else:
-            for job_id in on_disk - known:
-                try:
-                    job = self.read_job(self.path(d, job_id + ".json"))
-                except (OSError, InvalidJob):
-                    continue  # `check` reports it; a worker never claims from here
-                idx.upsert(job, state)
-                report.added += 1
-        idx.set_dirmark(d, mtime, checked)
-        return dropins
 
     # -- claim, record, recover ----------------------------------------------------
 
@@ -476,9 +432,17 @@ class Spool:
             raise JobNotFound(f"no valid job {job_id} in {state.dirname}/ ({e})") from None
         return Claim(job, fd, state)
 
-    def requeue(self, job_id: str, state: JobState = JobState.DEAD) -> Job:
-        """Move a job back to pending/ with attempts reset to 0; its history is kept."""
-        claim = self.hold(state, job_id)
+    def requeue(self, job_id: str, state: JobState = JobState.DEAD, *, missing_ok: bool = False) -> Job | None:
+        """Move a job back to pending/ with attempts reset to 0; its history is kept.
+
+        missing_ok: a job another process moved on meanwhile is skipped (None).
+        """
+        try:
+            claim = self.hold(state, job_id)
+        except JobNotFound:
+            if missing_ok:
+                return None
+            raise
         job = claim.job
         job.history.append({"event": f"requeued from {state.dirname}/", "at": now_iso(),
                             "attempts_before": job.attempts})
@@ -499,15 +463,21 @@ class Spool:
         self.indexes.upsert(row_values(job, job.state))
         return job
 
-    def purge(self, job_id: str, state: JobState = JobState.DEAD) -> None:
-        """Delete a job (and its log) for good."""
-        claim = self.hold(state, job_id)
+    def purge(self, job_id: str, state: JobState = JobState.DEAD, *, missing_ok: bool = False) -> bool:
+        """Delete a job (and its log) for good; False if missing_ok and it was gone."""
+        try:
+            claim = self.hold(state, job_id)
+        except JobNotFound:
+            if missing_ok:
+                return False
+            raise
         try:
             os.unlink(self.job_path(state, job_id))
         finally:
             claim.release()
         unlink_quietly(self.log_path(job_id))
         self.indexes.delete(job_id)
+        return True
 
     def dead_jobs(self) -> list[dict]:
         self.sync()
@@ -579,6 +549,33 @@ def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:
         os.rename(tmp, dest)
         return
     unlink_quietly(tmp)
+
+
+def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
+    """Diff one state directory against the index; for pending/, the names still to admit."""
+    d = state.dirname
+    checked = time.time_ns()
+    mtime = os.stat(spool.path(d)).st_mtime_ns
+    names = os.listdir(spool.path(d))
+    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
+    known = idx.ids_in(state)
+    gone = known - on_disk
+    if gone:
+        idx.delete(gone)
+        report.removed += len(gone)
+    dropins = None
+    if state is JobState.PENDING and not spool.readonly:
+        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
+    else:
+        for job_id in on_disk - known:
+            try:
+                job = spool.read_job(spool.path(d, job_id + ".json"))
+            except (OSError, InvalidJob):
+                continue  # `check` reports it; a worker never claims from here
+            idx.upsert(job, state)
+            report.added += 1
+    idx.set_dirmark(d, mtime, checked)
+    return dropins
 
 
 class _PartlyPlaced(Exception):

@@ -28,12 +28,7 @@ WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
 
 def check_spool_permissions(spool: Spool) -> None:
     """Anyone who can write the spool can run commands as the worker's user."""
-    st = os.stat(spool.root)
-    if st.st_mode & 0o022:
-        raise WorkerError(
-            f"spool {spool.root} is writable by group or others (mode {st.st_mode & 0o777:o}): "
-            f"anyone who can write there can run commands as you. Fix with `chmod 700 {spool.root}`, "
-            "or pass --allow-shared-spool for a deliberately group-shared spool")
+    spool.check_private()
 
 
 def _die_with_parent() -> None:
@@ -70,7 +65,9 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.allow_shared = allow_shared
         self.signals = 0
-        self.spool = Spool(root)
+        if allow_shared:
+            os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
+        self.spool = Spool(root, shared=allow_shared)
         if not allow_shared:
             check_spool_permissions(self.spool)
         self.ctx = multiprocessing.get_context("fork")

@@ -17,7 +17,7 @@ from .errors import SpoolError
 from .index import is_busy
 from .job import Job, JobState, now_iso
 from .recovery import apply_outcome, fmt_secs, recover_all
-from .registry import Heartbeat, hostname, proc_start
+from .registry import Heartbeat, hostname, owner_marker, proc_start
 from .runner import NotStarted, Outcome, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
 
@@ -87,6 +87,7 @@ class Worker:
         from .watcher import Watcher
         self.spool = spool = Spool(self.root, worker=True)
         self.hb = Heartbeat(spool, "worker", self.name, supervisor_pid=self.parent)
+        self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
         self.hb.beat(force=True)
         log_.info("started PID=%d", os.getpid())
         self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll)
@@ -199,9 +200,11 @@ class Worker:
                 if self.stopping:
                     return None
                 job_id, state = self.candidates.pop()
+                self.hb.claiming(job_id)  # before the rename: the owner is known from the first instant
                 claim = spool.claim(job_id, state)
                 if claim is not None:
                     return claim
+                self.hb.claiming(None)
         return None
 
     def _tick(self) -> None:
@@ -226,6 +229,7 @@ class Worker:
         """Run one claimed job to its recorded outcome."""
         run = self._start(claim)
         self._conclude(run, self._finish(run))
+        self.hb.claiming(None)
         self.hb.set_job(None)
         self.running = None
 
@@ -241,7 +245,9 @@ class Worker:
                         f"({hostname()} pid {os.getpid()}) ===\n")
         if self.devnull < 0:
             self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        env = {**os.environ, **job.env} if job.env else None
+        env = {**os.environ, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
+               "QUEUECTL_ATTEMPT": str(run.attempt), "QUEUECTL_SPOOL": self.spool.root,
+               "QUEUECTL_OWNER": self.marker}
         try:
             run.proc = spawn(job.command, log_fd=run.log_fd, stdin_fd=self.devnull, cwd=job.cwd, env=env)
             self.job_pid = run.proc.pid
