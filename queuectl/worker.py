@@ -90,7 +90,12 @@ class Worker:
         self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
         self.hb.beat(force=True)
         log_.info("started PID=%d", os.getpid())
-        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll)
+        watched = [spool.path("pending"), spool.path("failed")]
+        if self.burst:
+            # A burst ends when the last job does: an idle worker must hear of the
+            # other workers' outcomes at once, not at its next timed rescan.
+            watched += [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
+        self.watcher = Watcher(watched, poll=self.poll)
         self.watcher.start()
         try:
             self.loop()
