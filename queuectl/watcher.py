@@ -67,6 +67,10 @@ class Watcher:
         observer.start()
         self._observer = observer
 
+    @property
+    def running(self) -> bool:
+        return self._observer is not None
+
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()

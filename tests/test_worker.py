@@ -666,8 +666,7 @@ def test_idle_worker_wakes_for_a_new_job(spool, spool_dir, tmp_path, collect_lin
     t = threading.Thread(target=w.run)
     t.start()
     try:
-        wait_for(lambda: lines, 5)
-        time.sleep(0.2)  # let it go idle
+        wait_for(lambda: lines and w.watcher is not None and w.watcher.running, 5)
         marker = tmp_path / "marker"
         t0 = time.monotonic()
         add(spool, id="late", command=f"echo ok > {marker}")
