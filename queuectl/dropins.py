@@ -15,15 +15,13 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ContextManager, Protocol
 
 from .errors import DuplicateJob, InvalidJob
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
-from .index import row_values
+from .config import Config
+from .index import IndexStore, row_values
 from .job import Job, JobState, check_id, loads
-
-if TYPE_CHECKING:
-    from .spool import Spool
 
 log = logging.getLogger("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
@@ -37,6 +35,24 @@ def is_ignored(name: str) -> bool:
 def is_canonical(spec: Any, stem: str) -> bool:
     """Is this parsed file already in queuectl's own form (written by queuectl, or moved back by hand)?"""
     return isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
+
+
+class SpoolView(Protocol):
+    """What admission needs of a spool; spool.Spool provides it (this module knows no more)."""
+    root: str
+    shared: bool
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def indexes(self) -> IndexStore: ...
+    def path(self, *parts: str) -> str: ...
+    def job_path(self, state: JobState, job_id: str) -> str: ...
+    def hot_lock(self, *, wait: bool = True) -> ContextManager[bool]: ...
+    def taken_ids(self) -> dict[str, tuple[str, str]]: ...
+    def check_new_id(self, job_id: str, own: str | None = None) -> None: ...
+    def new_job(self, spec: object, *, fallback_id: str | None = None) -> Job: ...
+    def fsync_state_dir(self, state: JobState) -> None: ...
 
 
 @dataclass
@@ -63,7 +79,7 @@ class _TooFresh(Exception):
     """An unparseable drop-in that may still be being written."""
 
 
-def reject(spool: "Spool", src: str, name: str, reason: str) -> bool:
+def reject(spool: SpoolView, src: str, name: str, reason: str) -> bool:
     """Move a file, unchanged, to rejected/ with NAME.reason beside it; False if it is gone."""
     dest_name = name or "unnamed"
     for n in itertools.count():
@@ -81,7 +97,7 @@ def reject(spool: "Spool", src: str, name: str, reason: str) -> bool:
     return True
 
 
-def accept(spool: "Spool", names: list[str], report: SyncReport, *, wait: bool) -> None:
+def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool) -> None:
     """Turn files other programs put into pending/ into canonical jobs, or reject them.
 
     With wait=False a busy drop-in lock (another process accepting right now)
@@ -120,7 +136,7 @@ def accept(spool: "Spool", names: list[str], report: SyncReport, *, wait: bool) 
             _commit(spool, batch, report)
 
 
-def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
+def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> None:
     tmps: list[str | None] = []
     try:
         for a in batch:
@@ -150,7 +166,7 @@ def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
     spool.indexes.add_rows(rows)
 
 
-def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str, str],
+def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: dict[str, str],
                    on_disk: dict[str, tuple[str, str]] | None = None) -> None:
     """The spool's duplicate rule, plus the ids accepted earlier in the same pass:
     their index rows are written in batches, so the lookup ignoring case misses them."""
@@ -165,7 +181,7 @@ def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str
         raise DuplicateJob(f"job {hit[1]} already exists (in {hit[0]}/)")
 
 
-def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: float) -> None:
+def _check_file(spool: SpoolView, src: str, name: str, st: os.stat_result, grace: float) -> None:
     """The rules on the file itself, before a byte of it is read."""
     if stat.S_ISLNK(st.st_mode):
         raise InvalidJob("symlink (never followed)")
@@ -194,7 +210,7 @@ def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: 
         raise InvalidJob(f"file is {st.st_size} bytes, over the limit of {limit} (config max_job_size)")
 
 
-def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, str],
+def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: dict[str, str],
            on_disk: dict[str, tuple[str, str]] | None) -> _Admitted:
     """Validate one drop-in and say what to write; raise InvalidJob to reject it."""
     st = os.lstat(src)
@@ -237,7 +253,7 @@ def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, s
     return _Admitted(job, job.to_json(), src, dest)
 
 
-def _linked_from_tmp(spool: "Spool", ino: int) -> bool:
+def _linked_from_tmp(spool: SpoolView, ino: int) -> bool:
     """Is another link to this inode one of enqueue's own files in tmp/?"""
     try:
         with os.scandir(spool.path("tmp")) as it:

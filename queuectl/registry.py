@@ -8,14 +8,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import SpoolError
 from .fsio import atomic_write, unlink_quietly
 from .job import now_iso
 
-if TYPE_CHECKING:
-    from .spool import Spool
+from .spool import Spool
 
 HEARTBEAT_INTERVAL = 2.0
 _hostname: str | None = None
@@ -163,7 +162,7 @@ def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: flo
                       {k: v for k, v in info.items() if k not in known})
 
 
-def read_workers(spool: "Spool") -> list[WorkerInfo]:
+def read_workers(spool: Spool) -> list[WorkerInfo]:
     """Every readable heartbeat file, each judged alive or not."""
     host = hostname()
     lease = spool.config.lease
@@ -190,11 +189,11 @@ def read_workers(spool: "Spool") -> list[WorkerInfo]:
     return out
 
 
-def count_live_workers(spool: "Spool") -> int:
+def count_live_workers(spool: Spool) -> int:
     return sum(1 for w in read_workers(spool) if w.alive and w.role == "worker")
 
 
-def forget(spool: "Spool", w: WorkerInfo) -> None:
+def forget(spool: Spool, w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
 
@@ -213,7 +212,7 @@ def read_claim(path: str) -> str | None:
     return text or None
 
 
-def claimed_by_live_workers(spool: "Spool") -> dict[str, WorkerInfo]:
+def claimed_by_live_workers(spool: Spool) -> dict[str, WorkerInfo]:
     """Job id -> the live worker whose claim record names it.
 
     A worker writes the id before its claim rename and clears it after the
@@ -232,7 +231,7 @@ def claimed_by_live_workers(spool: "Spool") -> dict[str, WorkerInfo]:
 class Heartbeat:
     """This process's heartbeat file: who it is, since when, and what it runs now."""
 
-    def __init__(self, spool: "Spool", role: str, name: str, **extra: Any):
+    def __init__(self, spool: Spool, role: str, name: str, **extra: Any):
         self.spool = spool
         self.path = spool.path("workers", f"{hostname()}.{os.getpid()}.json")
         self.claim_path = self.path[:-5] + ".claim"
