@@ -347,6 +347,14 @@ class IndexStore:
                         if fsio_disk_full(os.path.dirname(path)) or is_full(e):
                             raise SpoolError(f"no space left on device while creating index.db ({e})") from None
                         _create_private(new)  # an empty index.db below, then the usual repair
+                    except BaseException:
+                        _remove_db(new)
+                        raise
+                    # A close that could not checkpoint (a full disk) leaves the WAL
+                    # under the .new name, where nothing would ever read or delete
+                    # it. Dropping it at worst loses the schema: Index() remakes it.
+                    for suffix in ("-wal", "-shm"):
+                        unlink_quietly(new + suffix)
                     os.rename(new, path)
         try:
             index = Index(path)
