@@ -134,10 +134,10 @@ class Spool:
         """SpoolError unless only the running user can write jobs into this spool."""
         for path, _mode, why in unsafe_dirs(self.root):
             what = "spool" if path == self.root else "spool directory"
+            fix = f"chown $(id -u) {path}" if why.startswith("is owned") else f"chmod 700 {path}"
             raise SpoolError(
                 f"{what} {path} {why}: anyone who can write there can run commands as you. Fix with "
-                f"`chown -R $(id -u) {self.root}; chmod -R go-w {self.root}`, or pass "
-                "--allow-shared-spool for a deliberately shared spool")
+                f"`{fix}`, or pass --allow-shared-spool for a deliberately shared spool")
 
     def log_path(self, job_id: str) -> str:
         return self.path("logs", job_id + ".log")
