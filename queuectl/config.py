@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import ConfigError, InvalidJob
 from .job import MAX_TIMEOUT, loads, show
@@ -46,8 +45,7 @@ def _number(minimum: float, maximum: float, *, allow_equal: bool = True,
     return parse
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     default: Any
     parse: Callable[[Any], Any]
     help: str
@@ -86,8 +84,9 @@ def parse_value(key: str, value: Any) -> Any:
         raise ConfigError(f"{name}: {e}") from None
 
 
-@dataclass(frozen=True)
-class Config:
+# NamedTuples, not dataclasses: every command builds these at start-up, and a
+# dataclass costs ~0.5 ms of code generation each.
+class Config(NamedTuple):
     """All settings, typed, defaults filled in (the defaults are SETTINGS')."""
     max_retries: int = SETTINGS["max_retries"].default
     backoff_base: float = SETTINGS["backoff_base"].default

@@ -14,8 +14,7 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager, NamedTuple, Protocol
 
 from .errors import DuplicateJob, InvalidJob
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
@@ -55,19 +54,20 @@ class SpoolView(Protocol):
     def fsync_state_dir(self, state: JobState) -> None: ...
 
 
-@dataclass
 class SyncReport:
     """What one sync of the index with the directories found."""
-    added: int = 0
-    removed: int = 0
-    accepted: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    waiting: int = 0  # unparseable drop-ins still inside their grace period
-    busy: bool = False  # another process held the drop-in lock: look again shortly
+    __slots__ = ("added", "removed", "accepted", "rejected", "waiting", "busy")
+
+    def __init__(self) -> None:
+        self.added = 0
+        self.removed = 0
+        self.accepted: list[str] = []
+        self.rejected: list[tuple[str, str]] = []
+        self.waiting = 0  # unparseable drop-ins still inside their grace period
+        self.busy = False  # another process held the drop-in lock: look again shortly
 
 
-@dataclass
-class _Admitted:
+class _Admitted(NamedTuple):
     """A valid drop-in: the job, its canonical bytes (None: the file already is), where it goes."""
     job: Job
     data: bytes | None

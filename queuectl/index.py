@@ -12,8 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Callable, ContextManager, Iterable, Iterator, NamedTuple
 
 from .errors import SpoolError
 from .fsio import disk_full as fsio_disk_full, unlink_quietly
@@ -68,8 +67,7 @@ class IndexCorrupt(Exception):
     """index.db exists but is not a usable SQLite database."""
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     id: str
     state: JobState
     command: str

@@ -12,7 +12,6 @@ import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
 
 from . import config as configmod
 from .dropins import SyncReport, accept, is_ignored, reject
@@ -83,12 +82,12 @@ def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
     return out
 
 
-@dataclass
 class Claim:
     """A job a process holds: the open, flock'ed job file."""
-    job: Job
-    fd: int
-    source: JobState
+    __slots__ = ("job", "fd", "source")
+
+    def __init__(self, job: Job, fd: int, source: JobState):
+        self.job, self.fd, self.source = job, fd, source
 
     def release(self) -> None:
         if self.fd >= 0:
