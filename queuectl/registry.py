@@ -103,6 +103,14 @@ def processes_marked(marker: str) -> list[int]:
     return found
 
 
+def is_queuectl_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"queuectl" in f.read()
+    except OSError:
+        return False
+
+
 def signal_process(pid: int, start: str | None, sig: int, *, group: bool = False) -> bool:
     """Send sig to pid (or its process group) only if it is still the process that started at `start`."""
     if not isinstance(pid, int) or pid <= 1 or not pid_alive(pid, start):
@@ -154,7 +162,12 @@ def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: flo
         return None
     start = _str_or_none(info.get("pid_start"))
     whose = _str_or_none(info.get("host")) or ""
-    alive = pid_alive(pid, start) if whose == host else now - mtime < lease
+    if whose == host:
+        # Without a start time (an older version's heartbeat) the pid may since
+        # belong to anything: it counts only while that process is a queuectl one.
+        alive = pid_alive(pid, start) and (start is not None or is_queuectl_process(pid))
+    else:
+        alive = now - mtime < lease
     known = {"id", "role", "host", "pid", "pid_start", "since", "heartbeat_at", "job"}
     return WorkerInfo(name, _str_or_none(info.get("id")) or name, _str_or_none(info.get("role")) or "",
                       whose, pid, start, _str_or_none(info.get("since")),

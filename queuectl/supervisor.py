@@ -268,27 +268,8 @@ def _signal(pid: int, sig: int) -> None:
 # -- worker stop / detach ----------------------------------------------------------------
 
 
-def is_live(w: WorkerInfo) -> bool:
-    """Is this heartbeat's writer alive, as far as it is safe to believe (and to signal)?
-
-    A heartbeat of this host names its process by pid and start time
-    (`read_workers` compares them). One written by an older version has no
-    start time: its pid may since belong to anything, so it counts only while
-    that process is a queuectl one.
-    """
-    if not w.alive:
-        return False
-    if w.host != hostname() or w.pid_start is not None:
-        return True
-    try:
-        with open(f"/proc/{w.pid}/cmdline", "rb") as f:
-            return b"queuectl" in f.read()
-    except OSError:
-        return False
-
-
 def live_workers(spool: Spool) -> list[WorkerInfo]:
-    return [w for w in read_workers(spool) if is_live(w)]
+    return [w for w in read_workers(spool) if w.alive]
 
 
 def supervisors_here(spool: Spool) -> list[WorkerInfo]:
