@@ -270,7 +270,7 @@ def config_list(obj: Context, as_json):
     Example:
       queuectl config list
     """
-    cfg = obj.spool.config.as_dict()
+    cfg = obj.spool.config.as_json()
     if as_json:
         dump(cfg)
     else:
@@ -290,6 +290,7 @@ def config_get(obj: Context, key, as_json):
       queuectl config get backoff_base
     """
     value = obj.spool.config.get(key)
+    value = str(value) if isinstance(value, tuple) else value  # a retention limit, as written
     click.echo(json.dumps(value) if as_json else _fmt(value))
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import re
 from typing import Any, Callable, NamedTuple
 
 from .errors import ConfigError, InvalidJob
@@ -17,6 +20,74 @@ MAX_BACKOFF_BASE = 100
 MAX_BACKOFF = 365 * DAY
 MAX_WAIT = DAY                     # kill_grace, dropin_grace, lease
 MAX_JOB_SIZE = 64 * 1024 * 1024
+MAX_KEEP = 100_000_000             # a count of jobs kept
+MAX_LOG_SIZE = 1 << 40
+MAX_CONCURRENCY = 1024             # slot lock files of one queue
+
+log = logging.getLogger("queuectl.config")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_QUEUE_KEY_RE = re.compile(r"queue\.([^.]+)\.concurrency")
+
+
+def parse_age(value: Any) -> float:
+    """`90s`, `15m`, `12h`, `7d`, `2w` -> seconds; ConfigError otherwise."""
+    m = _AGE_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else -1
+    if not m or seconds <= 0 or seconds > 100 * 365 * DAY:
+        raise ConfigError(f"expected an age like 90s, 15m, 12h, 7d or 2w, got {show(value)}")
+    return seconds
+
+
+class Retention(NamedTuple):
+    """What a finished state keeps: jobs younger than `age` seconds, at most `count` of them."""
+    age: float | None
+    count: int | None
+
+    def __str__(self) -> str:
+        parts = [] if self.age is None else [_fmt_age(self.age)]
+        parts += [] if self.count is None else [str(self.count)]
+        return ",".join(parts) or "none"
+
+
+def _fmt_age(seconds: float) -> str:
+    for unit in "dhm":
+        if seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_retention(value: Any) -> Retention:
+    """`7d`, `10000`, `7d,10000` (both limits hold) or `none` (keep everything)."""
+    if isinstance(value, Retention):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"expected an age (7d), a count (10000), both (7d,10000) or none, got {show(value)}")
+    if value.strip().lower() in ("none", "null", ""):
+        return Retention(None, None)
+    age = count = None
+    for part in value.split(","):
+        part = part.strip()
+        if part.isdigit():
+            if count is not None or not 1 <= int(part) <= MAX_KEEP:
+                raise ConfigError(f"a count must be one number from 1 to {MAX_KEEP}, got {show(value)}")
+            count = int(part)
+        elif age is None:
+            age = parse_age(part)
+        else:
+            raise ConfigError(f"expected at most one age and one count, got {show(value)}")
+    return Retention(age, count)
+
+
+def _optional_command(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    if not isinstance(value, str) or "\0" in value:
+        raise ConfigError(f"expected a shell command, got {show(value)}")
+    return value
 
 
 def _number(minimum: float, maximum: float, *, allow_equal: bool = True,
@@ -65,21 +136,46 @@ SETTINGS: dict[str, Setting] = {
                             "seconds a dropped-in file that does not parse may still be written"),
     "max_job_size": Setting(1048576, _number(1, MAX_JOB_SIZE, integer=True), "largest job file accepted, bytes"),
     "lease": Setting(30, _number(1, MAX_WAIT), "seconds without a heartbeat before a worker counts as dead"),
+    "keep_done": Setting(Retention(7 * DAY, 100_000), parse_retention,
+                         "completed jobs kept: an age (7d), a count (10000), both (7d,100000) or none"),
+    "keep_dead": Setting(Retention(30 * DAY, 100_000), parse_retention,
+                         "dead jobs kept: an age, a count, both, or none"),
+    "max_log_size": Setting(1 << 20, _number(0, MAX_LOG_SIZE, integer=True),
+                            "bytes of a job's log kept (head and tail); 0: no cap"),
+    "on_finish": Setting(None, _optional_command, "command run after a job reaches a final state"),
+    "on_failure": Setting(None, _optional_command, "command run after each failed attempt"),
+    "hook_timeout": Setting(60, _number(0, MAX_WAIT, allow_equal=False), "seconds before a hook is killed"),
 }
+
+
+def queue_key(key: str) -> str | None:
+    """The queue named by a `queue.NAME.concurrency` key, else None."""
+    m = _QUEUE_KEY_RE.fullmatch(key.strip())
+    if m is None:
+        return None
+    from .job import check_queue
+    try:
+        return check_queue(m.group(1))
+    except InvalidJob as e:
+        raise ConfigError(str(e)) from None
 
 
 def normalize_key(key: str) -> str:
     """`max-retries` and `max_retries` name the same setting."""
+    queue = queue_key(key)
+    if queue is not None:
+        return f"queue.{queue}.concurrency"
     name = key.strip().lower().replace("-", "_")
     if name not in SETTINGS:
-        raise ConfigError(f"unknown config key {show(key)} (known: {', '.join(SETTINGS)})")
+        raise ConfigError(f"unknown config key {show(key)} (known: {', '.join(SETTINGS)}, queue.NAME.concurrency)")
     return name
 
 
 def parse_value(key: str, value: Any) -> Any:
     name = normalize_key(key)
+    parse = SETTINGS[name].parse if name in SETTINGS else _CONCURRENCY
     try:
-        return SETTINGS[name].parse(value)
+        return parse(value)
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
 
@@ -97,19 +193,37 @@ class Config(NamedTuple):
     dropin_grace: float = SETTINGS["dropin_grace"].default
     max_job_size: int = SETTINGS["max_job_size"].default
     lease: float = SETTINGS["lease"].default
+    keep_done: Retention = SETTINGS["keep_done"].default
+    keep_dead: Retention = SETTINGS["keep_dead"].default
+    max_log_size: int = SETTINGS["max_log_size"].default
+    on_finish: str | None = SETTINGS["on_finish"].default
+    on_failure: str | None = SETTINGS["on_failure"].default
+    hook_timeout: float = SETTINGS["hook_timeout"].default
+    concurrency: tuple = ()  # (queue, limit) pairs, from the queue.NAME.concurrency keys
 
     def as_dict(self) -> dict[str, Any]:
-        """Every setting by name, in SETTINGS' order."""
-        return {name: getattr(self, name) for name in SETTINGS}
+        """Every setting by name, in SETTINGS' order, then the per-queue limits."""
+        out = {name: getattr(self, name) for name in SETTINGS}
+        out.update((f"queue.{q}.concurrency", n) for q, n in self.concurrency)
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """as_dict() with retention limits in their written form (`7d,100000`)."""
+        return {k: str(v) if isinstance(v, Retention) else v for k, v in self.as_dict().items()}
+
+    def limit(self, queue: str) -> int | None:
+        """The concurrency limit of a queue across the spool, or None."""
+        return dict(self.concurrency).get(queue)
 
     def get(self, key: str) -> Any:
-        return getattr(self, normalize_key(key))
+        name = normalize_key(key)
+        return self.as_dict().get(name) if name not in SETTINGS else getattr(self, name)
 
     def replace(self, key: str, value: Any) -> "Config":
-        """A copy with one setting changed (validated)."""
+        """A copy with one setting changed (validated); a queue limit of none removes it."""
         values = self.as_dict()
         values[normalize_key(key)] = parse_value(key, value)
-        return Config(**values)
+        return _build(values)
 
 
 def defaults() -> Config:
@@ -129,8 +243,72 @@ def from_bytes(data: bytes) -> Config:
     values = {}
     for key, value in stored.items():
         values[normalize_key(key)] = parse_value(key, value)
-    return Config(**values)
+    return _build(values)
+
+
+_CONCURRENCY = _number(1, MAX_CONCURRENCY, integer=True, optional=True)
+
+
+def _build(values: dict[str, Any]) -> Config:
+    limits = tuple(sorted((k.split(".")[1], v) for k, v in values.items()
+                          if k not in SETTINGS and v is not None))
+    return Config(**{k: v for k, v in values.items() if k in SETTINGS}, concurrency=limits)
 
 
 def to_bytes(config: Config) -> bytes:
-    return (json.dumps(config.as_dict(), indent=2) + "\n").encode()
+    return (json.dumps(config.as_json(), indent=2) + "\n").encode()
+
+
+def _ident(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            return from_bytes(f.read())
+    except FileNotFoundError:
+        return defaults()
+
+
+class ConfigFile:
+    """SPOOL/config.json, read once and cached; refresh() rereads it if it changed.
+
+    A long-lived worker calls refresh() once per scan, so `config set` takes
+    effect without a restart; a file edited into garbage keeps the last good
+    settings (with a warning) instead of stopping the workers.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.value: Config | None = None
+        self.ident: tuple | None = None
+
+    def get(self) -> Config:
+        if self.value is None:
+            self.ident = _ident(self.path)
+            self.value = load(self.path)
+        return self.value
+
+    def set(self, value: Config) -> None:
+        self.value, self.ident = value, _ident(self.path)
+
+    def forget(self) -> None:
+        self.value = None
+
+    def refresh(self) -> bool:
+        """True if the settings changed on disk and were reloaded."""
+        ident = _ident(self.path)
+        if self.value is None or ident == self.ident:
+            return False
+        self.ident = ident
+        try:
+            self.value = load(self.path)
+        except ConfigError as e:
+            log.warning("config.json changed but is not valid (%s); keeping the previous settings", e)
+            return False
+        return True

@@ -143,6 +143,34 @@ def check_id(job_id: Any) -> str:
     return job_id
 
 
+DEFAULT_QUEUE = "default"
+MAX_QUEUE_LENGTH = 64
+
+
+def check_queue(value: Any) -> str:
+    """A queue name: the rules of an id (it names a directory and a file), and not `ALL`,
+    which is the pause file of every queue."""
+    if value is None:
+        return DEFAULT_QUEUE
+    try:
+        check_id(value)
+    except InvalidJob as e:
+        raise InvalidJob("queue" + str(e).removeprefix("id")) from None
+    if len(value) > MAX_QUEUE_LENGTH:
+        raise InvalidJob(f"queue is longer than {MAX_QUEUE_LENGTH} characters")
+    if value.lower() == "all":
+        raise InvalidJob("queue 'ALL' is reserved (it means every queue)")
+    return value
+
+
+def check_hook(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidJob(f"on_finish must be a non-empty string, not {show(value)}")
+    return _no_nul("on_finish", value)
+
+
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -333,6 +361,8 @@ class Job:
     timeout: float | None = None
     env: dict[str, str] | None = None
     cwd: str | None = None
+    queue: str = DEFAULT_QUEUE
+    on_finish: str | None = None
     created_at: str = ""
     updated_at: str = ""
     next_run_at: str | None = None
@@ -359,7 +389,8 @@ class Job:
         stamp = now_iso(ts)
         run_at = spec.get("run_at")
         next_run_at = None if run_at is None else check_run_at(run_at)
-        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "run_at"}
+        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "run_at",
+                 "queue", "on_finish"}
         extra = {k: v for k, v in spec.items() if k not in known and k not in BOOKKEEPING}
         return cls(
             id=job_id,
@@ -369,6 +400,8 @@ class Job:
             timeout=check_timeout(spec.get("timeout")),
             env=check_env(spec.get("env")),
             cwd=check_cwd(spec.get("cwd")),
+            queue=check_queue(spec.get("queue")),
+            on_finish=check_hook(spec.get("on_finish")),
             created_at=stamp,
             updated_at=stamp,
             next_run_at=next_run_at,
@@ -391,7 +424,8 @@ class Job:
             raise InvalidJob("missing id")
         if "command" not in record:
             raise InvalidJob("missing command")
-        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", *BOOKKEEPING}
+        known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "queue", "on_finish",
+                 *BOOKKEEPING}
         return cls(
             id=check_id(record["id"]),
             command=check_command(record["command"]),
@@ -402,6 +436,8 @@ class Job:
             timeout=check_timeout(record.get("timeout")),
             env=check_env(record.get("env")),
             cwd=check_cwd(record.get("cwd")),
+            queue=check_queue(record.get("queue")),
+            on_finish=check_hook(record.get("on_finish")),
             created_at=check_time_field("created_at", record.get("created_at"), empty=""),
             updated_at=check_time_field("updated_at", record.get("updated_at"), empty=""),
             next_run_at=check_time_field("next_run_at", record.get("next_run_at"), empty=None),
@@ -425,6 +461,12 @@ class Job:
             d["env"] = self.env
         if self.cwd is not None:
             d["cwd"] = self.cwd
+        # Left out when default, like env and cwd: files of a spool without
+        # named queues keep the form they always had.
+        if self.queue != DEFAULT_QUEUE:
+            d["queue"] = self.queue
+        if self.on_finish is not None:
+            d["on_finish"] = self.on_finish
         d.update(created_at=self.created_at, updated_at=self.updated_at,
                  next_run_at=self.next_run_at, last_error=self.last_error,
                  exit_code=self.exit_code, history=self.history)

@@ -22,7 +22,7 @@ from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
 STATE_DIRS = [s.dirname for s in JobState]
-SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers"]
+SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "paused", "queues"]
 # A directory's mtime within this many nanoseconds of its listing may hide a
 # change made in the same clock tick (git's "racy" problem), so such a listing
 # is not trusted on the next look.
@@ -112,7 +112,7 @@ class Spool:
             self.fresh = _create(self.root)
         elif not os.path.isdir(self.root):
             raise SpoolError(f"no spool at {self.root}")
-        self._config: configmod.Config | None = None
+        self.configfile = configmod.ConfigFile(self.path("config.json"))
         locks = SpoolLock(self.path(".lock"))
         self.lock, self.hot_lock = locks.lock, locks.hot_lock
         if self.readonly:
@@ -155,21 +155,15 @@ class Spool:
 
     @property
     def config(self) -> configmod.Config:
-        if self._config is None:
-            try:
-                with open(self.path("config.json"), "rb") as f:
-                    self._config = configmod.from_bytes(f.read())
-            except FileNotFoundError:
-                self._config = configmod.defaults()
-        return self._config
+        return self.configfile.get()
 
     def set_config(self, key: str, value: object) -> tuple[str, object]:
         name = configmod.normalize_key(key)
         with self.lock():
-            self._config = None
+            self.configfile.forget()
             new = self.config.replace(name, value)
             self.write_file(self.path("config.json"), configmod.to_bytes(new), durable=True)
-            self._config = new
+            self.configfile.set(new)
         return name, new.get(name)
 
     def write_file(self, dest: str, data: bytes, *, durable: bool, mtime: float | None = None) -> None:

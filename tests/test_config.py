@@ -20,6 +20,12 @@ kill_grace = 5
 dropin_grace = 2
 max_job_size = 1048576
 lease = 30
+keep_done = 7d,100000
+keep_dead = 30d,100000
+max_log_size = 1048576
+on_finish = none
+on_failure = none
+hook_timeout = 60
 """
 
 
@@ -40,7 +46,7 @@ def test_config_list_on_a_brand_new_spool(run, spool_dir):
     assert r.stderr == ""
     assert not (spool_dir / "config.json").exists()  # reading writes nothing
     r = run("config", "list", "--json")
-    assert json.loads(r.stdout) == configmod.defaults().as_dict()
+    assert json.loads(r.stdout) == configmod.defaults().as_json()
 
 
 @pytest.mark.parametrize("key, value, shown, stored", [
@@ -76,7 +82,7 @@ def test_config_set_keeps_other_settings(run, spool_dir):
     assert "backoff_max = 0.05\n" in r.stdout
     assert "job_timeout = none\n" in r.stdout
     assert json.loads((spool_dir / "config.json").read_text()) == {
-        **configmod.defaults().as_dict(), "max_retries": 5, "backoff_max": 0.05, "job_timeout": None}
+        **configmod.defaults().as_json(), "max_retries": 5, "backoff_max": 0.05, "job_timeout": None}
 
 
 @pytest.mark.parametrize("key, value, message", [
