@@ -42,7 +42,9 @@ def main(ctx: click.Context, spool_dir: str | None) -> None:
 
 
 main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "logs"),
-             "dlq": (".cli_workers", "dlq")}
+             "dlq": (".cli_workers", "dlq"), "pause": (".cli_service", "pause"),
+             "resume": (".cli_service", "resume"), "clean": (".cli_service", "clean"),
+             "systemd-unit": (".cli_service", "systemd_unit")}
 
 
 # -- enqueue -------------------------------------------------------------------
@@ -56,24 +58,29 @@ main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "log
 @click.option("--max-retries", type=click.IntRange(0, 1000), help="Retries after the first attempt.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds before the job is killed.")
 @click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--queue", help="The job's queue (default: default).")
+@click.option("--on-finish", help="Shell command run once the job is completed or dead.")
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs of a file, report the rest.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs enqueued.")
 @json_option("Print the enqueued jobs as JSON.")
 @pass_ctx
-def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, skip_invalid, quiet, as_json):
+def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, queue, on_finish, skip_invalid,
+            quiet, as_json):
     """Add jobs to the queue, durably (fsynced before this returns).
 
     \b
     Examples:
       queuectl enqueue 'echo hi'
       queuectl enqueue --id backup --max-retries 5 'rsync -a src/ dst/'
+      queuectl enqueue --queue gpu --on-finish 'notify-send done' './train.sh'
       queuectl enqueue --file job.json
       seq 3 | jq -c '{command: "echo \\(.)"}' | queuectl enqueue --file -
     """
     if (command is None) == (file is None):
         raise click.UsageError("give a COMMAND or --file, not both" if command else "give a COMMAND or --file")
     overrides = {k: v for k, v in (("max_retries", max_retries), ("timeout", timeout),
-                                   ("priority", priority)) if v is not None}
+                                   ("priority", priority), ("queue", queue), ("on_finish", on_finish))
+                 if v is not None}
     if command is not None:
         specs: list[tuple[str, Any]] = [("command", {"command": command})]
     else:
@@ -131,45 +138,78 @@ def _state(value: str | None):
 @click.option("-s", "--state", type=click.Choice(STATE_NAMES, case_sensitive=False),
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
+@click.option("-q", "--queue", help="Only jobs of this queue.")
 @json_option("Print full job records as a JSON array.")
 @pass_ctx
-def list_(obj: Context, state, limit, as_json):
+def list_(obj: Context, state, limit, queue, as_json):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
 
     \b
     Example:
       queuectl list --state pending --limit 10
     """
+    if queue is not None:
+        from .job import check_queue
+        queue = check_queue(queue)
     idx = obj.synced().index
     if as_json:
-        dump(list(idx.records(_state(state), limit)))
+        dump(list(idx.records(_state(state), limit, queue)))
         return
-    lines = [f"{r.id} - {r.state.value} - {one_line(r.command)}" for r in idx.rows(_state(state), limit)]
+    lines = [f"{r.id} - {r.state.value} - {one_line(r.command)}" for r in idx.rows(_state(state), limit, queue)]
     if lines:
         click.echo("\n".join(lines))
 
 
 @main.command()
+@click.option("-q", "--queue", help="Only the jobs of this queue.")
 @json_option("Print the counts as a JSON object.")
 @pass_ctx
-def status(obj: Context, as_json):
-    """Count the jobs in each state (all five, even when zero).
+def status(obj: Context, queue, as_json):
+    """Count the jobs in each state (all five, even when zero), then per queue.
+
+    The per-queue lines appear once a job names a queue other than `default`,
+    or a queue is paused or limited: `queue NAME: pending N, ... [paused] [limit N]`.
 
     \b
-    Example:
+    Examples:
       queuectl status --json
+      queuectl status --queue gpu
     """
+    from .queues import PAUSE_ALL, paused
     spool = obj.synced()
-    counts = spool.index.counts()
+    by_queue = spool.index.queue_counts()
+    pauses = paused(spool)
+    if queue is not None:
+        from .job import check_queue
+        queue = check_queue(queue)
+        counts = {s: by_queue.get(queue, {}).get(s, 0) for s in spool.index.counts()}
+    else:
+        counts = spool.index.counts()
     if as_json:
-        dump(counts)
+        dump(counts if queue is not None else {
+            **counts, "paused": sorted(pauses),
+            "queues": {q: {**{s: c.get(s, 0) for s in counts}, "paused": PAUSE_ALL in pauses or q in pauses,
+                           "limit": spool.config.limit(q)} for q, c in by_queue.items()}})
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
+    if queue is not None:
+        click.echo(f"{'paused:':<{width + 1}} {'yes' if PAUSE_ALL in pauses or queue in pauses else 'no'}")
+        return
     from .registry import count_live_workers
     click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
+    if pauses:
+        click.echo(f"{'paused:':<{width + 1}} {'all queues' if PAUSE_ALL in pauses else ', '.join(sorted(pauses))}")
+    names = sorted(set(by_queue) | (pauses - {PAUSE_ALL}) | {q for q, _ in spool.config.concurrency})
+    if names and names != ["default"] or (pauses - {PAUSE_ALL}):
+        for q in names:
+            c = by_queue.get(q, {})
+            marks = " [paused]" if PAUSE_ALL in pauses or q in pauses else ""
+            limit = spool.config.limit(q)
+            marks += f" [limit {limit}]" if limit else ""
+            click.echo(f"queue {q}: " + ", ".join(f"{s} {c.get(s, 0)}" for s in counts) + marks)
 
 
 @main.command()

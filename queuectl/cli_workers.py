@@ -26,14 +26,16 @@ def worker():
 @click.option("-c", "--count", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes.")
 @click.option("--burst", is_flag=True, help="Exit 0 when nothing is left to do.")
-@click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/worker-*.log.")
+@click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/_supervisor.log (appended).")
 @click.option("--poll", is_flag=True, help="Poll the spool instead of inotify (network filesystems).")
 @click.option("--stop-timeout", type=click.FloatRange(0), default=None,
               help="On stop, kill jobs still running after this many seconds.")
 @click.option("--allow-shared-spool", is_flag=True,
               help="Run even if the spool is writable by group or others.")
+@click.option("-q", "--queue", "queues", multiple=True, metavar="NAME",
+              help="Only claim jobs of this queue (repeatable; default: every queue).")
 @pass_ctx
-def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool):
+def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool, queues):
     """Start a supervisor with COUNT worker processes in the foreground.
 
     Ctrl-C or SIGTERM stops gracefully: no new claims, running jobs finish.
@@ -44,7 +46,10 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
       queuectl worker start --count 2
       queuectl worker start --count 1 --burst     # drain the queue, then exit
       queuectl worker start --count 4 --detach
+      queuectl worker start --queue gpu --queue default
     """
+    from .job import check_queue
+    queues = tuple(dict.fromkeys(check_queue(q) for q in queues)) or None
     from .supervisor import Supervisor, check_spool_permissions, hold_stop_signals
     from .supervisor import detach as detach_
     if not detach:
@@ -57,11 +62,13 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
         argv += ["--burst"] * burst + ["--poll"] * poll + ["--allow-shared-spool"] * allow_shared_spool
         if stop_timeout is not None:
             argv += ["--stop-timeout", str(stop_timeout)]
+        for q in queues or ():
+            argv += ["--queue", q]
         pid, log = detach_(spool, argv)
         click.echo(f"started supervisor PID={pid}, log {log}")
         return
     sup = Supervisor(spool.root, count, burst=burst, poll=poll, stop_timeout=stop_timeout,
-                     allow_shared=allow_shared_spool)
+                     allow_shared=allow_shared_spool, queues=queues)
     Lines.install(workers=True)
     raise SystemExit(sup.run())
 

@@ -20,7 +20,7 @@ from .job import Job, JobState
 
 log = logging.getLogger("queuectl.index")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: the queue column
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     max_retries INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
-    record      TEXT NOT NULL
+    record      TEXT NOT NULL,
+    queue       TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
 -- Per-state counts kept by triggers, so `status` reads five rows instead of
@@ -83,18 +84,18 @@ def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
     return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
-            job.attempts, job.max_retries, job.last_error, record)
+            job.attempts, job.max_retries, job.last_error, record, job.queue)
 
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
-    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record, queue)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
-        last_error = excluded.last_error, record = excluded.record"""
+        last_error = excluded.last_error, record = excluded.record, queue = excluded.queue"""
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -112,7 +113,7 @@ class Index:
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise IndexCorrupt(f"schema version {version}")
+                raise IndexCorrupt(f"schema version {version}, not {SCHEMA_VERSION}: made by another queuectl version")
             mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -199,21 +200,28 @@ class Index:
         r = self.db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return json.loads(r[0]) if r else None
 
-    def records(self, state: JobState | None = None, limit: int | None = None) -> Iterator[dict]:
+    def records(self, state: JobState | None = None, limit: int | None = None,
+                queue: str | None = None) -> Iterator[dict]:
         """Full job records, oldest first."""
-        for (rec,) in self._select("record", state, limit):
+        for (rec,) in self._select("record", state, limit, queue):
             yield json.loads(rec)
 
-    def rows(self, state: JobState | None = None, limit: int | None = None) -> list[Row]:
-        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self._select(_ROW_COLUMNS, state, limit)]
+    def rows(self, state: JobState | None = None, limit: int | None = None, queue: str | None = None) -> list[Row]:
+        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self._select(_ROW_COLUMNS, state, limit, queue)]
 
-    def _select(self, columns: str, state: JobState | None, limit: int | None) -> sqlite3.Cursor:
-        """Jobs (of one state), oldest first, at most `limit`."""
+    def _select(self, columns: str, state: JobState | None, limit: int | None,
+                queue: str | None = None) -> sqlite3.Cursor:
+        """Jobs (of one state, of one queue), oldest first, at most `limit`."""
         sql = f"SELECT {columns} FROM jobs"
-        args: list = []
+        where, args = [], []
         if state is not None:
-            sql += " WHERE state = ?"
+            where.append("state = ?")
             args.append(state.value)
+        if queue is not None:
+            where.append("queue = ?")
+            args.append(queue)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created, id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -222,15 +230,51 @@ class Index:
 
     def candidates(self, limit: int = 32, now: float | None = None) -> list[tuple[str, JobState]]:
         """Jobs that may run now: highest priority first, then oldest."""
-        now = time.time() if now is None else now
-        return [(i, JobState(s)) for i, s in self.db.execute(
-            "SELECT id, state FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
-            "ORDER BY priority DESC, created, id LIMIT ?", (now, limit))]
+        return [(i, s) for i, s, _q in self.claimable(limit, now)]
 
-    def next_due(self) -> float | None:
+    def claimable(self, limit: int = 32, now: float | None = None, queues: Iterable[str] | None = None,
+                  paused: Iterable[str] = ()) -> list[tuple[str, JobState, str]]:
+        """(id, state, queue) of jobs that may run now, in `queues` (None: all) and not
+        in a paused queue: highest priority first, then oldest."""
+        now = time.time() if now is None else now
+        where, args = _queue_filter(queues, paused)
+        return [(i, JobState(s), q) for i, s, q in self.db.execute(
+            "SELECT id, state, queue FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ?"
+            + where + " ORDER BY priority DESC, created, id LIMIT ?", (now, *args, limit))]
+
+    def next_due(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> float | None:
         """The earliest run_at among waiting jobs (pending or failed), or None."""
-        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')").fetchone()
+        where, args = _queue_filter(queues, paused)
+        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')" + where,
+                            args).fetchone()
         return r[0]
+
+    def unfinished(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> int:
+        """Jobs pending, failed or processing in `queues` and not paused (a burst worker's work)."""
+        where, args = _queue_filter(queues, paused)
+        return self.db.execute("SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
+                               + where, args).fetchone()[0]
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """queue -> state -> count (states with jobs only), queues by name."""
+        out: dict[str, dict[str, int]] = {}
+        for q, state, n in self.db.execute("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state "
+                                           "ORDER BY queue"):
+            out.setdefault(q, {})[state] = n
+        return out
+
+
+def _queue_filter(queues: Iterable[str] | None, paused: Iterable[str]) -> tuple[str, list]:
+    where, args = "", []
+    if queues is not None:
+        queues = list(queues)
+        where += f" AND queue IN ({','.join('?' * len(queues))})"
+        args += queues
+    paused = list(paused)
+    if paused:
+        where += f" AND queue NOT IN ({','.join('?' * len(paused))})"
+        args += paused
+    return where, args
 
 
 # -- the lifecycle of one spool's index.db ------------------------------------------

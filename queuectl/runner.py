@@ -148,3 +148,38 @@ def exit_outcome(status: int) -> Outcome:
         name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ else str(-status)
         return Outcome(status, f"killed by signal {name}")
     return Outcome(status, f"exit {status}")
+
+
+def cap_log(path: str, limit: int) -> int:
+    """Keep a log within `limit` bytes: its head and its tail, with a marker line where
+    bytes were dropped. The bytes dropped (0 if it was within the limit).
+
+    Head and tail, not the tail only: the first attempt's header and the
+    latest output are what a reader looks for. Rewritten aside and renamed
+    over, so a reader sees the whole old log or the whole capped one.
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return 0
+    if limit <= 0 or size <= limit:
+        return 0
+    marker_room = 120
+    half = max(0, (limit - marker_room) // 2)
+    dropped = size - 2 * half
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            os.fchmod(dst.fileno(), 0o600)
+            dst.write(src.read(half))
+            dst.write(f"\n=== queuectl: {dropped} bytes dropped here (max_log_size {limit}) ===\n".encode())
+            src.seek(size - half)
+            dst.write(src.read(half))
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return 0
+    return dropped

@@ -34,6 +34,7 @@ from .registry import (
     read_workers,
     signal_process,
 )
+from .sdnotify import notify
 from .spool import Spool
 from .worker import Worker
 
@@ -48,6 +49,7 @@ RESTART_FIRST = 0.1   # a crashed worker is restarted after this long,
 RESTART_MAX = 10.0    # doubling with each crash in a row up to this;
 RESTART_RESET = 30.0  # a worker that lived this long starts the count again
 WORKER_STOPPED = 3    # a worker's exit code after a stop signal (0 is a burst with nothing left)
+READY_POLL = 0.05     # the loop's period until every first worker watches (systemd's READY=1)
 DETACH_READY = 10.0   # seconds `worker start --detach` waits for the supervisor's heartbeat
 
 
@@ -77,13 +79,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wake_fds: tuple[int, ...]) -> None:
+def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wake_fds: tuple[int, ...],
+                 queues: tuple[str, ...] | None = None) -> None:
     # FORK_BLOCKED is blocked here (start_worker): whatever arrived since the
     # fork is still pending, and is delivered to the worker's own handlers.
     signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not this process's
     for fd in wake_fds:
         os.close(fd)
-    w = Worker(root, name, burst=burst, poll=poll)
+    w = Worker(root, name, burst=burst, poll=poll, queues=queues)
     w.install_signals()
     _die_with_parent()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
@@ -102,8 +105,11 @@ def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wak
 
 class Supervisor:
     def __init__(self, root: str, count: int, *, burst: bool = False, poll: bool = False,
-                 stop_timeout: float | None = None, allow_shared: bool = False):
+                 stop_timeout: float | None = None, allow_shared: bool = False,
+                 queues: tuple[str, ...] | None = None):
         self.root = root
+        self.queues = queues
+        self.ready = False  # told systemd READY=1 (once every first worker watches the spool)
         self.count = count
         self.burst = burst
         self.poll = poll
@@ -146,7 +152,8 @@ class Supervisor:
     def start_worker(self, i: int):
         self.spool.close()  # never share a SQLite connection across fork
         p = self.ctx.Process(target=_worker_main, name=f"worker-{i}", daemon=False,
-                             args=(self.root, f"worker-{i}", self.burst, self.poll, os.getpid(), self.wake_fds))
+                             args=(self.root, f"worker-{i}", self.burst, self.poll, os.getpid(), self.wake_fds,
+                                   self.queues))
         old = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             p.start()
@@ -159,7 +166,8 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()  # first: a stop during start-up is kept for the loop
         spool = self.spool
-        hb = Heartbeat(spool, "supervisor", "supervisor", workers=self.count, burst=self.burst)
+        hb = Heartbeat(spool, "supervisor", f"supervisor@{hostname()}:{os.getpid()}", workers=self.count,
+                       burst=self.burst, queues=self.queues)
         try:
             prune_dead_workers(spool)
             hb.beat(force=True)
@@ -189,6 +197,7 @@ class Supervisor:
             if self.stop_asked and stop_sent_at is None:
                 log.info("stopping: running jobs finish, no new claims (Ctrl-C again to kill them)")
                 stop_sent_at = time.monotonic()
+                notify("STOPPING=1", "STATUS=stopping: running jobs finish")
                 self.due.clear()  # once stopping, no worker is started again
                 for p in self.procs.values():
                     _signal(p.pid, signal.SIGTERM)
@@ -202,14 +211,26 @@ class Supervisor:
             self._start_due()
             if not self.procs and not self.due:
                 return
-            timeout = WAKE
+            timeout = WAKE if self.ready else READY_POLL
             if self.due:
                 timeout = max(0.0, min(timeout, min(self.due.values()) - time.monotonic()))
             multiprocessing.connection.wait([p.sentinel for p in self.procs.values()] + [self.wake_fds[0]],
                                             timeout=timeout)
             _drain(self.wake_fds[0])
             hb.beat()
+            if not self.ready and stop_sent_at is None:
+                self._check_ready()
             self._reap(stopping=stop_sent_at is not None)
+
+    def _check_ready(self) -> None:
+        """READY=1 for systemd once every worker started so far watches the spool."""
+        mine = {w.pid for w in live_workers(self.spool)
+                if w.role == "worker" and w.get("supervisor_pid") == os.getpid() and w.get("watching")}
+        if self.procs and all(p.pid in mine for p in self.procs.values()):
+            self.ready = True
+            plural = "" if self.count == 1 else "s"
+            notify("READY=1", f"STATUS={self.count} worker{plural} on {self.root}", f"MAINPID={os.getpid()}")
+            self.spool.close()
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -303,20 +324,29 @@ def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = No
         time.sleep(0.05)
 
 
+def supervisor_log(spool: Spool) -> str:
+    """The one log file of the detached supervisors of a spool. Its name starts
+    with `_`, which no job id can, so it never collides with logs/<id>.log."""
+    return spool.path("logs", "_supervisor.log")
+
+
 def detach(spool: Spool, argv: list[str]) -> tuple[int, str]:
     """Start `queuectl ... worker start` (argv, without --detach) in the background.
 
     Returns once its heartbeat is written, so that a `worker stop` right after
     finds it: until then it is a process nobody could stop by name.
     """
-    log_path = spool.path("logs", f"worker-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
+    log_path = supervisor_log(spool)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     # The child inherits the blocked mask through exec: a stop during its
     # start-up waits for its handler (see hold_stop_signals).
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        # QUEUECTL_LOG_FILE: every process of the tree reopens the file once
+        # logrotate has moved it (cli_base.WorkerLines), so no signal is needed.
         proc = subprocess.Popen([sys.executable, "-m", "queuectl", *argv], stdin=subprocess.DEVNULL,
-                                stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
+                                stdout=fd, stderr=fd, start_new_session=True, close_fds=True,
+                                env={**os.environ, "QUEUECTL_LOG_FILE": log_path})
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.close(fd)

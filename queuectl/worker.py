@@ -14,11 +14,14 @@ import time
 from dataclasses import dataclass
 
 from .errors import SpoolError
+from .hooks import run_hook
 from .index import is_busy
 from .job import Job, JobState, now_iso
+from .queues import PAUSE_ALL, known_queues, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, owner_marker, proc_start
-from .runner import NotStarted, Outcome, log, line_break, open_log, spawn, supervise
+from .retention import apply_settings
+from .runner import NotStarted, Outcome, cap_log, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this
@@ -26,6 +29,7 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+RETENTION_INTERVAL = 60.0  # how often an idle worker applies keep_done / keep_dead (one batch)
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -41,27 +45,33 @@ class _Run:
     log_fd: int
     proc: object | None = None
     failed: Outcome | None = None
+    slot: int | None = None  # the queue's concurrency slot lock, held until the outcome is recorded
 
 
 class Worker:
     """One worker loop. Lives in its own process; owns its Spool (and SQLite connection)."""
 
-    def __init__(self, root: str, name: str, *, burst: bool = False, poll: bool = False):
+    def __init__(self, root: str, name: str, *, burst: bool = False, poll: bool = False,
+                 queues: tuple[str, ...] | None = None):
         self.root = root
         self.name = name
         self.burst = burst
         self.poll = poll
+        self.queues = queues      # None: every queue
+        self.pauses: set[str] = set()
+        self.last_retention = 0.0
         self.stopping = False     # no new claims
         self.kill_jobs = False    # kill the running job now
         self.spool: Spool | None = None
         self.watcher = None
         self.parent = os.getppid()
-        self.candidates: list[tuple[str, JobState]] = []
+        self.candidates: list[tuple[str, JobState, str]] = []
         self.running: Job | None = None
         self.devnull = -1
         self.job_pid = 0
         self.ticks = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
+        self.slot: int | None = None
         self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
@@ -86,7 +96,10 @@ class Worker:
     def run(self) -> int:
         from .watcher import Watcher
         self.spool = spool = Spool(self.root, worker=True)
-        self.hb = Heartbeat(spool, "worker", self.name, supervisor_pid=self.parent)
+        # The heartbeat's id names host and supervisor: two supervisors on one
+        # spool both have a worker-0, and `worker list` must tell them apart.
+        self.hb = Heartbeat(spool, "worker", f"{self.name}@{hostname()}:{self.parent}",
+                            supervisor_pid=self.parent)
         self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
         self.hb.beat(force=True)
         log_.info("started PID=%d", os.getpid())
@@ -98,6 +111,11 @@ class Worker:
         self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll,
                                wake_dirs=finished)
         self.watcher.start()
+        self.hb.info["watching"] = True  # the supervisor's READY waits for this
+        self.hb.beat(force=True)
+        self.pauses = paused(spool)
+        if self.queues is not None and not set(self.queues) & known_queues(spool):
+            log_.warning("no job names queue %s yet", ", ".join(self.queues))
         try:
             self.loop()
         finally:
@@ -125,6 +143,7 @@ class Worker:
             waiting = 0
             busy = False
             if now - last_scan >= RESCAN_INTERVAL or self.watcher.arrived():
+                self.refresh()
                 report = spool.sync()
                 waiting, busy = report.waiting, report.busy
                 self.candidates = []  # new arrivals may outrank what was fetched
@@ -140,6 +159,9 @@ class Worker:
             if os.getppid() != self.parent:
                 break  # the supervisor is gone: finish quietly, a new one takes over
             self.hb.beat()
+            if time.monotonic() - self.last_retention >= RETENTION_INTERVAL:
+                self.last_retention = time.monotonic()
+                apply_settings(spool)
             if self.burst and waiting == 0 and self.idle_for_good():
                 break
             timeout = self._idle_timeout()
@@ -155,8 +177,20 @@ class Worker:
                 # for the idle check.
                 self.watcher.wait(timeout)
 
+    def refresh(self) -> None:
+        """Once per scan: settings changed by `config set`, and queues paused or resumed."""
+        if self.spool.configfile.refresh():
+            log_.info("settings changed: reloaded config.json")
+            self.candidates = []
+        pauses = paused(self.spool)
+        if pauses != self.pauses:
+            self.pauses = pauses
+            self.candidates = []
+
     def _idle_timeout(self) -> float:
-        due = self.spool.index.next_due()
+        if PAUSE_ALL in self.pauses:
+            return RESCAN_INTERVAL
+        due = self.spool.index.next_due(self.queues, self.pauses)
         timeout = RESCAN_INTERVAL
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
@@ -167,8 +201,10 @@ class Worker:
         spool = self.spool
 
         def empty() -> bool:
-            counts = spool.index.counts()
-            return counts["pending"] == 0 and counts["failed"] == 0 and counts["processing"] == 0
+            # Jobs of other queues, or of paused ones, are not this burst's to wait for.
+            if PAUSE_ALL in self.pauses:
+                return True
+            return spool.index.unfinished(self.queues, self.pauses) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync().waiting or not empty():
@@ -198,18 +234,35 @@ class Worker:
                 self.candidates = []
                 self.retry_due = float("inf")
             if not self.candidates:
+                if PAUSE_ALL in self.pauses:
+                    return None
                 spool.flush_index()  # or the query returns jobs this worker already ran
-                self.candidates = spool.index.candidates(16)
+                self.candidates = spool.index.claimable(16, queues=self.queues, paused=self.pauses)
                 self.candidates.reverse()
+            full: set[str] = set()
             while self.candidates:
                 if self.stopping:
                     return None
-                job_id, state = self.candidates.pop()
+                job_id, state, queue = self.candidates.pop()
+                if queue in full:
+                    continue
+                limit = spool.config.limit(queue)
+                slot = None
+                if limit is not None:
+                    # Taken before the claim: a job is never claimed only to wait for a slot.
+                    slot = take_slot(spool, queue, limit)
+                    if slot is None:
+                        full.add(queue)
+                        continue
                 self.hb.claiming(job_id)  # before the rename: the owner is known from the first instant
                 claim = spool.claim(job_id, state)
                 if claim is not None:
+                    self.slot = slot
                     return claim
+                release_slot(slot)
                 self.hb.claiming(None)
+            if full:
+                return None  # the rest wait for a free slot: a finished job or the next scan
         return None
 
     def _tick(self) -> None:
@@ -233,10 +286,32 @@ class Worker:
     def execute(self, claim: Claim) -> None:
         """Run one claimed job to its recorded outcome."""
         run = self._start(claim)
-        self._conclude(run, self._finish(run))
+        run.slot, self.slot = self.slot, None
+        outcome = self._finish(run)
+        try:
+            self._conclude(run, outcome)
+        finally:
+            release_slot(run.slot)  # recorded: the next job of the queue may start anywhere
         self.hb.claiming(None)
         self.hb.set_job(None)
         self.running = None
+        if not outcome.interrupted:
+            self._hooks(claim.job, outcome)
+        cap_log(self.spool.log_path(claim.job.id), self.spool.config.max_log_size)
+
+    def _hooks(self, job: Job, outcome: Outcome) -> None:
+        """on_failure after a failed attempt, on_finish once the job is final (after the record)."""
+        cfg = self.spool.config
+        hooks = []
+        if outcome.exit_code != 0 and cfg.on_failure:
+            hooks.append(("on_failure", cfg.on_failure))
+        on_finish = job.on_finish or cfg.on_finish
+        if job.state in (JobState.COMPLETED, JobState.DEAD) and on_finish:
+            hooks.append(("on_finish", on_finish))
+        for kind, command in hooks:
+            run_hook(kind, command, job, job.state.value, log_path=self.spool.log_path(job.id),
+                     env={**os.environ, "QUEUECTL_SPOOL": self.spool.root}, timeout=cfg.hook_timeout,
+                     grace=min(cfg.kill_grace, cfg.hook_timeout), should_kill=lambda: self.kill_jobs)
 
     def _start(self, claim: Claim) -> _Run:
         """Log the attempt's header and start its command."""

@@ -1,0 +1,95 @@
+"""Named queues: which are paused, and the concurrency slots every worker of a spool shares.
+
+Both are files, so they hold across every supervisor on the spool and survive
+restarts: `SPOOL/paused/<queue>` (or `paused/ALL`) stops the claims of that
+queue, and a limit of N running jobs is N lock files `SPOOL/queues/<queue>/slot.<k>`
+of which a worker must hold one (a non-blocking flock) while it runs a job of
+that queue. A flock dies with its process, so a killed worker frees its slot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from .fsio import atomic_write, unlink_quietly
+from .job import check_queue, now_iso
+
+if TYPE_CHECKING:
+    from .spool import Spool
+
+log = logging.getLogger("queuectl.queues")
+
+PAUSE_ALL = "ALL"  # the pause file of every queue; no queue may be named so (job.check_queue)
+
+
+def pause_path(spool: Spool, queue: str | None) -> str:
+    return spool.path("paused", PAUSE_ALL if queue is None else check_queue(queue))
+
+
+def pause(spool: Spool, queue: str | None = None) -> bool:
+    """Stop the claims of one queue (None: of every queue); False if it already was."""
+    path = pause_path(spool, queue)
+    if os.path.exists(path):
+        return False
+    # The file's content is for people (`cat paused/gpu`); its existence is the state.
+    atomic_write(spool.path("tmp"), path, f"paused at {now_iso()}\n".encode(), durable=True)
+    return True
+
+
+def resume(spool: Spool, queue: str | None = None) -> list[str]:
+    """Remove the pause of one queue (None: every pause file); the names resumed."""
+    if queue is None:
+        names = sorted(paused(spool))
+    else:
+        names = [check_queue(queue)] if os.path.exists(pause_path(spool, queue)) else []
+    for name in names:
+        unlink_quietly(spool.path("paused", name))
+    return names
+
+
+def paused(spool: Spool) -> set[str]:
+    """The paused queues' names, `ALL` among them when every queue is paused."""
+    try:
+        return {n for n in os.listdir(spool.path("paused")) if not n.startswith(".") and not n.endswith(".tmp")}
+    except FileNotFoundError:
+        return set()
+
+
+def is_paused(queue: str, pauses: set[str]) -> bool:
+    return PAUSE_ALL in pauses or queue in pauses
+
+
+def known_queues(spool: Spool) -> set[str]:
+    """Queues some job names (in any state), has a limit or is paused."""
+    return (set(spool.index.queue_counts()) | {q for q, _n in spool.config.concurrency}
+            | (paused(spool) - {PAUSE_ALL}))
+
+
+def take_slot(spool: Spool, queue: str, limit: int) -> int | None:
+    """A descriptor holding one of the queue's `limit` slot locks, or None if all are held."""
+    d = spool.path("queues", queue)
+    try:
+        os.makedirs(d, 0o700, exist_ok=True)
+    except OSError as e:
+        log.warning("cannot create %s (%s): not claiming jobs of queue %s", d, e.strerror, queue)
+        return None
+    for k in range(limit):
+        try:
+            fd = os.open(os.path.join(d, f"slot.{k}"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            os.close(fd)
+    return None
+
+
+def release_slot(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        os.close(fd)
