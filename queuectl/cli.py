@@ -185,11 +185,15 @@ def status(obj: Context, queue, as_json):
         counts = {s: by_queue.get(queue, {}).get(s, 0) for s in spool.index.counts()}
     else:
         counts = spool.index.counts()
+    names = sorted(set(by_queue) | (pauses - {PAUSE_ALL}) | {q for q, _ in spool.config.concurrency})
+    # Grouped only once queues are in use: a spool without them prints what it always did.
+    grouped = queue is None and (names not in ([], ["default"]) or bool(pauses))
     if as_json:
-        dump(counts if queue is not None else {
+        dump(counts if not grouped else {
             **counts, "paused": sorted(pauses),
-            "queues": {q: {**{s: c.get(s, 0) for s in counts}, "paused": PAUSE_ALL in pauses or q in pauses,
-                           "limit": spool.config.limit(q)} for q, c in by_queue.items()}})
+            "queues": {q: {**{s: by_queue.get(q, {}).get(s, 0) for s in counts},
+                           "paused": PAUSE_ALL in pauses or q in pauses, "limit": spool.config.limit(q)}
+                       for q in names}})
         return
     width = max(map(len, counts))
     for name, n in counts.items():
@@ -202,8 +206,7 @@ def status(obj: Context, queue, as_json):
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
     if pauses:
         click.echo(f"{'paused:':<{width + 1}} {'all queues' if PAUSE_ALL in pauses else ', '.join(sorted(pauses))}")
-    names = sorted(set(by_queue) | (pauses - {PAUSE_ALL}) | {q for q, _ in spool.config.concurrency})
-    if names and names != ["default"] or (pauses - {PAUSE_ALL}):
+    if grouped:
         for q in names:
             c = by_queue.get(q, {})
             marks = " [paused]" if PAUSE_ALL in pauses or q in pauses else ""

@@ -306,6 +306,7 @@ def test_config_timeout_and_sigkill_after_grace_for_a_group_ignoring_term(spool,
 
 def test_huge_and_non_utf8_output(spool, spool_dir, drain):
     size = 6 * 1024 * 1024
+    spool.set_config("max_log_size", 0)  # the whole log, byte for byte (the cap has its own tests)
     add(spool, id="big", priority=1,
         command=f"head -c {size} /dev/zero | tr '\\0' x; printf '\\377\\376bad\\200\\n'; printf 'err\\377' >&2")
     add(spool, id="after", command="echo still here")
