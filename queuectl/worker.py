@@ -29,6 +29,7 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
 RETENTION_INTERVAL = 60.0  # how often an idle worker applies keep_done / keep_dead (one batch)
 
 log_ = logging.getLogger("queuectl.worker")
@@ -72,6 +73,7 @@ class Worker:
         self.ticks = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
         self.slot: int | None = None
+        self.slot_wait = False
         self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
@@ -190,6 +192,10 @@ class Worker:
     def _idle_timeout(self) -> float:
         if PAUSE_ALL in self.pauses:
             return RESCAN_INTERVAL
+        if self.slot_wait:
+            self.slot_wait = False
+            self.candidates = []
+            return SLOT_RETRY
         due = self.spool.index.next_due(self.queues, self.pauses)
         timeout = RESCAN_INTERVAL
         if due is not None:
@@ -227,7 +233,8 @@ class Worker:
     def _next_claim(self) -> Claim | None:
         """Candidates come from the index; the rename decides."""
         spool = self.spool
-        for _ in range(2):
+        full: set[str] = set()  # queues whose every slot is held: skipped, and left out of the next query
+        for _ in range(3):
             if self.retry_due <= time.time():
                 # A retry this worker scheduled is due: it may outrank the cached
                 # candidates (priority first), so ask the index again.
@@ -237,23 +244,18 @@ class Worker:
                 if PAUSE_ALL in self.pauses:
                     return None
                 spool.flush_index()  # or the query returns jobs this worker already ran
-                self.candidates = spool.index.claimable(16, queues=self.queues, paused=self.pauses)
+                self.candidates = spool.index.claimable(16, queues=self.queues, paused=self.pauses | full)
                 self.candidates.reverse()
-            full: set[str] = set()
             while self.candidates:
                 if self.stopping:
                     return None
                 job_id, state, queue = self.candidates.pop()
                 if queue in full:
                     continue
-                limit = spool.config.limit(queue)
-                slot = None
-                if limit is not None:
-                    # Taken before the claim: a job is never claimed only to wait for a slot.
-                    slot = take_slot(spool, queue, limit)
-                    if slot is None:
-                        full.add(queue)
-                        continue
+                slot = self._slot(queue)
+                if slot is False:
+                    full.add(queue)
+                    continue
                 self.hb.claiming(job_id)  # before the rename: the owner is known from the first instant
                 claim = spool.claim(job_id, state)
                 if claim is not None:
@@ -261,9 +263,20 @@ class Worker:
                     return claim
                 release_slot(slot)
                 self.hb.claiming(None)
-            if full:
-                return None  # the rest wait for a free slot: a finished job or the next scan
+        if full:
+            self.slot_wait = True  # due jobs wait for a slot: look again soon, not at once
         return None
+
+    def _slot(self, queue: str):
+        """None for a queue without a limit, a held slot lock's fd, or False if all are held.
+
+        Taken before the claim: a job is never claimed only to wait for a slot.
+        """
+        limit = self.spool.config.limit(queue)
+        if limit is None:
+            return None
+        fd = take_slot(self.spool, queue, limit)
+        return False if fd is None else fd
 
     def _tick(self) -> None:
         """Called while a command runs: first make a long job visible, then keep beating."""

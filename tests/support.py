@@ -30,6 +30,13 @@ from queuectl.spool import STATE_DIRS
 
 STATE_OF_DIR = {s.dirname: s.value for s in JobState}
 STARTED_RE = re.compile(r"^\[(worker-\d+)\] started PID=(\d+)$")
+# A supervisor's lines start with an ISO 8601 time when stdout is not a terminal.
+STAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", re.M)
+
+
+def unstamped(text: str) -> str:
+    """Supervisor output without the line timestamps (tests that are not about them compare the rest)."""
+    return STAMP_RE.sub("", text)
 
 
 @pytest.fixture
@@ -195,7 +202,7 @@ class Bg:
         self.pid = self.proc.pid
 
     def lines(self) -> list[str]:
-        return self.out.read_text(errors="replace").splitlines()
+        return unstamped(self.out.read_text(errors="replace")).splitlines()
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")

@@ -15,13 +15,13 @@ import pytest
 
 from queuectl.runner import EXIT_KILLED_BY_STOP
 
-from support import cli, heartbeats, job_file, pid_gone, read_pids, wait_for, where  # noqa: F401
+from support import unstamped, cli, heartbeats, job_file, pid_gone, read_pids, wait_for, where  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 
 def lines_in(path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+    return unstamped(path.read_text()).splitlines() if path.exists() else []
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ import subprocess
 
 import pytest
 
-from support import cli, cli_argv, heartbeats, job_file, pid_gone, wait_for, where  # noqa: F401
+from support import unstamped, cli, cli_argv, heartbeats, job_file, pid_gone, wait_for, where  # noqa: F401
 
 PID = r"(\d+)"
 
 
 def lines_of(text: str) -> list[str]:
-    return text.splitlines()
+    return unstamped(text).splitlines()
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_four_workers_five_hundred_jobs(spool_dir, tmp_path):
 @pytest.mark.slow
 def test_detach_list_status_stop(spool_dir, tmp_path, bg):
     r = cli(spool_dir, "worker", "start", "--detach", "--count", "2")
-    m = re.fullmatch(rf"started supervisor PID={PID}, log ({re.escape(str(spool_dir))}/logs/worker-\S+\.log)\n",
+    m = re.fullmatch(rf"started supervisor PID={PID}, log ({re.escape(str(spool_dir))}/logs/_supervisor\.log)\n",
                      r.stdout)
     assert m, r.stdout
     sup, log = int(m.group(1)), m.group(2)
@@ -152,14 +152,16 @@ def test_detach_list_status_stop(spool_dir, tmp_path, bg):
         return ws if sum(w["role"] == "worker" for w in ws) == 2 else None
 
     ws = wait_for(live, 15, what="two live workers")
-    assert sorted(w["id"] for w in ws) == ["supervisor", "worker-0", "worker-1"]
+    # ids name host and supervisor pid: two supervisors on one spool never share one
+    assert sorted(w["id"].split("@")[0] for w in ws) == ["supervisor", "worker-0", "worker-1"]
+    assert all(w["id"].endswith(f":{sup}") for w in ws)
     assert {w["host"] for w in ws} == {socket.gethostname()}
     assert [w["pid"] for w in ws if w["role"] == "supervisor"] == [sup]
     worker_pids = [w["pid"] for w in ws if w["role"] == "worker"]
     assert all(w["since"] and w["heartbeat_at"] for w in ws)
     human = lines_of(cli(spool_dir, "worker", "list").stdout)
     assert len(human) == 3
-    assert any(re.fullmatch(rf"worker-0 host=\S+ pid={PID} since=\S+ job=- heartbeat=\S+", x) for x in human)
+    assert any(re.fullmatch(rf"worker-0@\S+:{sup} host=\S+ pid={PID} since=\S+ job=- heartbeat=\S+", x) for x in human)
     assert "workers:    2" in lines_of(cli(spool_dir, "status").stdout)
 
     # a running job shows up as the worker's current job
@@ -177,7 +179,7 @@ def test_detach_list_status_stop(spool_dir, tmp_path, bg):
     assert cli(spool_dir, "worker", "list").stdout == ""
     assert heartbeats(spool_dir) == []
     assert "workers:    0" in lines_of(cli(spool_dir, "status").stdout)
-    text = open(log).read()
+    text = unstamped(open(log).read())
     assert re.search(r"^\[worker-[01]\] completed long$", text, re.M)
     assert text.splitlines()[-1] == "[supervisor] stopped"
     assert cli(spool_dir, "worker", "stop").stdout == "no running supervisor\n"
