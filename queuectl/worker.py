@@ -153,6 +153,11 @@ class Worker:
             if now - last_recover >= RECOVER_INTERVAL:
                 self.recover()
                 last_recover = now
+            if now - self.last_retention >= RETENTION_INTERVAL:
+                # Between jobs too, not only when idle: a spool that is never
+                # idle must stay bounded as well. One batch keeps the pause short.
+                self.last_retention = now
+                apply_settings(spool)
             if self.stopping:
                 break
             if self.claim_and_run():
@@ -161,9 +166,6 @@ class Worker:
             if os.getppid() != self.parent:
                 break  # the supervisor is gone: finish quietly, a new one takes over
             self.hb.beat()
-            if time.monotonic() - self.last_retention >= RETENTION_INTERVAL:
-                self.last_retention = time.monotonic()
-                apply_settings(spool)
             if self.burst and waiting == 0 and self.idle_for_good():
                 break
             timeout = self._idle_timeout()

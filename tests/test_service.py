@@ -224,9 +224,9 @@ def test_workers_apply_keep_done_in_the_background(spool_dir, age):
     _done_jobs(spool_dir, 5, age)
     cli(spool_dir, "config", "set", "keep_done", "2")
     enqueue(spool_dir, "--id", "new", "true")
-    drain(spool_dir)  # its first idle pass applies the settings
-    assert sorted(os.listdir(spool_dir / "done")) == ["j4.json", "new.json"]
-    assert sorted(os.listdir(spool_dir / "logs")) == ["j4.log", "new.log"]
+    drain(spool_dir)  # a worker's first pass applies the settings, then it runs `new`
+    assert sorted(os.listdir(spool_dir / "done")) == ["j3.json", "j4.json", "new.json"]
+    assert sorted(os.listdir(spool_dir / "logs")) == ["j3.log", "j4.log", "new.log"]
     cli(spool_dir, "config", "set", "keep_done", "1h")
     drain(spool_dir)
     assert os.listdir(spool_dir / "done") == ["new.json"]
