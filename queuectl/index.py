@@ -14,9 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from .job import Job, JobState
+from .errors import InvalidJob
+from .job import Job, JobState, parse_time
 
-SCHEMA_VERSION = 3
+# 4: timing columns (started, finished, run_seconds, waited, runs) for metrics
+# and the dashboard. A different version is rebuilt from the directories.
+SCHEMA_VERSION = 4
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -32,9 +35,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     max_retries INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
-    record      TEXT NOT NULL
+    record      TEXT NOT NULL,
+    -- Derived from `history` by row_values(), so metrics and the dashboard
+    -- aggregate columns instead of parsing 200,000 records.
+    started     REAL,              -- first attempt's start (epoch)
+    finished    REAL,              -- when it reached done/ or dead/ (epoch)
+    run_seconds REAL,              -- the last attempt's run time
+    waited      REAL,              -- started - created: time spent queued
+    runs        INTEGER NOT NULL DEFAULT 0  -- counted attempts, across dlq retries
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
+-- Newest-first pages per state and the oldest pending job.
+CREATE INDEX IF NOT EXISTS jobs_age ON jobs (state, created, id);
+-- Covering indexes: histogram buckets are range counts on them, and the
+-- totals scan them instead of the wide table rows.
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs (state, run_seconds, runs);
+CREATE INDEX IF NOT EXISTS jobs_waited ON jobs (waited);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 -- Per-state counts kept by triggers, so `status` reads five rows instead of
 -- counting a big done/ every time.
 CREATE TABLE IF NOT EXISTS counts (
@@ -60,7 +77,7 @@ CREATE TABLE IF NOT EXISTS dirmarks (
 
 
 class IndexCorrupt(Exception):
-    """index.db exists but is not a usable SQLite database."""
+    """index.db exists but is not a usable SQLite database (or has another schema version)."""
 
 
 @dataclass(frozen=True)
@@ -79,19 +96,62 @@ class Row:
 def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
-    return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
-            job.attempts, job.max_retries, job.last_error, record)
+    created = job.created_ts
+    started, finished, run_seconds, runs = timing(job.history, state)
+    waited = None if started is None or not created else max(0.0, started - created)
+    return (job.id, state.value, job.command, job.priority, created, job.run_ts,
+            job.attempts, job.max_retries, job.last_error, record,
+            started, finished, run_seconds, waited, runs)
+
+
+def _epoch(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_time(value)
+    except InvalidJob:
+        return None
+
+
+def timing(history: list, state: JobState) -> tuple[float | None, float | None, float | None, int]:
+    """(first start, finish, last attempt's run time, counted attempts) from a job's history.
+
+    History is part of a file anyone may edit: entries that are not attempts
+    (a dlq requeue) or carry bad times are skipped, never an error.
+    """
+    started = finished = run_seconds = None
+    runs = 0
+    last = None
+    for entry in history:
+        if not isinstance(entry, dict) or "attempt" not in entry:
+            continue
+        if entry.get("counted", True) is not False:
+            runs += 1
+        t0 = _epoch(entry.get("started_at"))
+        if started is None and t0 is not None:
+            started = t0
+        last = (t0, _epoch(entry.get("finished_at")))
+    if last is not None:
+        t0, t1 = last
+        if t0 is not None and t1 is not None:
+            run_seconds = max(0.0, t1 - t0)
+        if state in (JobState.COMPLETED, JobState.DEAD):
+            finished = t1
+    return started, finished, run_seconds, runs
 
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
-    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record,
+     started, finished, run_seconds, waited, runs)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
-        last_error = excluded.last_error, record = excluded.record"""
+        last_error = excluded.last_error, record = excluded.record,
+        started = excluded.started, finished = excluded.finished,
+        run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs"""
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -109,7 +169,8 @@ class Index:
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise IndexCorrupt(f"schema version {version}")
+                # Spool._open_index then deletes it and rebuilds it from the directories.
+                raise IndexCorrupt(f"schema version {version}, this queuectl uses {SCHEMA_VERSION}")
             mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -228,3 +289,87 @@ class Index:
         """The earliest run_at among waiting jobs (pending or failed), or None."""
         r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')").fetchone()
         return r[0]
+
+    # -- reads for metrics and the dashboard -------------------------------------------
+
+    def page(self, state: JobState | None, *, offset: int = 0, limit: int = 50,
+             id_contains: str | None = None) -> list[Row]:
+        """One page of jobs, newest first (jobs_age index; no count of a filtered total)."""
+        sql = f"SELECT {_ROW_COLUMNS} FROM jobs"
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if id_contains:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append("%" + _like_escape(id_contains) + "%")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self.db.execute(sql, args)]
+
+    def ids_with_prefix(self, prefix: str, state: JobState | None = None, limit: int = 200) -> list[str]:
+        """Ids starting with prefix (any case), for shell completion: an index range, not a scan."""
+        sql = "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\'"
+        args: list = [_like_escape(prefix) + "%"]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state.value)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [r[0] for r in self.db.execute(sql, args)]
+
+    def oldest_created(self, state: JobState) -> float | None:
+        return self.db.execute("SELECT min(created) FROM jobs WHERE state = ?", (state.value,)).fetchone()[0]
+
+    def attempt_totals(self) -> tuple[int, int]:
+        """(attempts run, retries among them) over every job, from the history-derived `runs`."""
+        runs, jobs_run = self.db.execute(
+            "SELECT total(runs), count(*) FROM jobs INDEXED BY jobs_run WHERE runs > 0").fetchone()
+        return int(runs), int(runs) - jobs_run
+
+    def histogram(self, column: str, bounds: list[float],
+                  states: tuple[JobState, ...] = ()) -> tuple[list[int], int, float]:
+        """(count per bucket, each upper bound inclusive, then the overflow), total count, sum.
+
+        One range count per bucket on the column's index: each row is visited
+        once whatever the number of buckets.
+        """
+        if column not in ("run_seconds", "waited"):
+            raise ValueError(column)
+        base = f"SELECT count(*), total({column}) FROM jobs WHERE {column} IS NOT NULL"
+        args: list = []
+        if states:
+            base += f" AND state IN ({', '.join('?' * len(states))})"
+            args = [s.value for s in states]
+        counts, n, total = [], 0, 0.0
+        lower = None
+        for upper in [*bounds, None]:
+            sql, extra = base, []
+            if lower is not None:
+                sql += f" AND {column} > ?"
+                extra.append(lower)
+            if upper is not None:
+                sql += f" AND {column} <= ?"
+                extra.append(upper)
+            c, s = self.db.execute(sql, args + extra).fetchone()
+            counts.append(c)
+            n += c
+            total += s
+            lower = upper
+        return counts, n, total
+
+    def finished_per_minute(self, since: float, minutes: int) -> list[int]:
+        """Jobs that reached done/ or dead/ in each minute from `since` (jobs_finished index)."""
+        out = [0] * minutes
+        for m, n in self.db.execute(
+                "SELECT CAST((finished - ?) / 60 AS INTEGER) AS m, count(*) FROM jobs "
+                "WHERE finished >= ? AND finished < ? GROUP BY m", (since, since, since + 60 * minutes)):
+            if 0 <= m < minutes:
+                out[m] += n
+        return out
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
