@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .cli_observe import complete_dead_ids, complete_job_ids, metrics, web
 from .errors import InvalidJob, QueueError
 
 STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "done"]
@@ -215,15 +216,25 @@ def _state(value: str | None):
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print full job records as a JSON array.")
+@click.option("--json-lines", "as_json_lines", is_flag=True,
+              help="Print one full job record a line (JSON Lines), streamed.")
 @pass_ctx
-def list_(obj: Context, state, limit, as_json):
+def list_(obj: Context, state, limit, as_json, as_json_lines):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
 
     \b
-    Example:
+    Examples:
       queuectl list --state pending --limit 10
+      queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
+    if as_json and as_json_lines:
+        raise click.UsageError("give --json or --json-lines, not both")
     idx = obj.synced().index
+    if as_json_lines:
+        # One record at a time from the cursor: memory stays flat on a big spool.
+        for rec in idx.records(_state(state), limit):
+            click.echo(json.dumps(rec, ensure_ascii=False))
+        return
     if as_json:
         _dump(list(idx.records(_state(state), limit)))
         return
@@ -233,10 +244,11 @@ def list_(obj: Context, state, limit, as_json):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the counts, live workers and spool path as a JSON object.")
 @pass_ctx
 def status(obj: Context, as_json):
-    """Count the jobs in each state (all five, even when zero).
+    """Count the jobs in each state (all five, even when zero), the live workers, and the spool.
 
     \b
     Example:
@@ -244,27 +256,32 @@ def status(obj: Context, as_json):
     """
     spool = obj.synced()
     counts = spool.index.counts()
+    from .spool import count_live_workers
+    workers = count_live_workers(spool)
     if as_json:
-        _dump(counts)
+        _dump({**counts, "workers": workers, "spool": spool.root})
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    from .spool import count_live_workers
-    click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
+    click.echo(f"{'workers:':<{width + 1}} {workers}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print {state, path, job} as JSON.")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
+@click.option("--json", "as_json", is_flag=True, help="Print {state, dir, path, job} as one JSON object.")
 @pass_ctx
 def show(obj: Context, job_id, as_json):
-    """Show one job's whole record and the directory that holds it.
+    """Show one job: a line `ID is in DIR/ (PATH)`, then its whole record as JSON.
+
+    The record is read from the job's file, and its state is the directory
+    that holds it.
 
     \b
-    Example:
+    Examples:
       queuectl show job1
+      queuectl show --json job1 | jq .job.history
     """
     # Synced, so a file just dropped into pending/ is shown in its accepted form.
     job, path = obj.synced().show(job_id)
@@ -490,7 +507,7 @@ def worker_list(obj: Context, as_json):
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is done or dead.")
 @pass_ctx
 def logs(obj: Context, job_id, follow):
@@ -571,7 +588,7 @@ def _dlq_targets(obj: Context, job_ids, all_) -> list[str]:
 
 
 @dlq.command("retry")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.argument("job_ids", nargs=-1, metavar="ID...", shell_complete=complete_dead_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
 @pass_ctx
 def dlq_retry(obj: Context, job_ids, all_):
@@ -588,7 +605,7 @@ def dlq_retry(obj: Context, job_ids, all_):
 
 
 @dlq.command("purge")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.argument("job_ids", nargs=-1, metavar="ID...", shell_complete=complete_dead_ids)
 @click.option("--all", "all_", is_flag=True, help="Delete every dead job.")
 @click.option("--yes", is_flag=True, help="Confirm --all.")
 @pass_ctx
@@ -605,6 +622,10 @@ def dlq_purge(obj: Context, job_ids, all_, yes):
     for job_id in _dlq_targets(obj, job_ids, all_):
         obj.spool.purge(job_id)
         click.echo(f"purged job {job_id}")
+
+
+main.add_command(metrics)
+main.add_command(web)
 
 
 if __name__ == "__main__":  # pragma: no cover
