@@ -134,17 +134,47 @@ def bench(spool: Path, job: str, rounds: int) -> list[tuple[str, float, float]]:
 def screenshots(out: Path) -> None:
     """Overview and job page of a small live spool, as PNGs for the README."""
     sys.path.insert(0, str(REPO / "tests"))
-    from browser_util import Browser, demo_spool, serve  # noqa: E402  (tests' helpers)
+    from browser_util import Browser, demo_spool, iso, place_job, serve  # noqa: E402  (tests' helpers)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"queuectl-shots-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
+    supervisor = None
     try:
         spool, job = demo_spool(work / "spool")
+        # An hour of history for the throughput chart: jobs that finished at
+        # a rate that rises and falls.
+        rng = random.Random(7)
+        now = time.time()
+        for i in range(900):
+            end = now - 3600 * (1 - (rng.random() ** 0.7))
+            start = end - rng.uniform(0.05, 4)
+            place_job(spool, "done", f"import-{i:04d}", f"import-batch {i}", state="completed", attempts=1,
+                      exit_code=0, created_at=iso(start - rng.uniform(0, 20)), history=[
+                          {"attempt": 1, "worker": "worker-0", "host": "demo", "pid": 1,
+                           "started_at": iso(start), "finished_at": iso(end), "exit_code": 0, "error": None}])
+        queuectl(spool, "enqueue", "--id", "render-video", "echo rendering; sleep 60")
+        queuectl(spool, "enqueue", "--id", "train-model", "echo epoch 1; sleep 60")
+        supervisor = subprocess.Popen([sys.executable, "-m", "queuectl", "--spool", str(spool), "worker", "start",
+                                       "--count", "2", "--stop-timeout", "1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # heartbeats name a job after their first beat
+            beats = [json.loads(p.read_text()) for p in (spool / "workers").glob("*.json")]
+            if sum(1 for b in beats if b.get("job")) >= 2:
+                break
+            time.sleep(0.2)
+        later = work / "later.jsonl"  # scheduled for later: they wait in pending/
+        later.write_text("".join(json.dumps({"id": f"digest-{k}", "command": f"send-digest {k}",
+                                             "run_at": now + 3600 * k}) + "\n" for k in (1, 2, 3)))
+        queuectl(spool, "enqueue", "--file", str(later))
         with serve(spool) as url, Browser() as browser:
             out.mkdir(parents=True, exist_ok=True)
             browser.shot(url, out / "overview.png", wait="#workers")
             browser.shot(url + f"job/{job}", out / "job.png", wait="#log")
         log(f"wrote {out / 'overview.png'} and {out / 'job.png'}")
     finally:
+        if supervisor is not None:
+            supervisor.terminate()
+            supervisor.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -46,9 +46,13 @@ def queuectl(spool: Path, *args: str, timeout: float = 60) -> subprocess.Complet
     return p
 
 
-def _place(spool: Path, state_dir: str, job_id: str, command: str, **fields) -> None:
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(ts))
+
+
+def place_job(spool: Path, state_dir: str, job_id: str, command: str, **fields) -> None:
     """A canonical job file put straight into a state directory (as a hand move would)."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    now = iso(time.time())
     rec = {"id": job_id, "command": command, "state": fields.pop("state"), "attempts": 0, "max_retries": 3,
            "priority": 0, "timeout": None, "created_at": now, "updated_at": now, "next_run_at": None,
            "last_error": None, "exit_code": None, "history": [], **fields}
@@ -69,9 +73,9 @@ def demo_spool(spool: Path) -> tuple[Path, str]:
     for i in range(1, 3):
         queuectl(spool, "enqueue", "--id", f"nightly-{i}", f"echo nightly {i}")
     later = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() + 3600))
-    _place(spool, "failed", "fetch-feed", "curl -fsS https://example.invalid/feed", state="failed",
+    place_job(spool, "failed", "fetch-feed", "curl -fsS https://example.invalid/feed", state="failed",
            attempts=1, next_run_at=later, last_error="exit 6", exit_code=6)
-    _place(spool, "processing", "backup-db", "pg_dump shop > /backup/shop.sql", state="pending")
+    place_job(spool, "processing", "backup-db", "pg_dump shop > /backup/shop.sql", state="pending")
     bad = spool / "pending" / "bad.json"
     bad.write_text('{"command": "echo hi", "max_retries": "3"}')
     queuectl(spool, "status")  # accepts the drop-ins: bad.json goes to rejected/
