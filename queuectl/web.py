@@ -26,7 +26,6 @@ from flask import Flask, Response, abort, g, jsonify, redirect, render_template,
 
 from . import views
 from .errors import InvalidJob, JobNotFound, QueueError
-from .job import JobState
 from .metrics import render as render_metrics
 from .spool import Spool
 
