@@ -280,6 +280,9 @@ def serve(root: str, *, bind: str = "127.0.0.1", port: int = 8040, token: str | 
     """Serve until interrupted. `ready(url)` is called once the socket listens."""
     from werkzeug.serving import make_server
     check_bind(bind, token)
+    # Each open page polls every few seconds: a line per request would bury
+    # the warnings and errors that matter.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = create_app(root, token=token, allow_actions=allow_actions)
     server = make_server(bind, port, app, threaded=True)
     host = f"[{bind}]" if ":" in bind else bind

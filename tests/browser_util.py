@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -85,10 +86,12 @@ def demo_spool(spool: Path) -> tuple[Path, str]:
 @contextlib.contextmanager
 def serve(spool: Path, *args: str, timeout: float = 20) -> Iterator[str]:
     """`queuectl web --port 0` in a subprocess; yields its URL once it listens."""
+    # stderr to a file: a pipe nobody reads could fill up and stall the server.
+    errors = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-m", "queuectl", "--spool", str(spool), "web", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
-        line = _first_line(proc, timeout)
+        line = _first_line(proc, timeout, errors)
         url = line.split(" on ", 1)[1].split(" ", 1)[0]
         yield url
     finally:
@@ -98,9 +101,10 @@ def serve(spool: Path, *args: str, timeout: float = 20) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+        errors.close()
 
 
-def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+def _first_line(proc: subprocess.Popen, timeout: float, errors) -> str:
     import selectors
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -112,7 +116,8 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
                 return line.strip()
             if not line and proc.poll() is not None:
                 break
-    raise AssertionError(f"queuectl web did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+    errors.seek(0)
+    raise AssertionError(f"queuectl web did not start: {errors.read()}")
 
 
 class Browser:

@@ -203,3 +203,16 @@ def test_web_command_serves_until_stopped(spool, start_proc):
         assert json.load(resp)["counts"]["completed"] == 1
     p.terminate()
     assert p.wait(timeout=10) is not None
+
+
+def test_dlq_page_retry_buttons_post_a_form(run, spool):
+    from browser_util import place_job
+    place_job(spool, "dead", "doomed2", "false", state="dead", attempts=1, last_error="exit 1")
+    run("status")  # a hand move reaches the index with the next sync (the server's thread does that)
+    c = create_app(str(spool), allow_actions=True).test_client()
+    html = c.get("/dlq").get_data(as_text=True)
+    assert 'formaction="/api/job/doomed2/retry"' in html and f'value="{_csrf(c)}"' in html
+    r = c.post("/api/job/doomed2/retry", data={"csrf_token": _csrf(c)})
+    assert r.status_code == 303 and r.headers["Location"] == "/job/doomed2"
+    assert c.get("/api/job/doomed2").get_json()["state"] == "pending"
+    assert "formaction" not in create_app(str(spool)).test_client().get("/dlq").get_data(as_text=True)
