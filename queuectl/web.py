@@ -18,6 +18,7 @@ import json
 import ipaddress
 import logging
 import secrets
+import socket
 import threading
 import time
 from urllib.parse import urlencode
@@ -275,6 +276,20 @@ def _sync_forever(root: str, stop: threading.Event, interval: float) -> None:
         sp.close()
 
 
+def _listen(bind: str, port: int) -> socket.socket:
+    """A listening socket, or a QueueError: werkzeug would print its own lines and exit."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind.strip("[]"), port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise QueueError(f"cannot listen on {bind} port {port}: {e.strerror or e}") from None
+    return sock
+
+
 def serve(root: str, *, bind: str = "127.0.0.1", port: int = 8040, token: str | None = None,
           allow_actions: bool = False, ready=None) -> None:
     """Serve until interrupted. `ready(url)` is called once the socket listens."""
@@ -284,9 +299,13 @@ def serve(root: str, *, bind: str = "127.0.0.1", port: int = 8040, token: str | 
     # the warnings and errors that matter.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = create_app(root, token=token, allow_actions=allow_actions)
-    server = make_server(bind, port, app, threaded=True)
+    sock = _listen(bind, port)
+    try:
+        server = make_server(bind, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    finally:
+        sock.close()  # the server holds its own duplicate
     host = f"[{bind}]" if ":" in bind else bind
-    url = f"http://{host}:{server.server_port}/"
+    url = f"http://{host}:{server.port}/"
     stop = threading.Event()
     syncer = threading.Thread(target=_sync_forever, args=(root, stop, SYNC_INTERVAL), daemon=True,
                               name="queuectl-web-sync")

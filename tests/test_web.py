@@ -216,3 +216,14 @@ def test_dlq_page_retry_buttons_post_a_form(run, spool):
     assert r.status_code == 303 and r.headers["Location"] == "/job/doomed2"
     assert c.get("/api/job/doomed2").get_json()["state"] == "pending"
     assert "formaction" not in create_app(str(spool)).test_client().get("/dlq").get_data(as_text=True)
+
+
+def test_a_port_in_use_is_one_error_line(run):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = run("web", "--port", port)
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == [f"Error: cannot listen on 127.0.0.1 port {port}: Address already in use"]
