@@ -74,13 +74,13 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
     """The Flask app for the spool at root (which must exist)."""
     app = Flask(__name__)
     app.config.update(QUEUECTL_ROOT=root, QUEUECTL_TOKEN=token, QUEUECTL_ACTIONS=allow_actions,
-                      QUEUECTL_CSRF=secrets.token_urlsafe(32), JSON_SORT_KEYS=False)
+                      QUEUECTL_CSRF=secrets.token_urlsafe(32))
     app.json.sort_keys = False
     app.jinja_env.filters.update(age=_fmt_age, when=_fmt_when, pretty=_pretty)
 
     def spool() -> Spool:
         if "spool" not in g:
-            g.spool = Spool(root, create=False)
+            g.spool = Spool(root, create=False, notify=log.warning)
         return g.spool
 
     @app.teardown_appcontext
@@ -128,6 +128,11 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
     @app.errorhandler(InvalidJob)
     def _bad(e):  # noqa: ANN001
         return _error(404, str(e))
+
+    @app.errorhandler(QueueError)
+    def _failed(e):  # noqa: ANN001  (a spool gone or a full disk: say so, no traceback)
+        log.warning("%s %s: %s", request.method, request.path, e)
+        return _error(503, str(e))
 
     @app.context_processor
     def _globals() -> dict:
@@ -265,7 +270,7 @@ def _unauthorized() -> Response:
 
 def _sync_forever(root: str, stop: threading.Event, interval: float) -> None:
     """Keep the index in step with the directories (drop-ins, hand moves) for the requests."""
-    sp = Spool(root, create=False)
+    sp = Spool(root, create=False, notify=log.warning)
     try:
         while not stop.wait(interval):
             try:

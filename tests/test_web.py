@@ -227,3 +227,14 @@ def test_a_port_in_use_is_one_error_line(run):
         r = run("web", "--port", port)
     assert r.exit_code == 1
     assert r.stderr.splitlines() == [f"Error: cannot listen on 127.0.0.1 port {port}: Address already in use"]
+
+
+def test_a_vanished_spool_is_an_error_page_not_a_traceback(tmp_path, run):
+    spool = tmp_path / "gone"
+    run("status", spool=spool)
+    c = create_app(str(spool)).test_client()
+    import shutil
+    shutil.rmtree(spool)
+    r = c.get("/api/overview")
+    assert r.status_code == 503 and r.get_json() == {"error": f"no spool at {spool}"}
+    assert c.get("/").status_code == 503
