@@ -63,9 +63,12 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0]
 
 
+MAX_PAGE = 10**7  # 500 million jobs; SQLite's OFFSET must stay a 64-bit integer
+
+
 def _page_arg() -> int:
     try:
-        return max(1, int(request.args.get("page", "1")))
+        return min(MAX_PAGE, max(1, int(request.args.get("page", "1"))))
     except ValueError:
         return 1
 

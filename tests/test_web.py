@@ -115,6 +115,8 @@ def test_lists_page_newest_first_and_filter(run, spool_dir):
     assert f["total"] is None  # a filtered list is not counted
     assert c.get("/api/jobs/pending?q=%25").get_json()["jobs"] == []  # LIKE wildcards are literal
     assert c.get("/api/jobs/pending?page=abc").get_json()["page"] == 1
+    assert c.get("/api/jobs/pending?page=" + "9" * 30).get_json()["jobs"] == []
+    assert c.get("/api/job/batch-000/log?offset=" + "9" * 30).get_json()["text"] == ""
     assert 'rel="next" href="?page=2"' in c.get("/jobs/pending").get_data(as_text=True)
 
 
