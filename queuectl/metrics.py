@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .job import JobState
 # Heartbeats: the only import of the worker registry in the observe code
 # (it moves to queuectl.registry in the core refactor).
-from .spool import Spool, read_workers
+from .spool import Spool, hostname, read_workers
 
 log = logging.getLogger("queuectl.metrics")
 
@@ -142,7 +142,11 @@ class SpoolCollector:
         live = GaugeMetricFamily("queuectl_workers", "Live workers, per node.", labels=["host"])
         busy = GaugeMetricFamily("queuectl_workers_busy", "Live workers running a job, per node.",
                                  labels=["host"])
-        for host, (n_live, n_busy) in sorted(s.nodes().items()):
+        nodes = s.nodes()
+        # This node always has a sample, so "no workers" is a 0 an alert can
+        # match rather than a series that vanished.
+        nodes.setdefault(hostname(), (0, 0))
+        for host, (n_live, n_busy) in sorted(nodes.items()):
             live.add_metric([host], n_live)
             busy.add_metric([host], n_busy)
         yield live
