@@ -2,8 +2,9 @@
 
 No Flask here: web.py routes requests to these functions and renders them as
 HTML or as /api JSON, and tests call them directly. A view never lists a
-state directory (the index answers, with LIMIT/OFFSET on its indexes); only
-rejected/, which the index does not hold, is listed, one page at a time.
+state directory (the index answers, with LIMIT/OFFSET on its indexes). The
+index holds neither rejected/ nor the heartbeats, so those two small
+directories are listed (rejected/ shown a page at a time).
 """
 
 from __future__ import annotations
