@@ -232,8 +232,12 @@ def list_(obj: Context, state, limit, as_json, as_json_lines):
     idx = obj.synced().index
     if as_json_lines:
         # One record at a time from the cursor: memory stays flat on a big spool.
-        for rec in idx.records(_state(state), limit):
-            click.echo(json.dumps(rec, ensure_ascii=False))
+        try:
+            for rec in idx.records(_state(state), limit):
+                click.echo(json.dumps(rec, ensure_ascii=False))
+        except BrokenPipeError:
+            # `| head` stopped reading: that is the reader's choice, not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if as_json:
         _dump(list(idx.records(_state(state), limit)))

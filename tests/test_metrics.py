@@ -198,6 +198,14 @@ def test_list_json_lines_streams_one_record_a_line(run):
     assert r.exit_code == 2 and "not both" in r.stderr
 
 
+def test_list_json_lines_into_head_is_not_an_error(run, spool_dir):
+    lines = "".join(json.dumps({"command": f"echo {i}"}) + "\n" for i in range(5000))
+    assert run("enqueue", "--file", "-", "--quiet", input=lines).exit_code == 0
+    p = subprocess.run(f"{sys.executable} -m queuectl --spool {spool_dir} list --json-lines | head -1",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    assert json.loads(p.stdout)["command"] == "echo 0" and p.stderr == ""
+
+
 def test_show_help_describes_its_output(run):
     assert run("enqueue", "--id", "job1", "true").exit_code == 0
     help_text = run("show", "--help").stdout
