@@ -109,7 +109,9 @@ def _epoch(value: object) -> float | None:
         return None
     try:
         return parse_time(value)
-    except InvalidJob:
+    except (InvalidJob, ValueError, OverflowError):
+        # A worker records outcomes through row_values(): a hand-edited
+        # history must never stop it, only leave a timing column empty.
         return None
 
 

@@ -164,6 +164,10 @@ def test_timing_from_history():
     assert runs == 4  # the interrupted attempt does not count
     assert timing(hist, JobState.FAILED)[1] is None  # not finished
     assert timing([], JobState.PENDING) == (None, None, None, 0)
+    odd = [{"attempt": 1, "started_at": "0001-01-01T00:00:00+14:00", "finished_at": "9999-12-31T23:59:59-14:00"},
+           {"attempt": 2, "started_at": 5, "finished_at": ["x"]}, {"attempt": 3, "started_at": "", "counted": 0}]
+    started, finished, run_seconds, runs = timing(odd, JobState.DEAD)  # odd, but never an exception
+    assert isinstance(started, float) and (finished, run_seconds, runs) == (None, None, 3)
 
 
 def test_enqueue_imports_neither_flask_nor_prometheus(spool_dir):
