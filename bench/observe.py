@@ -37,7 +37,7 @@ MIX = {"done": 0.80, "dead": 0.05, "failed": 0.025, "pending": 0.12, "processing
 STATE_OF = {"done": "completed", "dead": "dead", "failed": "failed", "pending": "pending",
             "processing": "processing"}
 PAGES = ["/", "/jobs/pending", "/jobs/completed", "/jobs/completed?page=1000", "/jobs/completed?q=00042",
-         "/jobs/completed?q=nomatch",
+         "/jobs/completed?q=nomatch", "/jobs/completed?queue=etl",
          "/job/{job}", "/dlq", "/rejected", "/metrics", "/api/overview", "/api/jobs/dead?page=20",
          "/api/job/{job}", "/api/job/{job}/log"]
 

@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 from .errors import InvalidJob
 from .job import Job, JobState, parse_time
 
-# 4: timing columns (started, finished, run_seconds, waited, runs) for metrics
-# and the dashboard. A different version is rebuilt from the directories.
+# 4: timing columns (started, finished, run_seconds, waited, runs) and tags for
+# metrics and the dashboard. A different version is rebuilt from the directories.
 SCHEMA_VERSION = 4
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
@@ -42,11 +42,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished    REAL,              -- when it reached done/ or dead/ (epoch)
     run_seconds REAL,              -- the last attempt's run time
     waited      REAL,              -- started - created: time spent queued
-    runs        INTEGER NOT NULL DEFAULT 0  -- counted attempts, across dlq retries
+    runs        INTEGER NOT NULL DEFAULT 0, -- counted attempts, across dlq retries
+    tags        TEXT               -- queue and labels a spec gave (see tags_of), or NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
--- Newest-first pages per state and the oldest pending job.
-CREATE INDEX IF NOT EXISTS jobs_age ON jobs (state, created, id);
+-- Newest-first pages per state and the oldest pending job; covering for the
+-- id and tag filters, so a filter that matches little never reads records.
+CREATE INDEX IF NOT EXISTS jobs_age ON jobs (state, created, id, tags);
+CREATE INDEX IF NOT EXISTS jobs_tags ON jobs (tags) WHERE tags IS NOT NULL;
 -- Covering indexes: histogram buckets are range counts on them, and the
 -- totals scan them instead of the wide table rows.
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs (state, run_seconds, runs);
@@ -101,7 +104,38 @@ def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
     waited = None if started is None or not created else max(0.0, started - created)
     return (job.id, state.value, job.command, job.priority, created, job.run_ts,
             job.attempts, job.max_retries, job.last_error, record,
-            started, finished, run_seconds, waited, runs)
+            started, finished, run_seconds, waited, runs, tags_of(job.extra))
+
+
+MAX_TAG = 200
+
+
+def tags_of(extra: dict) -> str | None:
+    """`queue` and `label`/`labels` of a spec's own fields as "\nqueue=q\nlabel=a\n", or None.
+
+    queuectl does not interpret these fields; specs that carry them can be
+    filtered on in the dashboard. Values that are not short one-line strings
+    are left out rather than refused: the job was accepted with them.
+    """
+    out = []
+    for key, name in (("queue", "queue"), ("label", "label"), ("labels", "label")):
+        value = extra.get(key)
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, str) and v and len(v) <= MAX_TAG and "\n" not in v:
+                out.append(f"{name}={v}")
+    return "\n" + "\n".join(out) + "\n" if out else None
+
+
+def parse_tags(tags: str | None) -> dict:
+    """{"queue": str or None, "labels": [str]} from a tags column."""
+    queue, labels = None, []
+    for item in (tags or "").split("\n"):
+        name, _, value = item.partition("=")
+        if name == "queue" and queue is None:
+            queue = value
+        elif name == "label":
+            labels.append(value)
+    return {"queue": queue, "labels": labels}
 
 
 def _epoch(value: object) -> float | None:
@@ -146,14 +180,15 @@ def timing(history: list, state: JobState) -> tuple[float | None, float | None, 
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
     (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record,
-     started, finished, run_seconds, waited, runs)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     started, finished, run_seconds, waited, runs, tags)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
         last_error = excluded.last_error, record = excluded.record,
         started = excluded.started, finished = excluded.finished,
-        run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs"""
+        run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs,
+        tags = excluded.tags"""
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -294,10 +329,10 @@ class Index:
 
     # -- reads for metrics and the dashboard -------------------------------------------
 
-    def page(self, state: JobState | None, *, offset: int = 0, limit: int = 50,
-             id_contains: str | None = None) -> list[Row]:
-        """One page of jobs, newest first (jobs_age index; no count of a filtered total)."""
-        sql = f"SELECT {_ROW_COLUMNS} FROM jobs"
+    def page(self, state: JobState | None, *, offset: int = 0, limit: int = 50, id_contains: str | None = None,
+             queue: str | None = None, label: str | None = None) -> list[tuple[Row, str | None]]:
+        """One page of (row, tags), newest first (jobs_age index; no count of a filtered total)."""
+        sql = f"SELECT {_ROW_COLUMNS}, tags FROM jobs"
         where, args = [], []
         if state is not None:
             where.append("state = ?")
@@ -305,11 +340,19 @@ class Index:
         if id_contains:
             where.append("id LIKE ? ESCAPE '\\'")
             args.append("%" + _like_escape(id_contains) + "%")
+        for name, value in (("queue", queue), ("label", label)):
+            if value:
+                where.append("tags LIKE ? ESCAPE '\\'")
+                args.append("%" + _like_escape(f"\n{name}={value}\n") + "%")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
         args += [limit, offset]
-        return [Row(r[0], JobState(r[1]), *r[2:]) for r in self.db.execute(sql, args)]
+        return [(Row(r[0], JobState(r[1]), *r[2:-1]), r[-1]) for r in self.db.execute(sql, args)]
+
+    def has_tags(self) -> bool:
+        """Does any job carry a queue or label (jobs_tags, a partial index: instant)?"""
+        return self.db.execute("SELECT 1 FROM jobs WHERE tags IS NOT NULL LIMIT 1").fetchone() is not None
 
     def ids_with_prefix(self, prefix: str, state: JobState | None = None, limit: int = 200) -> list[str]:
         """Ids starting with prefix (any case), for shell completion: an index range, not a scan."""

@@ -15,6 +15,7 @@ import stat
 import time
 
 from .errors import InvalidJob, JobNotFound
+from .index import parse_tags
 from .job import JobState, check_id, parse_time
 from .metrics import snapshot, throughput
 from .spool import Spool
@@ -36,10 +37,10 @@ def _age(iso: object, now: float) -> float | None:
         return None
 
 
-def _row(r) -> dict:
+def _row(r, tags: str | None) -> dict:
     return {"id": r.id, "state": r.state.value, "command": r.command, "priority": r.priority,
             "created": r.created, "attempts": r.attempts, "max_retries": r.max_retries,
-            "last_error": r.last_error}
+            "last_error": r.last_error, **parse_tags(tags)}
 
 
 def overview(spool: Spool, *, now: float | None = None) -> dict:
@@ -70,14 +71,19 @@ def overview(spool: Spool, *, now: float | None = None) -> dict:
     }
 
 
-def job_list(spool: Spool, state: str, *, page: int = 1, q: str = "", per_page: int = PER_PAGE) -> dict:
-    """One page of the jobs in a state, newest first, optionally only ids containing q."""
+def job_list(spool: Spool, state: str, *, page: int = 1, q: str = "", queue: str = "", label: str = "",
+             per_page: int = PER_PAGE) -> dict:
+    """One page of the jobs in a state, newest first; optionally only ids containing q,
+    and only jobs whose spec has this `queue` or `label` (fields queuectl keeps, if given)."""
     st = JobState.parse(state)  # InvalidJob for an unknown state
     page = max(1, page)
-    rows = spool.index.page(st, offset=(page - 1) * per_page, limit=per_page + 1, id_contains=q or None)
-    total = None if q else spool.index.counts()[st.value]
-    return {"state": st.value, "page": page, "per_page": per_page, "q": q, "total": total,
-            "has_next": len(rows) > per_page, "jobs": [_row(r) for r in rows[:per_page]]}
+    idx = spool.index
+    rows = idx.page(st, offset=(page - 1) * per_page, limit=per_page + 1, id_contains=q or None,
+                    queue=queue or None, label=label or None)
+    filtered = bool(q or queue or label)
+    return {"state": st.value, "page": page, "per_page": per_page, "q": q, "queue": queue, "label": label,
+            "total": None if filtered else idx.counts()[st.value], "has_next": len(rows) > per_page,
+            "has_tags": idx.has_tags(), "jobs": [_row(r, tags) for r, tags in rows[:per_page]]}
 
 
 def valid_id(job_id: str) -> str:
@@ -126,9 +132,10 @@ def log_tail(spool: Spool, job_id: str, offset: int | None = None) -> dict:
             "text": data.decode("utf-8", errors="replace"), "truncated": offset > 0}
 
 
-def dead_letter(spool: Spool, *, page: int = 1, q: str = "", per_page: int = PER_PAGE) -> dict:
+def dead_letter(spool: Spool, *, page: int = 1, q: str = "", queue: str = "", label: str = "",
+                per_page: int = PER_PAGE) -> dict:
     """Dead jobs, newest first, with their last error."""
-    return job_list(spool, JobState.DEAD.value, page=page, q=q, per_page=per_page)
+    return job_list(spool, JobState.DEAD.value, page=page, q=q, queue=queue, label=label, per_page=per_page)
 
 
 def _read_reason(path: str) -> str:

@@ -73,6 +73,18 @@ def _page_arg() -> int:
         return 1
 
 
+FILTERS = ("q", "queue", "label")
+
+
+def _filters() -> dict[str, str]:
+    return {k: request.args.get(k, "") for k in FILTERS}
+
+
+def _filter_args(data: dict) -> dict[str, str]:
+    """The filters in use, as query arguments for the page's API address."""
+    return {k: data[k] for k in FILTERS if data[k]}
+
+
 def create_app(root: str, *, token: str | None = None, allow_actions: bool = False) -> Flask:
     """The Flask app for the spool at root (which must exist)."""
     app = Flask(__name__)
@@ -151,10 +163,9 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
 
     @app.get("/jobs/<state>")
     def jobs(state: str):
-        data = views.job_list(spool(), state, page=_page_arg(), q=request.args.get("q", ""))
+        data = views.job_list(spool(), state, page=_page_arg(), **_filters())
         return render_template("list.html", view="list", data=data,
-                               api=url_for("api_jobs", state=data["state"], page=data["page"],
-                                           q=data["q"] or None))
+                               api=url_for("api_jobs", state=data["state"], page=data["page"], **_filter_args(data)))
 
     @app.get("/job/<job_id>")
     def job(job_id: str):
@@ -163,9 +174,9 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
 
     @app.get("/dlq")
     def dlq():
-        data = views.dead_letter(spool(), page=_page_arg(), q=request.args.get("q", ""))
+        data = views.dead_letter(spool(), page=_page_arg(), **_filters())
         return render_template("dlq.html", view="dlq", data=data,
-                               api=url_for("api_dlq", page=data["page"], q=data["q"] or None))
+                               api=url_for("api_dlq", page=data["page"], **_filter_args(data)))
 
     @app.get("/rejected")
     def rejected():
@@ -186,7 +197,7 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
 
     @app.get("/api/jobs/<state>")
     def api_jobs(state: str):
-        return jsonify(views.job_list(spool(), state, page=_page_arg(), q=request.args.get("q", "")))
+        return jsonify(views.job_list(spool(), state, page=_page_arg(), **_filters()))
 
     @app.get("/api/job/<job_id>")
     def api_job(job_id: str):
@@ -204,7 +215,7 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
 
     @app.get("/api/dlq")
     def api_dlq():
-        return jsonify(views.dead_letter(spool(), page=_page_arg(), q=request.args.get("q", "")))
+        return jsonify(views.dead_letter(spool(), page=_page_arg(), **_filters()))
 
     @app.get("/api/rejected")
     def api_rejected():

@@ -240,3 +240,30 @@ def test_a_vanished_spool_is_an_error_page_not_a_traceback(tmp_path, run):
     r = c.get("/api/overview")
     assert r.status_code == 503 and r.get_json() == {"error": f"no spool at {spool}"}
     assert c.get("/").status_code == 503
+
+
+def test_queue_and_label_filters_when_specs_carry_them(run, spool_dir):
+    c = create_app(str(spool_dir)).test_client()
+    assert run("enqueue", "--id", "plain", "true").exit_code == 0
+    page = c.get("/jobs/pending").get_data(as_text=True)
+    assert 'name="queue"' not in page and "queue / labels" not in page  # no job has them: no filter
+    specs = [{"id": "etl-1", "command": "true", "queue": "etl", "labels": ["nightly", "db"]},
+             {"id": "etl-2", "command": "true", "queue": "etl", "label": "hourly"},
+             {"id": "mail-1", "command": "true", "queue": "mail", "labels": ["nightly"]},
+             {"id": "odd", "command": "true", "queue": 5, "labels": ["a\nb"]}]  # kept, not filterable
+    assert run("enqueue", "--file", "-", input="\n".join(map(json.dumps, specs))).exit_code == 0
+
+    def ids(query):
+        return [j["id"] for j in c.get("/api/jobs/pending" + query).get_json()["jobs"]]
+    assert ids("?queue=etl") == ["etl-2", "etl-1"]
+    assert ids("?label=nightly") == ["mail-1", "etl-1"]
+    assert ids("?queue=etl&label=nightly") == ["etl-1"]
+    assert ids("?queue=et") == []  # whole values, not substrings
+    assert ids("?queue=etl&q=2") == ["etl-2"]
+    d = c.get("/api/jobs/pending?queue=etl").get_json()
+    assert (d["total"], d["has_tags"], d["jobs"][1]["labels"]) == (None, True, ["nightly", "db"])
+    assert [(j["queue"], j["labels"]) for j in c.get("/api/jobs/pending").get_json()["jobs"]
+            if j["id"] in ("odd", "plain")] == [(None, []), (None, [])]
+    page = c.get("/jobs/pending?queue=etl").get_data(as_text=True)
+    assert 'name="queue" value="etl"' in page and "etl · nightly, db" in page
+    assert 'data-api="/api/jobs/pending?page=1&amp;queue=etl"' in page

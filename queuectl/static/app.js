@@ -89,9 +89,13 @@
     },
     list: function (d) {
       fillFields(d);
+      // The queue/labels column is there only if the page was drawn with it.
+      var tagged = !!document.querySelector("#jobs th.tags");
       fillBody(document.getElementById("jobs"), d.jobs, function (j) {
-        return [jobLink(j.id), j.state, j.attempts + "/" + (j.max_retries + 1), when(j.created),
-                el("code", j.command), j.last_error || ""];
+        var cells = [jobLink(j.id), j.state, j.attempts + "/" + (j.max_retries + 1), when(j.created),
+                     el("code", j.command), j.last_error || ""];
+        if (tagged) cells.push((j.queue ? [j.queue] : []).concat(j.labels.length ? [j.labels.join(", ")] : []).join(" · "));
+        return cells;
       }, "no jobs");
     },
     rejected: function (d) {
