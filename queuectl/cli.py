@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
 
 from . import __version__
 from .cli_base import STATE_NAMES, Context, QueueGroup, dump, json_option, one_line, pass_ctx, Lines
+from .cli_observe import complete_job_ids, metrics, web
 from .errors import InvalidJob
 
 
@@ -132,15 +134,29 @@ def _state(value: str | None):
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
 @json_option("Print full job records as a JSON array.")
+@click.option("--json-lines", "as_json_lines", is_flag=True,
+              help="Print one full job record a line (JSON Lines), streamed.")
 @pass_ctx
-def list_(obj: Context, state, limit, as_json):
+def list_(obj: Context, state, limit, as_json, as_json_lines):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
 
     \b
-    Example:
+    Examples:
       queuectl list --state pending --limit 10
+      queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
+    if as_json and as_json_lines:
+        raise click.UsageError("give --json or --json-lines, not both")
     idx = obj.synced().index
+    if as_json_lines:
+        # One record at a time from the cursor: memory stays flat on a big spool.
+        try:
+            for rec in idx.records(_state(state), limit):
+                click.echo(json.dumps(rec, ensure_ascii=False))
+        except BrokenPipeError:
+            # `| head` stopped reading: that is the reader's choice, not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if as_json:
         dump(list(idx.records(_state(state), limit)))
         return
@@ -150,10 +166,10 @@ def list_(obj: Context, state, limit, as_json):
 
 
 @main.command()
-@json_option("Print the counts as a JSON object.")
+@json_option("Print the counts, live workers and spool path as a JSON object.")
 @pass_ctx
 def status(obj: Context, as_json):
-    """Count the jobs in each state (all five, even when zero).
+    """Count the jobs in each state (all five, even when zero), the live workers, and the spool.
 
     \b
     Example:
@@ -161,27 +177,32 @@ def status(obj: Context, as_json):
     """
     spool = obj.synced()
     counts = spool.index.counts()
+    from .registry import count_live_workers
+    workers = count_live_workers(spool)
     if as_json:
-        dump(counts)
+        dump({**counts, "workers": workers, "spool": spool.root})
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    from .registry import count_live_workers
-    click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
+    click.echo(f"{'workers:':<{width + 1}} {workers}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
-@json_option("Print {state, path, job} as JSON.")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
+@json_option("Print {state, dir, path, job} as one JSON object.")
 @pass_ctx
 def show(obj: Context, job_id, as_json):
-    """Show one job's whole record and the directory that holds it.
+    """Show one job: a line `ID is in DIR/ (PATH)`, then its whole record as JSON.
+
+    The record is read from the job's file, and its state is the directory
+    that holds it.
 
     \b
-    Example:
+    Examples:
       queuectl show job1
+      queuectl show --json job1 | jq .job.history
     """
     # Synced, so a file just dropped into pending/ is shown in its accepted form.
     job, path = obj.synced().show(job_id)
@@ -309,6 +330,10 @@ def config_set(obj: Context, key, value):
     click.echo(f"{name} = {_fmt(parsed)}")
 
 
+
+
+main.add_command(metrics)
+main.add_command(web)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import SpoolError
-from .index import is_busy
+from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, owner_marker, proc_start
