@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
 
 from . import __version__
 from .cli_base import STATE_NAMES, Context, QueueGroup, dump, json_option, one_line, pass_ctx, Lines
+from .cli_observe import complete_job_ids, metrics, web
 from .errors import InvalidJob
 
 
@@ -140,18 +142,33 @@ def _state(value: str | None):
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
 @click.option("-q", "--queue", help="Only jobs of this queue.")
 @json_option("Print full job records as a JSON array.")
+@click.option("--json-lines", "as_json_lines", is_flag=True,
+              help="Print one full job record a line (JSON Lines), streamed.")
 @pass_ctx
-def list_(obj: Context, state, limit, queue, as_json):
+def list_(obj: Context, state, limit, queue, as_json, as_json_lines):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
 
     \b
-    Example:
+    Examples:
       queuectl list --state pending --limit 10
+      queuectl list --queue gpu
+      queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
+    if as_json and as_json_lines:
+        raise click.UsageError("give --json or --json-lines, not both")
     if queue is not None:
         from .job import check_queue
         queue = check_queue(queue)
     idx = obj.synced().index
+    if as_json_lines:
+        # One record at a time from the cursor: memory stays flat on a big spool.
+        try:
+            for rec in idx.records(_state(state), limit, queue):
+                click.echo(json.dumps(rec, ensure_ascii=False))
+        except BrokenPipeError:
+            # `| head` stopped reading: that is the reader's choice, not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if as_json:
         dump(list(idx.records(_state(state), limit, queue)))
         return
@@ -162,13 +179,14 @@ def list_(obj: Context, state, limit, queue, as_json):
 
 @main.command()
 @click.option("-q", "--queue", help="Only the jobs of this queue.")
-@json_option("Print the counts as a JSON object.")
+@json_option("Print the counts, live workers and spool path (and queues, once in use) as a JSON object.")
 @pass_ctx
 def status(obj: Context, queue, as_json):
-    """Count the jobs in each state (all five, even when zero), then per queue.
+    """Count the jobs in each state (all five, even when zero), the live workers, and the spool.
 
-    The per-queue lines appear once a job names a queue other than `default`,
-    or a queue is paused or limited: `queue NAME: pending N, ... [paused] [limit N]`.
+    Once queues are in use (a job names a queue other than `default`, or a
+    queue is paused or limited), also the pauses and one line per queue:
+    `queue NAME: pending N, ... [paused] [limit N]`.
 
     \b
     Examples:
@@ -177,32 +195,41 @@ def status(obj: Context, queue, as_json):
     """
     from .queues import PAUSE_ALL, paused
     spool = obj.synced()
-    by_queue = spool.index.queue_counts()
     pauses = paused(spool)
     if queue is not None:
         from .job import check_queue
         queue = check_queue(queue)
-        counts = {s: by_queue.get(queue, {}).get(s, 0) for s in spool.index.counts()}
-    else:
-        counts = spool.index.counts()
+        mine = spool.index.queue_counts().get(queue, {})
+        counts = {s: mine.get(s, 0) for s in spool.index.counts()}
+        is_paused = PAUSE_ALL in pauses or queue in pauses
+        if as_json:
+            dump({**counts, "queue": queue, "paused": is_paused, "limit": spool.config.limit(queue)})
+            return
+        width = max(map(len, counts))
+        for name, n in counts.items():
+            click.echo(f"{name + ':':<{width + 1}} {n}")
+        click.echo(f"{'paused:':<{width + 1}} {'yes' if is_paused else 'no'}")
+        return
+    counts = spool.index.counts()
+    from .registry import count_live_workers
+    workers = count_live_workers(spool)
+    by_queue = spool.index.queue_counts()
     names = sorted(set(by_queue) | (pauses - {PAUSE_ALL}) | {q for q, _ in spool.config.concurrency})
     # Grouped only once queues are in use: a spool without them prints what it always did.
-    grouped = queue is None and (names not in ([], ["default"]) or bool(pauses))
+    grouped = names not in ([], ["default"]) or bool(pauses)
     if as_json:
-        dump(counts if not grouped else {
-            **counts, "paused": sorted(pauses),
-            "queues": {q: {**{s: by_queue.get(q, {}).get(s, 0) for s in counts},
-                           "paused": PAUSE_ALL in pauses or q in pauses, "limit": spool.config.limit(q)}
-                       for q in names}})
+        out = {**counts, "workers": workers, "spool": spool.root}
+        if grouped:
+            out["paused"] = sorted(pauses)
+            out["queues"] = {q: {**{s: by_queue.get(q, {}).get(s, 0) for s in counts},
+                                 "paused": PAUSE_ALL in pauses or q in pauses, "limit": spool.config.limit(q)}
+                             for q in names}
+        dump(out)
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    if queue is not None:
-        click.echo(f"{'paused:':<{width + 1}} {'yes' if PAUSE_ALL in pauses or queue in pauses else 'no'}")
-        return
-    from .registry import count_live_workers
-    click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
+    click.echo(f"{'workers:':<{width + 1}} {workers}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
     if pauses:
         click.echo(f"{'paused:':<{width + 1}} {'all queues' if PAUSE_ALL in pauses else ', '.join(sorted(pauses))}")
@@ -216,15 +243,19 @@ def status(obj: Context, queue, as_json):
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
-@json_option("Print {state, path, job} as JSON.")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
+@json_option("Print {state, dir, path, job} as one JSON object.")
 @pass_ctx
 def show(obj: Context, job_id, as_json):
-    """Show one job's whole record and the directory that holds it.
+    """Show one job: a line `ID is in DIR/ (PATH)`, then its whole record as JSON.
+
+    The record is read from the job's file, and its state is the directory
+    that holds it.
 
     \b
-    Example:
+    Examples:
       queuectl show job1
+      queuectl show --json job1 | jq .job.history
     """
     # Synced, so a file just dropped into pending/ is shown in its accepted form.
     job, path = obj.synced().show(job_id)
@@ -353,6 +384,10 @@ def config_set(obj: Context, key, value):
     click.echo(f"{name} = {_fmt(parsed)}")
 
 
+
+
+main.add_command(metrics)
+main.add_command(web)
 
 
 if __name__ == "__main__":  # pragma: no cover

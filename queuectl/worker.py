@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import SpoolError
 from .hooks import run_hook
-from .index import is_busy
+from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .queues import PAUSE_ALL, known_queues, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
