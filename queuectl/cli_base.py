@@ -105,7 +105,9 @@ class WorkerLines(logging.Handler):
     def __init__(self):
         super().__init__()
         self.stamp = not os.isatty(1) and not under_journald(1)
-        self.log_file = os.environ.get("QUEUECTL_LOG_FILE") or None
+        # Taken out of the environment: the jobs and hooks that inherit it must
+        # not reopen the supervisor's log onto their own stdout.
+        self.log_file = os.environ.pop("QUEUECTL_LOG_FILE", None) or None
         self.checked = 0.0
 
     def emit(self, record) -> None:  # noqa: ANN001 - logging.LogRecord

@@ -26,10 +26,12 @@ def hook_env(job: Job, state: str, base: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_hook(kind: str, command: str, job: Job, state: str, *, log_path: str, env: Mapping[str, str],
-             timeout: float, grace: float, should_kill: Callable[[], bool] | None = None) -> int | None:
+             timeout: float, grace: float, should_kill: Callable[[], bool] | None = None,
+             tick: Callable[[], None] | None = None) -> int | None:
     """Run one hook to its end (or its timeout); its exit status, None if it did not start.
 
     Never raises: a hook's trouble is a logged warning, never the job's.
+    `tick` is called while it runs (the worker keeps its heartbeat fresh).
     """
     fd = open_log(log_path)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -42,7 +44,7 @@ def run_hook(kind: str, command: str, job: Job, state: str, *, log_path: str, en
         except NotStarted as e:
             log_.warning("hook %s of job %s did not start: %s", kind, job.id, e)
             return None
-        outcome = supervise(proc, timeout=timeout, grace=grace, log_fd=fd, should_kill=should_kill)
+        outcome = supervise(proc, timeout=timeout, grace=grace, log_fd=fd, tick=tick, should_kill=should_kill)
         log(fd, line_break(fd) + f"=== hook {kind} finished {now_iso()} exit {outcome.describe()} "
                                  f"after {time.monotonic() - t0:.3f}s ===\n")
         if outcome.exit_code != 0:

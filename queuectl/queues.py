@@ -12,13 +12,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from typing import TYPE_CHECKING
-
 from .fsio import atomic_write, unlink_quietly
 from .job import check_queue, now_iso
-
-if TYPE_CHECKING:
-    from .spool import Spool
+from .spool import Spool
 
 log = logging.getLogger("queuectl.queues")
 

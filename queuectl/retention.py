@@ -12,15 +12,13 @@ import fcntl
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from .config import Retention
 from .dropins import is_ignored
 from .errors import ConfigError
 from .job import JobState
-
-if TYPE_CHECKING:
-    from .spool import Spool
+from .spool import Spool
 
 log = logging.getLogger("queuectl.retention")
 

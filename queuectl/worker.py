@@ -326,7 +326,8 @@ class Worker:
         for kind, command in hooks:
             run_hook(kind, command, job, job.state.value, log_path=self.spool.log_path(job.id),
                      env={**os.environ, "QUEUECTL_SPOOL": self.spool.root}, timeout=cfg.hook_timeout,
-                     grace=min(cfg.kill_grace, cfg.hook_timeout), should_kill=lambda: self.kill_jobs)
+                     grace=min(cfg.kill_grace, cfg.hook_timeout), should_kill=lambda: self.kill_jobs,
+                     tick=self.hb.beat)
 
     def _start(self, claim: Claim) -> _Run:
         """Log the attempt's header and start its command."""
