@@ -127,6 +127,36 @@ def test_queue_concurrency_holds_across_two_supervisors(spool_dir, tmp_path, bg)
     assert sorted(os.listdir(spool_dir / "queues" / "gpu")) == ["slot.0"]
 
 
+def test_slots_are_shared_locks_that_die_with_their_process(tmp_path):
+    from queuectl.queues import release_slot, take_slot
+    spool = Spool(str(tmp_path / "s"))
+    a, b = take_slot(spool, "gpu", 2), take_slot(spool, "gpu", 2)
+    assert a is not None and b is not None and take_slot(spool, "gpu", 2) is None
+    release_slot(a)
+    c = take_slot(spool, "gpu", 2)
+    assert c is not None
+    release_slot(b)
+    release_slot(c)
+    # another process holds both slots; kill -9 frees them
+    code = ("import sys, time; from queuectl.spool import Spool; from queuectl.queues import take_slot; "
+            f"s = Spool({str(tmp_path / 's')!r}); fds = [take_slot(s, 'gpu', 2) for _ in range(2)]; "
+            "print(None not in fds, flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "True\n"
+        assert take_slot(spool, "gpu", 2) is None
+        p.kill()
+        p.wait(10)
+        fd = take_slot(spool, "gpu", 2)
+        assert fd is not None
+        release_slot(fd)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    spool.close()
+
+
 def test_two_supervisors_never_share_worker_names(spool_dir, bg):
     a = bg("worker", "start", "--count", "2")
     b = bg("worker", "start", "--count", "2")
