@@ -34,6 +34,7 @@ from .registry import (
     read_workers,
     signal_process,
 )
+from .queues import known_queues
 from .sdnotify import notify
 from .spool import Spool
 from .worker import Worker
@@ -177,6 +178,9 @@ class Supervisor:
             spool.sync()
             for line in recover_all(spool, "supervisor"):
                 log.info("%s", line)
+            if self.queues is not None and not set(self.queues) & known_queues(spool):
+                # Allowed (a queue exists once a job names it), but a typo looks just like this.
+                log.warning("no job names queue %s yet", ", ".join(self.queues))
             spool.close()
             now = time.monotonic()
             self.due = {i: now for i in range(self.count)}

@@ -17,7 +17,7 @@ from .errors import SpoolError
 from .hooks import run_hook
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
-from .queues import PAUSE_ALL, known_queues, paused, release_slot, take_slot
+from .queues import PAUSE_ALL, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, owner_marker, proc_start
 from .retention import apply_settings
@@ -116,8 +116,6 @@ class Worker:
         self.hb.info["watching"] = True  # the supervisor's READY waits for this
         self.hb.beat(force=True)
         self.pauses = paused(spool)
-        if self.queues is not None and not set(self.queues) & known_queues(spool):
-            log_.warning("no job names queue %s yet", ", ".join(self.queues))
         try:
             self.loop()
         finally:

@@ -83,7 +83,7 @@ def test_worker_queues_and_unknown_queue_warning(spool_dir):
     enqueue(spool_dir, "--queue", "gpu", "--id", "g", "true")
     enqueue(spool_dir, "--id", "d", "true")
     out = unstamped(drain(spool_dir, "--queue", "nope").stdout)
-    assert "[worker-0] no job names queue nope yet" in out
+    assert "[supervisor] no job names queue nope yet" in out
     drain(spool_dir, "--queue", "gpu")
     assert where(spool_dir) == {"d": ["pending"], "g": ["done"]}
     r = cli(spool_dir, "worker", "start", "--queue", "a/b", check=False)
