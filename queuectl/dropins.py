@@ -34,6 +34,14 @@ def is_ignored(name: str) -> bool:
     return (name.startswith(".") and name != ".json") or name.endswith(".tmp")
 
 
+def is_fs_artifact(name: str) -> bool:
+    """Files a network filesystem client makes for a deleted file that is still
+    open somewhere (sshfs's .fuse_hidden*, NFS's .nfs*): not a writer's, not
+    ours; they vanish when the file is closed. Ignored (is_ignored) and never
+    reported by `check`."""
+    return name.startswith((".fuse_hidden", ".nfs", ".smbdelete"))
+
+
 def is_canonical(spec: Any, stem: str) -> bool:
     """Is this parsed file already in queuectl's own form (written by queuectl, or moved back by hand)?"""
     return isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec

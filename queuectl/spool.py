@@ -6,7 +6,6 @@ one state directory at any instant. The index (index.py) follows the files.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import sqlite3
@@ -18,7 +17,9 @@ from . import config as configmod
 from .dropins import SyncReport, accept, is_ignored, reject
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
-                   space_error, syncfs, unlink_quietly, write_tmp)
+                   space_error, unlink_quietly, write_tmp)
+from .enqueue import PartlyPlaced, check_unique, place_chunk
+from .hosts import dropped, fs_type, index_store, is_network_fs, still_owned
 from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
@@ -85,10 +86,11 @@ def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
 
 @dataclass
 class Claim:
-    """A job a process holds: the open, flock'ed job file."""
+    """A job a process holds: the open, flock'ed job file; `seen`: its history's length when claimed."""
     job: Job
     fd: int
     source: JobState
+    seen: int = 0
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -100,7 +102,8 @@ class Spool:
     """One spool directory. `worker=True`: index writes are batched (flush_index)
     and a busy drop-in acceptance is not waited for (its files are claimable soon)."""
 
-    def __init__(self, root: str, *, create: bool = True, worker: bool = False, shared: bool = False):
+    def __init__(self, root: str, *, create: bool = True, worker: bool = False, shared: bool = False,
+                 index_path: str | None = None):
         self.root = os.path.abspath(root)
         # A deliberately shared spool (--allow-shared-spool, inherited by the
         # workers through the environment): other users' drop-ins are jobs too.
@@ -119,8 +122,24 @@ class Spool:
         if self.readonly:
             self.lock = self.hot_lock = no_lock
         self.wait_for_dropins = not worker
-        self.indexes = IndexStore(":memory:" if self.readonly else self.path("index.db"), self.lock,
-                                  self._has_jobs, fresh=self.fresh, defer=worker)
+        # Many hosts: SQLite must not live on a network filesystem, and there a
+        # directory's mtime may be cached, so every scan lists the directories.
+        self.fstype = fs_type(self.root)
+        self.network = is_network_fs(self.fstype)
+        self.index_path = index_path or os.environ.get("QUEUECTL_INDEX") or None  # None: hosts.index_store picks
+        self._defer = worker
+        self._indexes: IndexStore | None = None
+
+    @property
+    def multihost(self) -> bool:
+        """Shared by several hosts: on a network filesystem, or `shared` set (config, --shared)."""
+        return self.network or os.environ.get("QUEUECTL_SHARED") == "1" or self.config.shared
+
+    @property
+    def indexes(self) -> IndexStore:
+        if self._indexes is None:  # opened on first use: its place may depend on config.json
+            self._indexes = index_store(self, defer=self._defer)
+        return self._indexes
 
     # -- layout --------------------------------------------------------------
 
@@ -145,7 +164,7 @@ class Spool:
     def fsync_state_dir(self, state: JobState) -> None:
         fsync_dir(self.path(state.dirname))
 
-    def _has_jobs(self) -> bool:
+    def has_jobs(self) -> bool:
         for d in STATE_DIRS:
             with os.scandir(self.path(d)) as it:
                 if any(not is_ignored(e.name) for e in it):
@@ -187,12 +206,13 @@ class Spool:
         self.indexes.flush()
 
     def close(self) -> None:
-        self.indexes.close()
+        if self._indexes is not None:
+            self._indexes.close()
 
     def reindex(self) -> dict[str, int]:
         """Forget the index and rebuild it from the directories."""
         idx = self.index  # (a corrupt index.db is repaired on opening)
-        with self.lock():
+        with self.indexes.lock():
             idx.begin()
             idx.clear()
             idx.commit()
@@ -240,13 +260,13 @@ class Spool:
         """
         self.index  # noqa: B018 - open it first: repairing it takes the same lock
         with self.hot_lock():
-            _check_unique(self, jobs)
+            check_unique(self, jobs)
             done = 0
             for start in range(0, len(jobs), chunk):
                 part = jobs[start:start + chunk]
                 try:
-                    placed = _place_chunk(self, part, bulk=len(jobs) > 16)
-                except _PartlyPlaced as e:
+                    placed = place_chunk(self, part, bulk=len(jobs) > 16)
+                except PartlyPlaced as e:
                     if e.placed or done:
                         self.fsync_state_dir(JobState.PENDING)
                         self.indexes.add_rows(e.rows[:e.placed])
@@ -324,7 +344,8 @@ class Spool:
         for d in STATE_DIRS:
             st = os.stat(self.path(d))
             mark = marks.get(d)
-            if force or mark is None or mark[0] != st.st_mtime_ns or mark[1] - mark[0] < RACY_NS:
+            if (force or self.multihost or mark is None or mark[0] != st.st_mtime_ns
+                    or mark[1] - mark[0] < RACY_NS):
                 changed.append(d)
         if not changed:
             return report
@@ -382,20 +403,28 @@ class Spool:
                    f"invalid job file in {where}/: {e}")
             self.indexes.delete(job_id)
             return None
-        return Claim(job, fd, source)
+        return Claim(job, fd, source, len(job.history))
 
-    def record(self, claim: Claim, job: Job, *, durable: bool = False) -> None:
+    def record(self, claim: Claim, job: Job, *, durable: bool = False) -> bool:
         """Move a claimed job to the directory of job.state with its new contents.
 
         The new contents replace the file in processing/ first (locked, so a
         recoverer never mistakes it for orphaned), then one rename moves it on.
         A crash in between leaves a processing/ file whose state field says
         where it was going, and recovery finishes the move.
+
+        A claim another host recovered meanwhile (this process was thought
+        dead) is not ours any more: the result is dropped, never recreated
+        beside the thief's copy (False). The final move never replaces a file.
         """
         job.updated_at = now_iso()
         mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
         cur = self.job_path(JobState.PROCESSING, job.id)
         dest = self.job_path(job.state, job.id)
+        limit = self.config.max_job_size + 1
+        if not still_owned(cur, claim.fd, claim.seen, trust_inodes=not self.network, limit=limit):
+            claim.release()
+            return dropped(job.id, "was recovered by another worker meanwhile")
         data = job.to_json()
         tmp, fd = write_tmp(self.path("tmp"), data, durable=durable, mtime=mtime, keep_open=True)
         try:
@@ -404,7 +433,13 @@ class Spool:
             claim.release()
             claim.fd = fd
             if dest != cur:
-                os.rename(cur, dest)
+                try:
+                    rename_noreplace(cur, dest)
+                except FileExistsError:
+                    unlink_quietly(cur)  # one job in one directory: the copy already there stays
+                    return dropped(job.id, f"is already in {job.state.dirname}/")
+                except FileNotFoundError:
+                    return dropped(job.id, "was moved on by another worker meanwhile")
                 if durable:
                     fsync_dir(os.path.dirname(dest))
         except OSError as e:
@@ -413,6 +448,9 @@ class Spool:
         finally:
             claim.release()
         self.indexes.upsert(row_values(job, job.state, data.decode("utf-8")))
+        return True
+
+
 
     def mark_running(self, job: Job) -> None:
         """Show a long-running job as processing in the index (short ones never are)."""
@@ -490,67 +528,6 @@ class Spool:
                 raise JobNotFound(f"job {job_id} is not in the dead letter queue (it is {state.value})")
 
 
-def _check_unique(spool: Spool, jobs: list[Job]) -> None:
-    # For many jobs one listing of each state directory beats five stats a job.
-    bulk = len(jobs) > 16
-    taken = spool.taken_ids() if bulk else {}
-    seen: set[str] = set()
-    for job in jobs:
-        key = job.id.lower()
-        if key in seen:
-            raise DuplicateJob(f"job {job.id} appears twice")
-        seen.add(key)
-        if not bulk:
-            spool.check_new_id(job.id)
-        elif key in taken:
-            raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
-
-def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
-    """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""
-    tmps: list[str] = []
-    rows: list[tuple] = []
-    placed = 0
-    try:
-        for job in part:
-            data = job.to_json()
-            rows.append(row_values(job, JobState.PENDING, data.decode("utf-8")))
-            tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
-        if len(part) > 1:
-            syncfs(spool.path("tmp"))
-        for job, tmp in zip(part, tmps):
-            _place(tmp, spool.job_path(JobState.PENDING, job.id), bulk=bulk)
-            placed += 1
-    except BaseException as e:
-        for tmp in tmps[placed:]:
-            unlink_quietly(tmp)
-        raise _PartlyPlaced(e, placed, rows) from None
-    return rows
-
-def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:
-    """Move tmp to dest unless dest exists (a concurrent enqueue of the same id).
-
-    Bulk enqueues use renameat2 (one syscall a job, but it costs a ctypes
-    import that a single enqueue's start-up time cannot afford).
-    """
-    try:
-        if bulk:
-            rename_noreplace(tmp, dest)
-            return
-        os.link(tmp, dest)
-    except FileExistsError:
-        unlink_quietly(tmp)
-        raise DuplicateJob(f"job {os.path.basename(dest)[:-5]} already exists") from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            unlink_quietly(tmp)
-            raise space_error(e, "enqueueing") from None
-        # No hard links here (some network filesystems): rename is still atomic,
-        # only the no-clobber guarantee against a racing writer is lost.
-        os.rename(tmp, dest)
-        return
-    unlink_quietly(tmp)
-
-
 def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
     """Diff one state directory against the index; for pending/, the names still to admit."""
     d = state.dirname
@@ -576,11 +553,3 @@ def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> 
             report.added += 1
     idx.set_dirmark(d, mtime, checked)
     return dropins
-
-
-class _PartlyPlaced(Exception):
-    """A chunk of an enqueue failed after `placed` of its jobs were in pending/."""
-
-    def __init__(self, error: BaseException, placed: int, rows: list[tuple]):
-        super().__init__(str(error))
-        self.error, self.placed, self.rows = error, placed, rows
