@@ -23,6 +23,7 @@ from .index import row_values
 from .job import Job, JobState, check_id, loads
 
 if TYPE_CHECKING:
+    from .index import Index
     from .spool import Spool
 
 log = logging.getLogger("queuectl.dropins")
@@ -252,3 +253,31 @@ def _linked_from_tmp(spool: "Spool", ino: int) -> bool:
             return any(e.inode() == ino for e in it)
     except OSError:
         return False
+
+
+def sync_dir(spool: "Spool", idx: "Index", state: JobState, report: SyncReport) -> list[str] | None:
+    """Diff one state directory against the index (Spool.sync's step); for pending/,
+    the names still to admit."""
+    d = state.dirname
+    checked = time.time_ns()
+    mtime = os.stat(spool.path(d)).st_mtime_ns
+    names = os.listdir(spool.path(d))
+    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
+    known = idx.ids_in(state)
+    gone = known - on_disk
+    if gone:
+        idx.delete(gone)
+        report.removed += len(gone)
+    dropins = None
+    if state is JobState.PENDING and not spool.readonly:
+        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
+    else:
+        for job_id in on_disk - known:
+            try:
+                job = spool.read_job(spool.path(d, job_id + ".json"))
+            except (OSError, InvalidJob):
+                continue  # `check` reports it; a worker never claims from here
+            idx.upsert(job, state)
+            report.added += 1
+    idx.set_dirmark(d, mtime, checked)
+    return dropins

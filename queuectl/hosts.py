@@ -16,7 +16,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from .errors import InvalidJob, SpoolError
-from .fsio import SpoolLock, read_nofollow, unlink_quietly, write_tmp
+from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
 from .index import IndexStore
 from .job import parse_file
 from .registry import node_name
@@ -119,6 +119,19 @@ def index_store(spool: "Spool", *, defer: bool) -> IndexStore:
     except OSError as e:
         raise SpoolError(f"cannot create the index directory {os.path.dirname(path)}: {e.strerror or e}") from None
     return IndexStore(path, SpoolLock(path + ".lock").lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
+
+
+def move_on(cur: str, dest: str, job_id: str) -> bool:
+    """The final rename of a record, which never replaces a file: False (and one
+    line) if the job is already there or was moved on by another host's recovery."""
+    try:
+        rename_noreplace(cur, dest)
+    except FileExistsError:
+        unlink_quietly(cur)  # one job in one directory: the copy already there stays
+        return dropped(job_id, f"is already in {os.path.basename(os.path.dirname(dest))}/")
+    except FileNotFoundError:
+        return dropped(job_id, "was moved on by another worker meanwhile")
+    return True
 
 
 def dropped(job_id: str, why: str) -> bool:

@@ -6,20 +6,19 @@ one state directory at any instant. The index (index.py) follows the files.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
 import stat
-import time
 from dataclasses import dataclass
 
 from . import config as configmod
-from .dropins import SyncReport, accept, is_ignored, reject
+from .dropins import SyncReport, accept, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
-                   space_error, unlink_quietly, write_tmp)
-from .enqueue import PartlyPlaced, check_unique, place_chunk
-from .hosts import dropped, fs_type, index_store, is_network_fs, still_owned
+                   space_error, syncfs, unlink_quietly, write_tmp)
+from .hosts import dropped, fs_type, index_store, is_network_fs, move_on, still_owned
 from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
@@ -250,35 +249,8 @@ class Spool:
         return self.enqueue_many([job])[0]
 
     def enqueue_many(self, jobs: list[Job], chunk: int = ENQUEUE_CHUNK) -> list[Job]:
-        """Durably add jobs to pending/, all checked before any is written.
-
-        Ids are unique ignoring case, which no no-clobber rename can enforce
-        between two spellings (job1 vs JOB1 racing): check and place under the
-        spool lock. The fsyncs are batched: every file of a chunk is written,
-        one syncfs() flushes them all, then they are linked into pending/ and
-        the directory is fsynced. An accepted job survives a power cut.
-        """
-        self.index  # noqa: B018 - open it first: repairing it takes the same lock
-        with self.hot_lock():
-            check_unique(self, jobs)
-            done = 0
-            for start in range(0, len(jobs), chunk):
-                part = jobs[start:start + chunk]
-                try:
-                    placed = place_chunk(self, part, bulk=len(jobs) > 16)
-                except PartlyPlaced as e:
-                    if e.placed or done:
-                        self.fsync_state_dir(JobState.PENDING)
-                        self.indexes.add_rows(e.rows[:e.placed])
-                        err = e.error
-                        if isinstance(err, (SpoolError, DuplicateJob)):
-                            raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
-                                            "were enqueued)") from None
-                    raise e.error from None
-                self.fsync_state_dir(JobState.PENDING)
-                self.indexes.add_rows(placed)
-                done += len(part)
-        return jobs
+        """Durably add jobs to pending/, all checked before any is written (see _enqueue_many)."""
+        return _enqueue_many(self, jobs, chunk)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -353,7 +325,7 @@ class Spool:
         idx.begin()
         try:
             for d in changed:
-                found = _sync_dir(self, idx, JobState.parse(d), report)
+                found = sync_dir(self, idx, JobState.parse(d), report)
                 if found is not None:
                     dropins = found
             idx.commit()
@@ -411,18 +383,15 @@ class Spool:
         The new contents replace the file in processing/ first (locked, so a
         recoverer never mistakes it for orphaned), then one rename moves it on.
         A crash in between leaves a processing/ file whose state field says
-        where it was going, and recovery finishes the move.
-
-        A claim another host recovered meanwhile (this process was thought
-        dead) is not ours any more: the result is dropped, never recreated
-        beside the thief's copy (False). The final move never replaces a file.
+        where it was going, and recovery finishes the move. A claim another host
+        recovered meanwhile is dropped (False), never recreated; nothing is replaced.
         """
         job.updated_at = now_iso()
         mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
         cur = self.job_path(JobState.PROCESSING, job.id)
         dest = self.job_path(job.state, job.id)
-        limit = self.config.max_job_size + 1
-        if not still_owned(cur, claim.fd, claim.seen, trust_inodes=not self.network, limit=limit):
+        if not still_owned(cur, claim.fd, claim.seen, trust_inodes=not self.network,
+                           limit=self.config.max_job_size + 1):
             claim.release()
             return dropped(job.id, "was recovered by another worker meanwhile")
         data = job.to_json()
@@ -433,13 +402,8 @@ class Spool:
             claim.release()
             claim.fd = fd
             if dest != cur:
-                try:
-                    rename_noreplace(cur, dest)
-                except FileExistsError:
-                    unlink_quietly(cur)  # one job in one directory: the copy already there stays
-                    return dropped(job.id, f"is already in {job.state.dirname}/")
-                except FileNotFoundError:
-                    return dropped(job.id, "was moved on by another worker meanwhile")
+                if not move_on(cur, dest, job.id):
+                    return False
                 if durable:
                     fsync_dir(os.path.dirname(dest))
         except OSError as e:
@@ -449,8 +413,6 @@ class Spool:
             claim.release()
         self.indexes.upsert(row_values(job, job.state, data.decode("utf-8")))
         return True
-
-
 
     def mark_running(self, job: Job) -> None:
         """Show a long-running job as processing in the index (short ones never are)."""
@@ -528,28 +490,102 @@ class Spool:
                 raise JobNotFound(f"job {job_id} is not in the dead letter queue (it is {state.value})")
 
 
-def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
-    """Diff one state directory against the index; for pending/, the names still to admit."""
-    d = state.dirname
-    checked = time.time_ns()
-    mtime = os.stat(spool.path(d)).st_mtime_ns
-    names = os.listdir(spool.path(d))
-    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-    known = idx.ids_in(state)
-    gone = known - on_disk
-    if gone:
-        idx.delete(gone)
-        report.removed += len(gone)
-    dropins = None
-    if state is JobState.PENDING and not spool.readonly:
-        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
-    else:
-        for job_id in on_disk - known:
+def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
+    """Durably add jobs to pending/, all checked before any is written.
+
+    Ids are unique ignoring case, which no no-clobber rename can enforce
+    between two spellings (job1 vs JOB1 racing): check and place under the
+    spool lock. The fsyncs are batched: every file of a chunk is written,
+    one syncfs() flushes them all, then they are linked into pending/ and
+    the directory is fsynced. An accepted job survives a power cut.
+    """
+    spool.index  # noqa: B018 - open it first: repairing it takes the same lock
+    with spool.hot_lock():
+        _check_unique(spool, jobs)
+        done = 0
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
             try:
-                job = spool.read_job(spool.path(d, job_id + ".json"))
-            except (OSError, InvalidJob):
-                continue  # `check` reports it; a worker never claims from here
-            idx.upsert(job, state)
-            report.added += 1
-    idx.set_dirmark(d, mtime, checked)
-    return dropins
+                placed = _place_chunk(spool, part, bulk=len(jobs) > 16)
+            except _PartlyPlaced as e:
+                if e.placed or done:
+                    spool.fsync_state_dir(JobState.PENDING)
+                    spool.indexes.add_rows(e.rows[:e.placed])
+                    err = e.error
+                    if isinstance(err, (SpoolError, DuplicateJob)):
+                        raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
+                                        "were enqueued)") from None
+                raise e.error from None
+            spool.fsync_state_dir(JobState.PENDING)
+            spool.indexes.add_rows(placed)
+            done += len(part)
+    return jobs
+
+
+def _check_unique(spool: Spool, jobs: list[Job]) -> None:
+    # For many jobs one listing of each state directory beats five stats a job.
+    bulk = len(jobs) > 16
+    taken = spool.taken_ids() if bulk else {}
+    seen: set[str] = set()
+    for job in jobs:
+        key = job.id.lower()
+        if key in seen:
+            raise DuplicateJob(f"job {job.id} appears twice")
+        seen.add(key)
+        if not bulk:
+            spool.check_new_id(job.id)
+        elif key in taken:
+            raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
+
+def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
+    """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""
+    tmps: list[str] = []
+    rows: list[tuple] = []
+    placed = 0
+    try:
+        for job in part:
+            data = job.to_json()
+            rows.append(row_values(job, JobState.PENDING, data.decode("utf-8")))
+            tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
+        if len(part) > 1:
+            syncfs(spool.path("tmp"))
+        for job, tmp in zip(part, tmps):
+            _place(tmp, spool.job_path(JobState.PENDING, job.id), bulk=bulk)
+            placed += 1
+    except BaseException as e:
+        for tmp in tmps[placed:]:
+            unlink_quietly(tmp)
+        raise _PartlyPlaced(e, placed, rows) from None
+    return rows
+
+def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:
+    """Move tmp to dest unless dest exists (a concurrent enqueue of the same id).
+
+    Bulk enqueues use renameat2 (one syscall a job, but it costs a ctypes
+    import that a single enqueue's start-up time cannot afford).
+    """
+    try:
+        if bulk:
+            rename_noreplace(tmp, dest)
+            return
+        os.link(tmp, dest)
+    except FileExistsError:
+        unlink_quietly(tmp)
+        raise DuplicateJob(f"job {os.path.basename(dest)[:-5]} already exists") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            unlink_quietly(tmp)
+            raise space_error(e, "enqueueing") from None
+        # No hard links here (some network filesystems): rename is still atomic,
+        # only the no-clobber guarantee against a racing writer is lost.
+        os.rename(tmp, dest)
+        return
+    unlink_quietly(tmp)
+
+
+class _PartlyPlaced(Exception):
+    """A chunk of an enqueue failed after `placed` of its jobs were in pending/."""
+
+    def __init__(self, error: BaseException, placed: int, rows: list[tuple]):
+        super().__init__(str(error))
+        self.error, self.placed, self.rows = error, placed, rows
