@@ -118,7 +118,9 @@ def index_store(spool: "Spool", *, defer: bool) -> IndexStore:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     except OSError as e:
         raise SpoolError(f"cannot create the index directory {os.path.dirname(path)}: {e.strerror or e}") from None
-    return IndexStore(path, SpoolLock(path + ".lock").lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
+    # A node's first index of a spool is built, not "missing": no notice then.
+    fresh = spool.fresh or not os.path.exists(path)
+    return IndexStore(path, SpoolLock(path + ".lock").lock, spool.has_jobs, fresh=fresh, defer=defer)
 
 
 def move_on(cur: str, dest: str, job_id: str) -> bool:
@@ -143,8 +145,8 @@ def dropped(job_id: str, why: str) -> bool:
 # -- is this claim still mine? ----------------------------------------------------------------
 
 
-def still_owned(path: str, fd: int, seen: int, *, trust_inodes: bool, limit: int) -> bool:
-    """Does the processing/ file at path still hold the claim this process made?
+def lost_claim(path: str, fd: int, seen: int, *, trust_inodes: bool, limit: int) -> str | None:
+    """Why the processing/ file at path no longer holds this process's claim; None if it does.
 
     Gone: another host recovered it and it moved on. Same inode as the claimed
     file: ours (only on a local disk; sshfs numbers inodes by path, so a file
@@ -153,24 +155,25 @@ def still_owned(path: str, fd: int, seen: int, *, trust_inodes: bool, limit: int
     this process read at its claim; an edit in place (sed -i) keeps the
     history and so keeps the claim.
     """
+    gone = "was moved on by another worker meanwhile"
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return False
+        return gone
     except OSError:
-        return True  # cannot tell: the rename below decides
+        return None  # cannot tell: the rename below decides
     if trust_inodes and fd >= 0:
         try:
             if os.fstat(fd).st_ino == st.st_ino:
-                return True
+                return None
         except OSError:
             pass
     try:
         data, _st = read_nofollow(path, limit)
         current = parse_file(data, os.path.basename(path)[:-5])
     except FileNotFoundError:
-        return False
+        return gone
     except (OSError, InvalidJob):
-        return True  # mid-edit by hand: keep the existing "edited under its owner" behaviour
-    return len(current.history) <= seen
+        return None  # mid-edit by hand: keep the existing "edited under its owner" behaviour
+    return None if len(current.history) <= seen else "was recovered by another worker meanwhile"
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .config import Config
 from .dropins import is_ignored
+from .errors import InvalidJob
 from .fsio import lock_file
 from .job import Job, JobState, now_iso
 from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
@@ -88,16 +89,39 @@ def _leased(job_id: str, remote: list[WorkerInfo]) -> bool:
     return any(w.job == job_id for w in remote)
 
 
+def _still_unowned(spool: "Spool", claim: "Claim") -> bool:
+    """Confirm an orphan found on a shared spool, where no flock stands in the way.
+
+    Its owner may have finished it (and cleared its claim record) between this
+    scan's listing and its look at the claim records, and a worker may have
+    claimed it again since. An orphan is one that is still in processing/, as
+    adopted, and that no claim record names after the adoption either.
+    """
+    job_id = claim.job.id
+    if job_id in claimed_by_live_workers(spool):
+        return False
+    try:
+        now = spool.read_job(spool.job_path(JobState.PROCESSING, job_id))
+    except (OSError, InvalidJob):
+        return False
+    return len(now.history) == claim.seen and now.state is claim.job.state
+
+
 def orphans(spool: "Spool") -> Iterator["Claim"]:
     """Claims on processing/ jobs whose owner is gone: their lock is free (on
-    this host), and no live worker's claim record or heartbeat names them."""
+    this host), and no live worker's claim record or heartbeat names them,
+    neither before the listing nor after the adoption."""
+    # On a shared spool the claim records are read before the listing too: a
+    # job finished (and its record cleared) between the listing and a later
+    # read would otherwise look orphaned, with no flock to say otherwise.
+    before = claimed_by_live_workers(spool) if spool.multihost else {}
     try:
         names = os.listdir(spool.path("processing"))
     except FileNotFoundError:
         return
     remote = owned = None
     for name in names:
-        if is_ignored(name) or not name.endswith(".json"):
+        if is_ignored(name) or not name.endswith(".json") or name[:-5] in before:
             continue
         path = spool.path("processing", name)
         fd = lock_file(path)
@@ -114,8 +138,12 @@ def orphans(spool: "Spool") -> Iterator["Claim"]:
             os.close(fd)
             continue
         claim = spool.adopt(fd, JobState.PROCESSING, name[:-5])
-        if claim is not None:
-            yield claim
+        if claim is None:
+            continue
+        if spool.multihost and not _still_unowned(spool, claim):
+            claim.release()
+            continue
+        yield claim
 
 
 def recover_orphan(spool: "Spool", claim: "Claim", by: str) -> str | None:
@@ -136,7 +164,8 @@ def recover_orphan(spool: "Spool", claim: "Claim", by: str) -> str | None:
     entry = {"attempt": attempt, "worker": by, "node": node_name(), "host": hostname(), "pid": os.getpid(),
              "started_at": None, "finished_at": now_iso(), "exit_code": None, "error": "worker died"}
     delay = apply_outcome(job, entry, spool.config)
-    spool.record(claim, job)
+    if not spool.record(claim, job):
+        return None  # another worker took it over meanwhile (record said so)
     where = f"retry in {fmt_secs(delay)}" if job.state is JobState.FAILED else "moved to dead letter queue"
     return f"recovered {job.id} (worker died, attempt {attempt}/{job.max_retries + 1}): {where}"
 

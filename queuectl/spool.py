@@ -18,7 +18,7 @@ from .dropins import SyncReport, accept, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
-from .hosts import dropped, fs_type, index_store, is_network_fs, move_on, still_owned
+from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, move_on
 from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
@@ -130,9 +130,14 @@ class Spool:
         self._indexes: IndexStore | None = None
 
     @property
+    def shared_mode(self) -> bool:
+        """Sharing with other hosts was meant: `worker start --shared` or `config set shared true`."""
+        return os.environ.get("QUEUECTL_SHARED") == "1" or self.config.shared
+
+    @property
     def multihost(self) -> bool:
-        """Shared by several hosts: on a network filesystem, or `shared` set (config, --shared)."""
-        return self.network or os.environ.get("QUEUECTL_SHARED") == "1" or self.config.shared
+        """Other hosts may use this spool: on a network filesystem, or in shared mode."""
+        return self.network or self.shared_mode
 
     @property
     def indexes(self) -> IndexStore:
@@ -390,10 +395,11 @@ class Spool:
         mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
         cur = self.job_path(JobState.PROCESSING, job.id)
         dest = self.job_path(job.state, job.id)
-        if not still_owned(cur, claim.fd, claim.seen, trust_inodes=not self.network,
-                           limit=self.config.max_job_size + 1):
+        lost = lost_claim(cur, claim.fd, claim.seen, trust_inodes=not self.network,
+                          limit=self.config.max_job_size + 1)
+        if lost:
             claim.release()
-            return dropped(job.id, "was recovered by another worker meanwhile")
+            return dropped(job.id, lost)
         data = job.to_json()
         tmp, fd = write_tmp(self.path("tmp"), data, durable=durable, mtime=mtime, keep_open=True)
         try:

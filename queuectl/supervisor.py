@@ -99,7 +99,7 @@ class Supervisor:
         of this machine is a clone: both would recover each other's jobs.
         """
         spool = self.spool
-        if spool.network and not spool.multihost:
+        if spool.network and not spool.shared_mode:
             raise WorkerError(
                 f"the spool {spool.root} is on a network filesystem ({spool.fstype}): flock and inotify do not "
                 "reach other hosts there, so workers must run in shared mode (heartbeat leases, a local index); "
