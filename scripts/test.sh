@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 . scripts/_venv.sh   # defines apt_install_if_missing and venv_setup
 
-# --- Debian packages the tests need: none yet. Add them here, e.g.
-# apt_install_if_missing util-linux
+# --- Debian packages the tests need: sshd and sshfs for the many-hosts tests
+# (tests/cluster.py: a loopback sshd and three sshfs mounts; skipped without root).
+apt_install_if_missing openssh-server sshfs
 
 venv_setup test
 
