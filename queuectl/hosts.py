@@ -15,7 +15,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
-from .errors import InvalidJob, SpoolError
+from .errors import ConfigError, InvalidJob, SpoolError
 from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
 from .index import IndexStore
 from .job import parse_file
@@ -100,6 +100,15 @@ def local_index_path(root: str, node: str) -> str:
     return os.path.join(cache, "queuectl", f"{spool_id(root)}-{node}", "index.db")
 
 
+def setting(spool: "Spool", name: str, default: object) -> object:
+    """A setting that must not break commands that never needed config.json (status
+    on a spool whose config.json is broken still works; `config set` reports it)."""
+    try:
+        return spool.config.get(name)
+    except ConfigError:
+        return default
+
+
 def index_store(spool: "Spool", *, defer: bool) -> IndexStore:
     """The spool's index: --index / $QUEUECTL_INDEX (spool.index_path), else config `index`,
     else SPOOL/index.db on a local disk and this node's own file under
@@ -108,7 +117,7 @@ def index_store(spool: "Spool", *, defer: bool) -> IndexStore:
     if spool.readonly:
         return IndexStore(":memory:", spool.lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
     if spool.index_path is None:
-        chosen = spool.config.index
+        chosen = setting(spool, "index", None)
         spool.index_path = os.path.abspath(os.path.expanduser(chosen)) if chosen else (
             local_index_path(spool.root, node_name()) if spool.network else spool.path("index.db"))
     path = spool.index_path

@@ -18,7 +18,7 @@ from .dropins import SyncReport, accept, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
-from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, move_on
+from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, move_on, setting
 from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
@@ -132,7 +132,7 @@ class Spool:
     @property
     def shared_mode(self) -> bool:
         """Sharing with other hosts was meant: `worker start --shared` or `config set shared true`."""
-        return os.environ.get("QUEUECTL_SHARED") == "1" or self.config.shared
+        return os.environ.get("QUEUECTL_SHARED") == "1" or bool(setting(self, "shared", False))
 
     @property
     def multihost(self) -> bool:
