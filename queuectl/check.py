@@ -453,9 +453,13 @@ def _check_top_level(spool: Spool) -> list[Problem]:
 
 
 def _check_index(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
-    """Compare the index with the files as they are, without syncing it first."""
+    """Compare the index with the files as they are, without syncing it first (on a local disk)."""
     if spool.readonly:
         return []  # its index lives in memory, built from these very files
+    if spool.multihost:
+        # This node's own index learns of other hosts' moves only when it scans:
+        # its lag is by design, not a problem. Scan now, then compare.
+        spool.sync()
     idx = spool.index
     on_disk = {k: g for k, g in entries.items() if len(g) == 1}
     if idx.created and on_disk:
