@@ -10,6 +10,7 @@ shell's pid), so double runs are counted, not guessed.
 from __future__ import annotations
 
 import collections
+import os
 import json
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import Cluster, Unavailable, kill_node
+from cluster import Cluster, Unavailable, kill_node, processes_of_node
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ class Hosts:
             mark = f"touch {self.marks}/{job_id}.$QUEUECTL_NODE.$$"
             lines.append(json.dumps({"id": job_id, "command": f"{mark}; {before}" if before else mark}))
         out = self.ok(0, "enqueue", "-q", "-f", "-", input="\n".join(lines) + "\n")
-        assert out.strip() == f"enqueued {len(jobs)} jobs"
+        assert out.strip() in (f"enqueued {len(jobs)} jobs", "enqueued 1 job")
 
     def start(self, i: int, *args: str, node: str | None = None) -> subprocess.Popen:
         log = self.tmp / f"{self.c.nodes[i]}-{len(self.logs)}.log"
@@ -230,3 +231,37 @@ def test_a_second_machine_with_the_same_node_name_refuses_to_start(hosts):
                   else None, 20, "two nodes' workers in worker list")
     assert {w["node"] for w in ws} == {"hostA", "hostB"}
     assert all(w["alive"] and w["age"] is not None and w["age"] < LEASE + SKEW + 30 for w in ws)
+
+
+def test_a_node_cut_off_longer_than_the_lease_drops_its_result(hosts):
+    """SIGSTOP stands in for a network partition: the node's job is recovered and run elsewhere,
+    and when the node comes back its worker drops its own outcome instead of recreating the file."""
+    c = hosts.c
+    hosts.configure()
+    hosts.start(1, "--count", "1")
+    hosts.enqueue([("p", "sleep 3")])
+    claims = c.export / hosts.name / "workers"
+    wait_for(lambda: any(f.read_text().split()[:1] == ["p"] for f in claims.glob("hostB.*.claim")), 20,
+             "hostB running p")
+    frozen = processes_of_node("hostB")
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        hosts.start(2, "--count", "1")
+        wait_for(lambda: "p" in done_ids(c, hosts.name), 30, "p recovered and run on hostC")
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    log_b = hosts.logs[0]
+    wait_for(lambda: "dropping this worker's result" in log_b.read_text(), 20, "hostB to drop its result")
+    spool = c.export / hosts.name
+    assert [p.name for d in ("pending", "processing", "failed", "dead") for p in (spool / d).glob("*.json")] == []
+    job = json.loads((spool / "done" / "p.json").read_text())
+    assert [h.get("error") for h in job["history"]] == ["worker died", None]
+    assert sorted(hosts.runs_by()["p"]) == ["hostB", "hostC"]  # the one double run: a node cut off mid-job
+    for i in range(3):
+        r = hosts.cli(i, "check")
+        assert r.returncode == 0 and r.stdout.startswith("ok:"), (i, r.stdout, r.stderr)
