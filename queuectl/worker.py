@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -17,7 +18,7 @@ from .errors import SpoolError
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .recovery import apply_outcome, fmt_secs, recover_all
-from .registry import Heartbeat, hostname, owner_marker, proc_start
+from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .runner import NotStarted, Outcome, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
 
@@ -26,6 +27,7 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -95,7 +97,8 @@ class Worker:
             # A burst ends when the last job does: an idle worker must hear of the
             # other workers' outcomes at once, not at its next timed rescan.
             finished = [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
-        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll,
+        # inotify sees nothing another host writes: poll a shared spool.
+        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll or spool.multihost,
                                wake_dirs=finished)
         self.watcher.start()
         try:
@@ -201,6 +204,12 @@ class Worker:
                 spool.flush_index()  # or the query returns jobs this worker already ran
                 self.candidates = spool.index.candidates(16)
                 self.candidates.reverse()
+                if spool.multihost:
+                    # Hosts that all take the best job first collide on it, and the
+                    # fastest lister wins most races: spread among the top few.
+                    head = self.candidates[-SPREAD:]
+                    random.shuffle(head)
+                    self.candidates[-SPREAD:] = head
             while self.candidates:
                 if self.stopping:
                     return None
@@ -234,6 +243,7 @@ class Worker:
         """Run one claimed job to its recorded outcome."""
         run = self._start(claim)
         self._conclude(run, self._finish(run))
+        self.hb.beat()  # a stream of short jobs never idles, and other hosts judge it by its beats
         self.hb.claiming(None)
         self.hb.set_job(None)
         self.running = None
@@ -247,7 +257,7 @@ class Worker:
         self.hb.set_job(job.id)
         log_.info("executing job %s: %s", job.id, job.command)
         log(run.log_fd, f"=== attempt {run.attempt}/{run.total} started {run.started} by {self.name} "
-                        f"({hostname()} pid {os.getpid()}) ===\n")
+                        f"({node_name()} pid {os.getpid()}) ===\n")
         if self.devnull < 0:
             self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         env = {**os.environ, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
@@ -287,7 +297,8 @@ class Worker:
         """Record the outcome in the job file (and so in its directory) and say it."""
         spool = self.spool
         claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
-        entry = {"attempt": attempt, "worker": self.name, "host": hostname(), "pid": os.getpid(),
+        entry = {"attempt": attempt, "worker": self.name, "node": node_name(), "host": hostname(),
+                 "pid": os.getpid(),
                  "started_at": run.started, "finished_at": now_iso(),
                  "exit_code": outcome.exit_code, "error": outcome.error}
         if outcome.interrupted:

@@ -20,6 +20,9 @@ kill_grace = 5
 dropin_grace = 2
 max_job_size = 1048576
 lease = 30
+clock_skew = 5
+shared = false
+index = none
 """
 
 
