@@ -19,9 +19,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .dropins import is_canonical, is_ignored, reject
+from .dropins import is_canonical, is_fs_artifact, is_ignored, reject
 from .errors import InvalidJob, SpoolError
 from .fsio import lock_fd, lock_file, open_nofollow, read_fd
+from .hosts import SPOOL_ID_FILE
 from .job import PROGRESS, Job, JobState, loads, parse_file
 from .recovery import recover_orphan
 from .registry import claimed_by_live_workers
@@ -30,7 +31,9 @@ from .spool import STATE_DIRS, SUBDIRS, Spool, unsafe_dirs
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
 TOP_LEVEL = {*SUBDIRS, "config.json", "index.db", "index.db-wal", "index.db-shm",
-             "index.db-journal", ".lock"}
+             "index.db-journal", ".lock", SPOOL_ID_FILE}
+REREADS = 2           # on a shared filesystem, reads of a file before it is called invalid...
+REREAD_DELAY = 0.2    # ...this many seconds apart
 # Kinds, in the order they are reported and repaired.
 KINDS = ("permissions", "duplicate", "invalid-job", "state-mismatch", "orphan", "replaced-claim", "stale-tmp",
          "unexpected-file", "stale-dropin", "index")
@@ -123,6 +126,36 @@ def _read_regular(path: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_re
         os.close(fd)
 
 
+def _read_job(path: str, name: str, rereads: int) -> tuple[Job, os.stat_result]:
+    """Read and parse a job file; on a shared filesystem a short read through a
+    client's cache looks like bad JSON, so a file is read again before it is
+    called invalid."""
+    for attempt in range(rereads + 1):
+        try:
+            data, st = _read_regular(path)
+            return parse_file(data, name[:-5]), st
+        except FileNotFoundError:
+            raise
+        except (InvalidJob, OSError):
+            if attempt == rereads:
+                raise
+            time.sleep(REREAD_DELAY)
+    raise AssertionError("unreachable")
+
+
+def _if_still_invalid(path: str, name: str, fix: Callable[[], str]) -> Callable[[], str]:
+    """A finished job is never quarantined on what one pass read: read it once more at repair time."""
+    def confirmed() -> str:
+        try:
+            _read_job(path, name, rereads=REREADS)
+        except FileNotFoundError:
+            raise _Skip("the file is gone") from None
+        except (InvalidJob, OSError):
+            return fix()
+        raise _Skip("it reads as a valid job now (a stale cache on a shared filesystem)")
+    return confirmed
+
+
 def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callable[[], str]:
     """A repair that moves one file, unchanged, to rejected/ with a reason."""
     def fix() -> str:
@@ -153,6 +186,8 @@ def _scan_state_dirs(spool: Spool, entries: dict[str, list[_Entry]], now: float)
         except FileNotFoundError:
             continue
         for name in names:
+            if is_fs_artifact(name):
+                continue
             path = spool.path(d, name)
             rel = f"{d}/{name}"
             try:
@@ -174,8 +209,8 @@ def _scan_state_dirs(spool: Spool, entries: dict[str, list[_Entry]], now: float)
                 continue
             entry = _Entry(state, name, st.st_ino)
             try:
-                data, st = _read_regular(path)
-                entry.job = job = parse_file(data, name[:-5])
+                job, st = _read_job(path, name, rereads=REREADS if spool.multihost else 0)
+                entry.job = job
             except FileNotFoundError:
                 continue
             except (InvalidJob, OSError) as e:
@@ -185,6 +220,8 @@ def _scan_state_dirs(spool: Spool, entries: dict[str, list[_Entry]], now: float)
                     fix = None  # a live owner may be rewriting it; recovery deals with it
                 else:
                     fix = _to_rejected(spool, d, name, f"invalid job file in {d}/: {e} (moved by check --repair)")
+                    if spool.multihost and state in (JobState.COMPLETED, JobState.DEAD):
+                        fix = _if_still_invalid(path, name, fix)
                 out.append(Problem("invalid-job", rel, name[:-5], f"invalid job file: {e}", _fix=fix))
                 continue
             entries.setdefault(job.id.lower(), []).append(entry)
@@ -356,6 +393,11 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
             job = e.job
             assert job is not None
             owner = owned.get(job.id)
+            if owner is None and spool.multihost:
+                owned = claimed_by_live_workers(spool)  # claimed on another host since the first look
+                owner = owned.get(job.id)
+            if owner is not None and not owner.local:
+                continue  # held by a worker on another host: its flock does not reach this one
             if owner is not None:
                 out.append(Problem("replaced-claim", f"processing/{e.name}", job.id,
                                    f"replaced while {owner.id} (pid {owner.pid}) runs it (edited in place?): "
@@ -390,6 +432,8 @@ def _check_tmp(spool: Spool, now: float) -> list[Problem]:
     except FileNotFoundError:
         return out
     for name in names:
+        if is_fs_artifact(name):
+            continue
         try:
             st = os.lstat(spool.path("tmp", name))
         except FileNotFoundError:
@@ -406,7 +450,7 @@ def _check_tmp(spool: Spool, now: float) -> list[Problem]:
 def _check_top_level(spool: Spool) -> list[Problem]:
     out = []
     for name in sorted(os.listdir(spool.root)):
-        if name in TOP_LEVEL:
+        if name in TOP_LEVEL or is_fs_artifact(name):
             continue
         if name.startswith("index.db-") or name.startswith(".lock"):
             continue
@@ -416,9 +460,13 @@ def _check_top_level(spool: Spool) -> list[Problem]:
 
 
 def _check_index(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Problem]:
-    """Compare the index with the files as they are, without syncing it first."""
+    """Compare the index with the files as they are, without syncing it first (on a local disk)."""
     if spool.readonly:
         return []  # its index lives in memory, built from these very files
+    if spool.multihost:
+        # This node's own index learns of other hosts' moves only when it scans:
+        # its lag is by design, not a problem. Scan now, then compare.
+        spool.sync()
     idx = spool.index
     on_disk = {k: g for k, g in entries.items() if len(g) == 1}
     if idx.created and on_disk:

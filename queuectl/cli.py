@@ -24,9 +24,12 @@ from .errors import InvalidJob
 @click.group(cls=QueueGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False), envvar="QUEUECTL_SPOOL",
               help="Spool directory [env QUEUECTL_SPOOL; default $XDG_DATA_HOME/queuectl/spool].")
+@click.option("--index", "index", type=click.Path(dir_okay=False), envvar="QUEUECTL_INDEX",
+              help="This node's index.db [env QUEUECTL_INDEX; default SPOOL/index.db, or a local cache "
+                   "directory when the spool is on a network filesystem].")
 @click.version_option(__version__, prog_name="queuectl")
 @click.pass_context
-def main(ctx: click.Context, spool_dir: str | None) -> None:
+def main(ctx: click.Context, spool_dir: str | None, index: str | None) -> None:
     """queuectl: a job queue for shell commands whose whole state is a directory tree.
 
     \b
@@ -35,7 +38,7 @@ def main(ctx: click.Context, spool_dir: str | None) -> None:
       queuectl worker start --count 2 --burst
       queuectl status
     """
-    ctx.obj = Context(spool_dir)
+    ctx.obj = Context(spool_dir, os.path.abspath(index) if index else None)
     Lines.install(workers=False)
     # Close the index when the command ends, not whenever the garbage collector
     # gets to it: a connection left open (in-process callers, tests) keeps
@@ -331,6 +334,8 @@ def config():
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "none" if value is None else str(value)
 
 

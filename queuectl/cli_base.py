@@ -145,15 +145,16 @@ class WorkerLines(logging.Handler):
 class Context:
     """Opens the spool on first use, so `--help` and `--version` touch no disk."""
 
-    def __init__(self, spool_dir: str | None):
+    def __init__(self, spool_dir: str | None, index: str | None = None):
         self.spool_dir = spool_dir
+        self.index = index
         self._spool = None
 
     @property
     def spool(self):
         if self._spool is None:
             from .spool import Spool, default_spool
-            self._spool = Spool(self.spool_dir or default_spool())
+            self._spool = Spool(self.spool_dir or default_spool(), index_path=self.index)
         return self._spool
 
     def synced(self):

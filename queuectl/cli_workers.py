@@ -33,10 +33,14 @@ def worker():
               help="On stop, kill jobs still running after this many seconds.")
 @click.option("--allow-shared-spool", is_flag=True,
               help="Run even if the spool is writable by group or others.")
+@click.option("--node", metavar="NAME", envvar="QUEUECTL_NODE",
+              help="This machine's node name [env QUEUECTL_NODE; default hostname-<machine-id prefix>].")
+@click.option("--shared", is_flag=True,
+              help="The spool is shared by several hosts (required on a network filesystem).")
 @click.option("-q", "--queue", "queues", multiple=True, metavar="NAME",
               help="Only claim jobs of this queue (repeatable; default: every queue).")
 @pass_ctx
-def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool, queues):
+def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool, node, shared, queues):
     """Start a supervisor with COUNT worker processes in the foreground.
 
     Ctrl-C or SIGTERM stops gracefully: no new claims, running jobs finish.
@@ -59,8 +63,10 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
     if detach:
         if not allow_shared_spool:
             check_spool_permissions(spool)
-        argv = ["--spool", spool.root, "worker", "start", "--count", str(count)]
+        argv = ["--spool", spool.root, *(["--index", obj.index] if obj.index else []),
+                "worker", "start", "--count", str(count)]
         argv += ["--burst"] * burst + ["--poll"] * poll + ["--allow-shared-spool"] * allow_shared_spool
+        argv += ["--node", node] * bool(node) + ["--shared"] * shared
         if stop_timeout is not None:
             argv += ["--stop-timeout", str(stop_timeout)]
         for q in queues or ():
@@ -69,7 +75,7 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
         click.echo(f"started supervisor PID={pid}, log {log}")
         return
     sup = Supervisor(spool.root, count, burst=burst, poll=poll, stop_timeout=stop_timeout,
-                     allow_shared=allow_shared_spool, queues=queues)
+                     allow_shared=allow_shared_spool, node=node, shared=shared, index=obj.index, queues=queues)
     Lines.install(workers=True)
     raise SystemExit(sup.run())
 
@@ -97,21 +103,27 @@ def worker_stop(obj: Context, timeout):
 @json_option("Print workers as a JSON array.")
 @pass_ctx
 def worker_list(obj: Context, as_json):
-    """Show each live worker: id, host, pid, since, current job, last heartbeat.
+    """Show every node's workers: id, host, pid, since, current job, last heartbeat,
+    node and the heartbeat's age; a worker judged dead is marked STALE.
 
     \b
     Example:
       queuectl worker list
     """
-    from .supervisor import live_workers
-    workers = live_workers(obj.spool)
+    from .registry import read_workers
+    # Other nodes' lapsed workers are shown (marked STALE) until pruned; a dead
+    # process of this node is simply gone (its pid may since be another's).
+    workers = [w for w in read_workers(obj.spool) if w.alive or not w.local]
     if as_json:
-        dump([{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")}
-               for w in workers])
+        dump([{**{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")},
+               "node": w.node, "age": None if w.age is None else round(w.age, 3), "alive": w.alive}
+              for w in workers])
         return
     for w in workers:
+        age = "-" if w.age is None else f"{w.age:.1f}s"
         click.echo(f"{w.get('id')} host={w.get('host')} pid={w.get('pid')} since={w.get('since')} "
-                   f"job={w.get('job') or '-'} heartbeat={w.get('heartbeat_at')}")
+                   f"job={w.get('job') or '-'} heartbeat={w.get('heartbeat_at')} node={w.node} age={age}"
+                   + ("" if w.alive else " STALE"))
 
 
 # -- logs ------------------------------------------------------------------------

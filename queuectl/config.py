@@ -116,6 +116,22 @@ def _number(minimum: float, maximum: float, *, allow_equal: bool = True,
     return parse
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"expected true or false, got {value!r}")
+
+
+def _path_or_none(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    if not isinstance(value, str) or "\0" in value:
+        raise ConfigError(f"expected a path, got {value!r}")
+    return value
+
+
 class Setting(NamedTuple):
     default: Any
     parse: Callable[[Any], Any]
@@ -136,6 +152,10 @@ SETTINGS: dict[str, Setting] = {
                             "seconds a dropped-in file that does not parse may still be written"),
     "max_job_size": Setting(1048576, _number(1, MAX_JOB_SIZE, integer=True), "largest job file accepted, bytes"),
     "lease": Setting(30, _number(1, MAX_WAIT), "seconds without a heartbeat before a worker counts as dead"),
+    "clock_skew": Setting(5, _number(0, MAX_WAIT), "seconds another host's clock may be off (added to its lease)"),
+    "shared": Setting(False, _flag, "the spool is shared by several hosts (required on a network filesystem)"),
+    "index": Setting(None, _path_or_none, "this node's index.db (none: SPOOL/index.db, or a local cache "
+                                          "directory on a network filesystem)"),
     "keep_done": Setting(Retention(7 * DAY, 100_000), parse_retention,
                          "completed jobs kept: an age (7d), a count (10000), both (7d,100000) or none"),
     "keep_dead": Setting(Retention(30 * DAY, 100_000), parse_retention,
@@ -193,6 +213,9 @@ class Config(NamedTuple):
     dropin_grace: float = SETTINGS["dropin_grace"].default
     max_job_size: int = SETTINGS["max_job_size"].default
     lease: float = SETTINGS["lease"].default
+    clock_skew: float = SETTINGS["clock_skew"].default
+    shared: bool = SETTINGS["shared"].default
+    index: str | None = SETTINGS["index"].default
     keep_done: Retention = SETTINGS["keep_done"].default
     keep_dead: Retention = SETTINGS["keep_dead"].default
     max_log_size: int = SETTINGS["max_log_size"].default

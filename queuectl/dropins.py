@@ -19,7 +19,7 @@ from typing import Any, ContextManager, NamedTuple, Protocol
 from .errors import DuplicateJob, InvalidJob
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .config import Config
-from .index import row_values
+from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
 
@@ -32,6 +32,14 @@ def is_ignored(name: str) -> bool:
     return (name.startswith(".") and name != ".json") or name.endswith(".tmp")
 
 
+def is_fs_artifact(name: str) -> bool:
+    """Files a network filesystem client makes for a deleted file that is still
+    open somewhere (sshfs's .fuse_hidden*, NFS's .nfs*): not a writer's, not
+    ours; they vanish when the file is closed. Ignored (is_ignored) and never
+    reported by `check`."""
+    return name.startswith((".fuse_hidden", ".nfs", ".smbdelete"))
+
+
 def is_canonical(spec: Any, stem: str) -> bool:
     """Is this parsed file already in queuectl's own form (written by queuectl, or moved back by hand)?"""
     return isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
@@ -41,6 +49,7 @@ class SpoolView(Protocol):
     """What admission needs of a spool; spool.Spool provides it (this module knows no more)."""
     root: str
     shared: bool
+    readonly: bool
 
     @property
     def config(self) -> Config: ...
@@ -53,6 +62,7 @@ class SpoolView(Protocol):
     def check_new_id(self, job_id: str, own: str | None = None) -> None: ...
     def new_job(self, spec: object, *, fallback_id: str | None = None) -> Job: ...
     def fsync_state_dir(self, state: JobState) -> None: ...
+    def read_job(self, path: str) -> Job: ...
 
 
 class SyncReport:
@@ -261,3 +271,31 @@ def _linked_from_tmp(spool: SpoolView, ino: int) -> bool:
             return any(e.inode() == ino for e in it)
     except OSError:
         return False
+
+
+def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
+    """Diff one state directory against the index (Spool.sync's step); for pending/,
+    the names still to admit."""
+    d = state.dirname
+    checked = time.time_ns()
+    mtime = os.stat(spool.path(d)).st_mtime_ns
+    names = os.listdir(spool.path(d))
+    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
+    known = idx.ids_in(state)
+    gone = known - on_disk
+    if gone:
+        idx.delete(gone)
+        report.removed += len(gone)
+    dropins = None
+    if state is JobState.PENDING and not spool.readonly:
+        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
+    else:
+        for job_id in on_disk - known:
+            try:
+                job = spool.read_job(spool.path(d, job_id + ".json"))
+            except (OSError, InvalidJob):
+                continue  # `check` reports it; a worker never claims from here
+            idx.upsert(job, state)
+            report.added += 1
+    idx.set_dirmark(d, mtime, checked)
+    return dropins

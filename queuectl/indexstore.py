@@ -74,6 +74,7 @@ class IndexStore:
                  *, fresh: bool = False, defer: bool = False):
         self.path = path
         self._lock = lock
+        self.lock = lock  # the lock index repairs take (reindex takes it too)
         self._has_jobs = has_jobs
         self._fresh = fresh
         self.defer = defer

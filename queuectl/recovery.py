@@ -18,10 +18,11 @@ from typing import Iterator
 
 from .config import Config
 from .dropins import is_ignored
+from .errors import InvalidJob
 from .fsio import lock_file
 from .job import Job, JobState, now_iso
-from .registry import (WorkerInfo, claimed_by_live_workers, forget, hostname, owner_marker, processes_marked,
-                       read_workers, signal_process)
+from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
+                       owner_marker, processes_marked, read_workers, signal_process)
 
 from .spool import Claim, Spool
 
@@ -67,38 +68,59 @@ def fmt_secs(delay: float) -> str:
 
 
 def _remote_leases(spool: Spool) -> list[WorkerInfo]:
-    """Heartbeats of live workers on other hosts.
+    """Heartbeats of live workers on other nodes (or other mounts).
 
-    A free flock proves a job's owner dead only where locks work across
-    hosts (local disks, NFS). On a shared filesystem without them (sshfs,
-    some FUSE mounts) a worker on another host may hold the job all the
-    same, so its heartbeat lease counts as the lock.
+    A free flock proves a job's owner dead only where locks reach every
+    owner. On a shared filesystem (sshfs, NFS without working locks) a
+    worker on another host may hold the job all the same: its claim record,
+    or a fresh heartbeat that names the job, counts as the lock.
     """
-    host = hostname()
-    return [w for w in read_workers(spool) if w.host != host and w.alive]
+    return [w for w in read_workers(spool) if not w.local and w.alive]
 
 
-def _leased(job_id: str, fd: int, remote: list[WorkerInfo], lease: float) -> bool:
-    """May a live worker on another host own this processing/ file?
+def _leased(job_id: str, remote: list[WorkerInfo]) -> bool:
+    """Does a live worker on another host name this job in its heartbeat?
 
-    Yes if its heartbeat names the job, or if the file was claimed (renamed,
-    which sets its ctime) less than a lease ago: short jobs are never named in
-    a heartbeat.
+    No file time is consulted: a network filesystem reports them coarsely
+    and caches them. Short jobs are protected by the claim record instead,
+    written (and on a shared spool synced) before the claim rename.
     """
-    if any(w.job == job_id for w in remote):
-        return True
-    return time.time() - os.fstat(fd).st_ctime < lease
+    return any(w.job == job_id for w in remote)
+
+
+def _still_unowned(spool: Spool, claim: Claim) -> bool:
+    """Confirm an orphan found on a shared spool, where no flock stands in the way.
+
+    Its owner may have finished it (and cleared its claim record) between this
+    scan's listing and its look at the claim records, and a worker may have
+    claimed it again since. An orphan is one that is still in processing/, as
+    adopted, and that no claim record names after the adoption either.
+    """
+    job_id = claim.job.id
+    if job_id in claimed_by_live_workers(spool):
+        return False
+    try:
+        now = spool.read_job(spool.job_path(JobState.PROCESSING, job_id))
+    except (OSError, InvalidJob):
+        return False
+    return len(now.history) == claim.seen and now.state is claim.job.state
 
 
 def orphans(spool: Spool) -> Iterator[Claim]:
-    """Claims on processing/ jobs whose owner is gone (their lock is free)."""
+    """Claims on processing/ jobs whose owner is gone: their lock is free (on
+    this host), and no live worker's claim record or heartbeat names them,
+    neither before the listing nor after the adoption."""
+    # On a shared spool the claim records are read before the listing too: a
+    # job finished (and its record cleared) between the listing and a later
+    # read would otherwise look orphaned, with no flock to say otherwise.
+    before = claimed_by_live_workers(spool) if spool.multihost else {}
     try:
         names = os.listdir(spool.path("processing"))
     except FileNotFoundError:
         return
     remote = owned = None
     for name in names:
-        if is_ignored(name) or not name.endswith(".json"):
+        if is_ignored(name) or not name.endswith(".json") or name[:-5] in before:
             continue
         path = spool.path("processing", name)
         fd = lock_file(path)
@@ -111,12 +133,16 @@ def orphans(spool: Spool) -> Iterator[Claim]:
             continue
         if remote is None:
             remote = _remote_leases(spool)
-        if remote and _leased(name[:-5], fd, remote, spool.config.lease):
+        if remote and _leased(name[:-5], remote):
             os.close(fd)
             continue
         claim = spool.adopt(fd, JobState.PROCESSING, name[:-5])
-        if claim is not None:
-            yield claim
+        if claim is None:
+            continue
+        if spool.multihost and not _still_unowned(spool, claim):
+            claim.release()
+            continue
+        yield claim
 
 
 def recover_orphan(spool: Spool, claim: Claim, by: str) -> str | None:
@@ -134,23 +160,31 @@ def recover_orphan(spool: Spool, claim: Claim, by: str) -> str | None:
         spool.record(claim, job)
         return None
     attempt = job.attempts + 1
-    entry = {"attempt": attempt, "worker": by, "host": hostname(), "pid": os.getpid(),
+    entry = {"attempt": attempt, "worker": by, "node": node_name(), "host": hostname(), "pid": os.getpid(),
              "started_at": None, "finished_at": now_iso(), "exit_code": None, "error": "worker died"}
     delay = apply_outcome(job, entry, spool.config)
-    spool.record(claim, job)
+    if not spool.record(claim, job):
+        return None  # another worker took it over meanwhile (record said so)
     where = f"retry in {fmt_secs(delay)}" if job.state is JobState.FAILED else "moved to dead letter queue"
     return f"recovered {job.id} (worker died, attempt {attempt}/{job.max_retries + 1}): {where}"
 
 
 def prune_dead_workers(spool: Spool) -> None:
-    """Forget workers of this host that died; first kill the job a dead worker left running.
+    """Forget workers of this node that died (first kill the job a dead worker
+    left running), and other nodes' heartbeats silent for PRUNE_LEASES leases.
 
     A job runs in its own session, so it outlives a kill -9 of its worker;
-    left alone it would run on beside the retry that recovery starts.
+    left alone it would run on beside the retry that recovery starts. Another
+    node's processes cannot be signalled from here: its jobs were recovered
+    one lease after its last beat, its files are only tidied up later.
     """
-    host = hostname()
+    cfg = spool.config
     for w in read_workers(spool):
-        if w.alive or w.host != host:
+        if not w.local:
+            if not w.alive and w.age is not None and w.age > PRUNE_LEASES * (cfg.lease + cfg.clock_skew):
+                forget(spool, w)
+            continue
+        if w.alive:
             continue
         pid, start = w.get("job_pid"), w.get("job_start")
         if isinstance(pid, int) and isinstance(start, str):

@@ -1,5 +1,11 @@
-"""Who is alive: heartbeat files in workers/ (written and read here), host identity,
+"""Who is alive: heartbeat files in workers/ (written and read here), node identity,
 and process identity (a pid plus its kernel start time names one process, ever).
+
+A process of this node (same node name, same mount of the spool) is alive
+while its pid and start time still name a running process. A process of
+another node is alive while its heartbeat's own `heartbeat_at` is less than
+`lease` + `clock_skew` old: never a file's mtime, which a network filesystem
+reports coarsely and caches.
 """
 
 from __future__ import annotations
@@ -8,24 +14,68 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import SpoolError
+from .errors import InvalidJob, SpoolError, WorkerError
 from .fsio import atomic_write, unlink_quietly
-from .job import now_iso
+from .job import now_iso, parse_time
 
-from .spool import Spool
+if TYPE_CHECKING:  # type hints only: spool imports this module (through hosts)
+    from .spool import Spool
 
 HEARTBEAT_INTERVAL = 2.0
+PRUNE_LEASES = 3  # another node's heartbeat older than this many leases is deleted
 _hostname: str | None = None
+_node: str | None = None
+NODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def hostname() -> str:
+    """The kernel's hostname: shown to people; `node_name()` is the identity."""
     global _hostname
     if _hostname is None:
         import socket
         _hostname = socket.gethostname()
     return _hostname
+
+
+def check_node(name: str) -> str:
+    """A node name becomes part of file names in workers/: letters, digits, '.', '_', '-'."""
+    if not name or len(name) > 64 or not set(name) <= NODE_CHARS or name.startswith("."):
+        raise WorkerError(f"invalid node name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def node_name() -> str:
+    """Which machine this is: $QUEUECTL_NODE, else hostname-<first 8 of /etc/machine-id>.
+
+    Cloned containers share a hostname; the machine id tells them apart (and a
+    clone that shares both is caught by the supervisor's start-up check).
+    """
+    env = os.environ.get("QUEUECTL_NODE")
+    if env:
+        return check_node(env)
+    global _node
+    if _node is None:
+        mid = ""
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            try:
+                with open(path, encoding="ascii", errors="replace") as f:
+                    mid = f.read().strip()
+                break
+            except OSError:
+                continue
+        base = "".join(c if c in NODE_CHARS else "-" for c in hostname())[:55].lstrip(".") or "host"
+        _node = f"{base}-{mid[:8]}" if mid else base
+    return _node
+
+
+def spool_dev(spool: Spool) -> int | None:
+    """The device number of this mount of the spool: two mounts (two simulated hosts) differ."""
+    try:
+        return os.stat(spool.root).st_dev
+    except OSError:
+        return None
 
 
 # -- processes ---------------------------------------------------------------------
@@ -83,7 +133,7 @@ def owner_marker(pid: int, start: str | None) -> str:
     is inherited by everything it starts, so recovery can find a dead
     worker's leftovers even if the worker died before it could note their pid.
     """
-    return f"{hostname()}:{pid}:{start or ''}"
+    return f"{node_name()}:{pid}:{start or ''}"
 
 
 def processes_marked(marker: str) -> list[int]:
@@ -130,7 +180,11 @@ def signal_process(pid: int, start: str | None, sig: int, *, group: bool = False
 
 @dataclass
 class WorkerInfo:
-    """One heartbeat file, as read; `alive` is judged by the reader."""
+    """One heartbeat file, as read; `alive` is judged by the reader.
+
+    `local`: a process of this node seen through this mount (judged by its
+    pid); otherwise by `age`, the seconds since its own heartbeat_at.
+    """
     file: str
     id: str
     role: str
@@ -142,6 +196,9 @@ class WorkerInfo:
     job: str | None
     alive: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    node: str = ""
+    local: bool = True
+    age: float | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self.__dataclass_fields__ and key != "extra":
@@ -153,8 +210,28 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: float) -> WorkerInfo | None:
-    """A heartbeat file is untrusted input: wrong types make it unreadable, never a crash."""
+def heartbeat_age(info: dict, mtime: float, now: float) -> tuple[float, bool]:
+    """(seconds since the heartbeat's own timestamp, True), by the writer's clock.
+
+    Only a heartbeat without one (written by an older queuectl) falls back on
+    its file's mtime: (age, False).
+    """
+    at = info.get("heartbeat_at")
+    if isinstance(at, str):
+        try:
+            return now - parse_time(at), True
+        except InvalidJob:
+            pass
+    return now - mtime, False
+
+
+def _parse(name: str, info: Any, mtime: float, lease: tuple[float, float], me: tuple[str, int | None],
+           now: float) -> WorkerInfo | None:
+    """A heartbeat file is untrusted input: wrong types make it unreadable, never a crash.
+
+    lease: (lease, clock_skew); the skew allowance is for another host's clock,
+    so an mtime (the server's clock) gets none. me: (node, mount device).
+    """
     if not isinstance(info, dict):
         return None
     pid = info.get("pid")
@@ -162,23 +239,27 @@ def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: flo
         return None
     start = _str_or_none(info.get("pid_start"))
     whose = _str_or_none(info.get("host")) or ""
-    if whose == host:
+    node = _str_or_none(info.get("node")) or whose  # older heartbeats name only the host
+    dev = info.get("dev")
+    local = node == me[0] and (not isinstance(dev, int) or me[1] is None or dev == me[1])
+    age, own_clock = heartbeat_age(info, mtime, now)
+    if local:
         # Without a start time (an older version's heartbeat) the pid may since
         # belong to anything: it counts only while that process is a queuectl one.
         alive = pid_alive(pid, start) and (start is not None or is_queuectl_process(pid))
     else:
-        alive = now - mtime < lease
-    known = {"id", "role", "host", "pid", "pid_start", "since", "heartbeat_at", "job"}
+        alive = age < lease[0] + (lease[1] if own_clock else 0)
+    known = {"id", "role", "host", "pid", "pid_start", "since", "heartbeat_at", "job", "node"}
     return WorkerInfo(name, _str_or_none(info.get("id")) or name, _str_or_none(info.get("role")) or "",
                       whose, pid, start, _str_or_none(info.get("since")),
                       _str_or_none(info.get("heartbeat_at")), _str_or_none(info.get("job")), alive,
-                      {k: v for k, v in info.items() if k not in known})
+                      {k: v for k, v in info.items() if k not in known}, node, local, age)
 
 
 def read_workers(spool: Spool) -> list[WorkerInfo]:
     """Every readable heartbeat file, each judged alive or not."""
-    host = hostname()
-    lease = spool.config.lease
+    me = (node_name(), spool_dev(spool))
+    lease = (spool.config.lease, spool.config.clock_skew)
     now = time.time()
     out: list[WorkerInfo] = []
     try:
@@ -196,10 +277,20 @@ def read_workers(spool: Spool) -> list[WorkerInfo]:
             mtime = os.stat(path).st_mtime
         except (OSError, ValueError, RecursionError):
             continue
-        w = _parse(name, info, mtime, lease, host, now)
+        w = _parse(name, info, mtime, lease, me, now)
         if w is not None:
             out.append(w)
     return out
+
+
+def clones(spool: Spool) -> list[WorkerInfo]:
+    """Live heartbeats that carry this node's name but are no process of this machine.
+
+    Two machines with one node name (cloned containers, a copied config) would
+    each take the other's workers for its own dead ones and recover their jobs.
+    """
+    me = node_name()
+    return [w for w in read_workers(spool) if w.node == me and not w.local and w.alive]
 
 
 def count_live_workers(spool: Spool) -> int:
@@ -215,14 +306,14 @@ CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded
 
 
 def read_claim(path: str) -> str | None:
-    """The job id a worker's claim record names, or None."""
+    """The job id a worker's claim record names ("ID CLAIMED_AT", space-padded), or None."""
     try:
         with open(path, "rb") as f:
             data = f.read(CLAIM_RECORD + 1)
     except OSError:
         return None
-    text = data.decode("ascii", "replace").strip()
-    return text or None
+    words = data.decode("ascii", "replace").split()
+    return words[0] if words else None
 
 
 def claimed_by_live_workers(spool: Spool) -> dict[str, WorkerInfo]:
@@ -246,14 +337,19 @@ class Heartbeat:
 
     def __init__(self, spool: Spool, role: str, name: str, **extra: Any):
         self.spool = spool
-        self.path = spool.path("workers", f"{hostname()}.{os.getpid()}.json")
+        node = node_name()
+        self.path = spool.path("workers", f"{node}.{os.getpid()}.json")
         self.claim_path = self.path[:-5] + ".claim"
         self._claim_fd = -1
         self.info: dict[str, Any] = {
-            "id": name, "role": role, "host": hostname(), "pid": os.getpid(),
-            "pid_start": proc_start(os.getpid()), "since": now_iso(), "heartbeat_at": None,
-            "job": None, **extra}
+            "id": name, "role": role, "node": node, "host": hostname(), "pid": os.getpid(),
+            "pid_start": proc_start(os.getpid()), "dev": spool_dev(spool), "since": now_iso(),
+            "heartbeat_at": None, "job": None, **extra}
         self.last = 0.0
+        # Others judge this process by heartbeat_at: beat well within the lease.
+        self.interval = min(HEARTBEAT_INTERVAL, spool.config.lease / 4)
+        # Where other hosts read the claim record, it must reach the server before the rename.
+        self.sync_claims = spool.multihost
 
     def set_job(self, job: str | None) -> None:
         """Note the current job; written with the next beat (short jobs never are)."""
@@ -261,7 +357,7 @@ class Heartbeat:
 
     def beat(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last < HEARTBEAT_INTERVAL:
+        if not force and now - self.last < self.interval:
             return
         self.last = now
         self.info["heartbeat_at"] = now_iso()
@@ -273,15 +369,20 @@ class Heartbeat:
     def claiming(self, job_id: str | None) -> None:
         """Record (before the claim rename) or clear (after the outcome) the job this worker holds.
 
-        One pwrite of a fixed-size record: no new inode per job, and a reader
-        sees the old id or the new one.
+        One pwrite of a fixed-size record ("ID CLAIMED_AT", claimed_at by this
+        host's clock): no new inode per job, and a reader sees the old record or
+        the new one. On a shared spool it is fsync'ed: another host must find it
+        before it can find the job in processing/.
         """
+        record = f"{job_id} {time.time():.3f}" if job_id else ""
         try:
             if self._claim_fd < 0:
                 self._claim_fd = os.open(self.claim_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.pwrite(self._claim_fd, (job_id or "").ljust(CLAIM_RECORD).encode("ascii"), 0)
+            os.pwrite(self._claim_fd, record.ljust(CLAIM_RECORD).encode("ascii"), 0)
+            if self.sync_claims and job_id:
+                os.fsync(self._claim_fd)
         except OSError:
-            pass  # a full disk: the flock on the claimed file still protects it
+            pass  # a full disk: the flock on the claimed file still protects it (on one host)
 
     def remove(self) -> None:
         unlink_quietly(self.path)

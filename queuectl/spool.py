@@ -11,13 +11,13 @@ import fcntl
 import os
 import sqlite3
 import stat
-import time
 
 from . import config as configmod
-from .dropins import SyncReport, accept, is_ignored, reject
+from .dropins import SyncReport, accept, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
+from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, move_on, setting
 from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
@@ -84,11 +84,11 @@ def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
 
 
 class Claim:
-    """A job a process holds: the open, flock'ed job file."""
-    __slots__ = ("job", "fd", "source")
+    """A job a process holds: the open, flock'ed job file; `seen`: its history's length when claimed."""
+    __slots__ = ("job", "fd", "source", "seen")
 
-    def __init__(self, job: Job, fd: int, source: JobState):
-        self.job, self.fd, self.source = job, fd, source
+    def __init__(self, job: Job, fd: int, source: JobState, seen: int = 0):
+        self.job, self.fd, self.source, self.seen = job, fd, source, seen
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -100,7 +100,8 @@ class Spool:
     """One spool directory. `worker=True`: index writes are batched (flush_index)
     and a busy drop-in acceptance is not waited for (its files are claimable soon)."""
 
-    def __init__(self, root: str, *, create: bool = True, worker: bool = False, shared: bool = False):
+    def __init__(self, root: str, *, create: bool = True, worker: bool = False, shared: bool = False,
+                 index_path: str | None = None):
         self.root = os.path.abspath(root)
         # A deliberately shared spool (--allow-shared-spool, inherited by the
         # workers through the environment): other users' drop-ins are jobs too.
@@ -119,8 +120,29 @@ class Spool:
         if self.readonly:
             self.lock = self.hot_lock = no_lock
         self.wait_for_dropins = not worker
-        self.indexes = IndexStore(":memory:" if self.readonly else self.path("index.db"), self.lock,
-                                  self._has_jobs, fresh=self.fresh, defer=worker)
+        # Many hosts: SQLite must not live on a network filesystem, and there a
+        # directory's mtime may be cached, so every scan lists the directories.
+        self.fstype = fs_type(self.root)
+        self.network = is_network_fs(self.fstype)
+        self.index_path = index_path or os.environ.get("QUEUECTL_INDEX") or None  # None: hosts.index_store picks
+        self._defer = worker
+        self._indexes: IndexStore | None = None
+
+    @property
+    def shared_mode(self) -> bool:
+        """Sharing with other hosts was meant: `worker start --shared` or `config set shared true`."""
+        return os.environ.get("QUEUECTL_SHARED") == "1" or bool(setting(self, "shared", False))
+
+    @property
+    def multihost(self) -> bool:
+        """Other hosts may use this spool: on a network filesystem, or in shared mode."""
+        return self.network or self.shared_mode
+
+    @property
+    def indexes(self) -> IndexStore:
+        if self._indexes is None:  # opened on first use: its place may depend on config.json
+            self._indexes = index_store(self, defer=self._defer)
+        return self._indexes
 
     # -- layout --------------------------------------------------------------
 
@@ -145,7 +167,7 @@ class Spool:
     def fsync_state_dir(self, state: JobState) -> None:
         fsync_dir(self.path(state.dirname))
 
-    def _has_jobs(self) -> bool:
+    def has_jobs(self) -> bool:
         for d in STATE_DIRS:
             with os.scandir(self.path(d)) as it:
                 if any(not is_ignored(e.name) for e in it):
@@ -181,12 +203,13 @@ class Spool:
         self.indexes.flush()
 
     def close(self) -> None:
-        self.indexes.close()
+        if self._indexes is not None:
+            self._indexes.close()
 
     def reindex(self) -> dict[str, int]:
         """Forget the index and rebuild it from the directories."""
         idx = self.index  # (a corrupt index.db is repaired on opening)
-        with self.lock():
+        with self.indexes.lock():
             idx.begin()
             idx.clear()
             idx.commit()
@@ -224,35 +247,8 @@ class Spool:
         return self.enqueue_many([job])[0]
 
     def enqueue_many(self, jobs: list[Job], chunk: int = ENQUEUE_CHUNK) -> list[Job]:
-        """Durably add jobs to pending/, all checked before any is written.
-
-        Ids are unique ignoring case, which no no-clobber rename can enforce
-        between two spellings (job1 vs JOB1 racing): check and place under the
-        spool lock. The fsyncs are batched: every file of a chunk is written,
-        one syncfs() flushes them all, then they are linked into pending/ and
-        the directory is fsynced. An accepted job survives a power cut.
-        """
-        self.index  # noqa: B018 - open it first: repairing it takes the same lock
-        with self.hot_lock():
-            _check_unique(self, jobs)
-            done = 0
-            for start in range(0, len(jobs), chunk):
-                part = jobs[start:start + chunk]
-                try:
-                    placed = _place_chunk(self, part, bulk=len(jobs) > 16)
-                except _PartlyPlaced as e:
-                    if e.placed or done:
-                        self.fsync_state_dir(JobState.PENDING)
-                        self.indexes.add_rows(e.rows[:e.placed])
-                        err = e.error
-                        if isinstance(err, (SpoolError, DuplicateJob)):
-                            raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
-                                            "were enqueued)") from None
-                    raise e.error from None
-                self.fsync_state_dir(JobState.PENDING)
-                self.indexes.add_rows(placed)
-                done += len(part)
-        return jobs
+        """Durably add jobs to pending/, all checked before any is written (see _enqueue_many)."""
+        return _enqueue_many(self, jobs, chunk)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -318,7 +314,8 @@ class Spool:
         for d in STATE_DIRS:
             st = os.stat(self.path(d))
             mark = marks.get(d)
-            if force or mark is None or mark[0] != st.st_mtime_ns or mark[1] - mark[0] < RACY_NS:
+            if (force or self.multihost or mark is None or mark[0] != st.st_mtime_ns
+                    or mark[1] - mark[0] < RACY_NS):
                 changed.append(d)
         if not changed:
             return report
@@ -326,7 +323,7 @@ class Spool:
         idx.begin()
         try:
             for d in changed:
-                found = _sync_dir(self, idx, JobState.parse(d), report)
+                found = sync_dir(self, idx, JobState.parse(d), report)
                 if found is not None:
                     dropins = found
             idx.commit()
@@ -376,20 +373,26 @@ class Spool:
                    f"invalid job file in {where}/: {e}")
             self.indexes.delete(job_id)
             return None
-        return Claim(job, fd, source)
+        return Claim(job, fd, source, len(job.history))
 
-    def record(self, claim: Claim, job: Job, *, durable: bool = False) -> None:
+    def record(self, claim: Claim, job: Job, *, durable: bool = False) -> bool:
         """Move a claimed job to the directory of job.state with its new contents.
 
         The new contents replace the file in processing/ first (locked, so a
         recoverer never mistakes it for orphaned), then one rename moves it on.
         A crash in between leaves a processing/ file whose state field says
-        where it was going, and recovery finishes the move.
+        where it was going, and recovery finishes the move. A claim another host
+        recovered meanwhile is dropped (False), never recreated; nothing is replaced.
         """
         job.updated_at = now_iso()
         mtime = job.run_ts if job.state is JobState.FAILED and job.next_run_at else None
         cur = self.job_path(JobState.PROCESSING, job.id)
         dest = self.job_path(job.state, job.id)
+        lost = lost_claim(cur, claim.fd, claim.seen, trust_inodes=not self.network,
+                          limit=self.config.max_job_size + 1)
+        if lost:
+            claim.release()
+            return dropped(job.id, lost)
         data = job.to_json()
         tmp, fd = write_tmp(self.path("tmp"), data, durable=durable, mtime=mtime, keep_open=True)
         try:
@@ -398,7 +401,8 @@ class Spool:
             claim.release()
             claim.fd = fd
             if dest != cur:
-                os.rename(cur, dest)
+                if not move_on(cur, dest, job.id):
+                    return False
                 if durable:
                     fsync_dir(os.path.dirname(dest))
         except OSError as e:
@@ -407,6 +411,7 @@ class Spool:
         finally:
             claim.release()
         self.indexes.upsert(row_values(job, job.state, data.decode("utf-8")))
+        return True
 
     def mark_running(self, job: Job) -> None:
         """Show a long-running job as processing in the index (short ones never are)."""
@@ -484,6 +489,38 @@ class Spool:
                 raise JobNotFound(f"job {job_id} is not in the dead letter queue (it is {state.value})")
 
 
+def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
+    """Durably add jobs to pending/, all checked before any is written.
+
+    Ids are unique ignoring case, which no no-clobber rename can enforce
+    between two spellings (job1 vs JOB1 racing): check and place under the
+    spool lock. The fsyncs are batched: every file of a chunk is written,
+    one syncfs() flushes them all, then they are linked into pending/ and
+    the directory is fsynced. An accepted job survives a power cut.
+    """
+    spool.index  # noqa: B018 - open it first: repairing it takes the same lock
+    with spool.hot_lock():
+        _check_unique(spool, jobs)
+        done = 0
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
+            try:
+                placed = _place_chunk(spool, part, bulk=len(jobs) > 16)
+            except _PartlyPlaced as e:
+                if e.placed or done:
+                    spool.fsync_state_dir(JobState.PENDING)
+                    spool.indexes.add_rows(e.rows[:e.placed])
+                    err = e.error
+                    if isinstance(err, (SpoolError, DuplicateJob)):
+                        raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
+                                        "were enqueued)") from None
+                raise e.error from None
+            spool.fsync_state_dir(JobState.PENDING)
+            spool.indexes.add_rows(placed)
+            done += len(part)
+    return jobs
+
+
 def _check_unique(spool: Spool, jobs: list[Job]) -> None:
     # For many jobs one listing of each state directory beats five stats a job.
     bulk = len(jobs) > 16
@@ -543,33 +580,6 @@ def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:
         os.rename(tmp, dest)
         return
     unlink_quietly(tmp)
-
-
-def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
-    """Diff one state directory against the index; for pending/, the names still to admit."""
-    d = state.dirname
-    checked = time.time_ns()
-    mtime = os.stat(spool.path(d)).st_mtime_ns
-    names = os.listdir(spool.path(d))
-    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-    known = idx.ids_in(state)
-    gone = known - on_disk
-    if gone:
-        idx.delete(gone)
-        report.removed += len(gone)
-    dropins = None
-    if state is JobState.PENDING and not spool.readonly:
-        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
-    else:
-        for job_id in on_disk - known:
-            try:
-                job = spool.read_job(spool.path(d, job_id + ".json"))
-            except (OSError, InvalidJob):
-                continue  # `check` reports it; a worker never claims from here
-            idx.upsert(job, state)
-            report.added += 1
-    idx.set_dirmark(d, mtime, checked)
-    return dropins
 
 
 class _PartlyPlaced(Exception):

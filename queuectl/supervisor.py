@@ -26,15 +26,8 @@ import time
 
 from .errors import WorkerError
 from .recovery import fmt_secs, prune_dead_workers, recover_all
-from .registry import (
-    Heartbeat,
-    WorkerInfo,
-    hostname,
-    pid_alive,
-    read_workers,
-    signal_process,
-)
 from .queues import known_queues
+from .registry import Heartbeat, WorkerInfo, check_node, clones, node_name, pid_alive, read_workers, signal_process
 from .sdnotify import notify
 from .spool import Spool
 from .worker import Worker
@@ -106,11 +99,18 @@ def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wak
 
 class Supervisor:
     def __init__(self, root: str, count: int, *, burst: bool = False, poll: bool = False,
-                 stop_timeout: float | None = None, allow_shared: bool = False,
-                 queues: tuple[str, ...] | None = None):
+                 stop_timeout: float | None = None, allow_shared: bool = False, node: str | None = None,
+                 shared: bool = False, index: str | None = None, queues: tuple[str, ...] | None = None):
         self.root = root
         self.queues = queues
         self.ready = False  # told systemd READY=1 (once every first worker watches the spool)
+        # The workers inherit these through the environment, as they do the spool.
+        if node:
+            os.environ["QUEUECTL_NODE"] = check_node(node)
+        if shared:
+            os.environ["QUEUECTL_SHARED"] = "1"
+        if index:
+            os.environ["QUEUECTL_INDEX"] = os.path.abspath(index)
         self.count = count
         self.burst = burst
         self.poll = poll
@@ -164,16 +164,42 @@ class Supervisor:
         self.born[i] = time.monotonic()
         return p
 
+    def check_hosts(self) -> None:
+        """WorkerError unless this node may run workers on this spool.
+
+        On a network filesystem other hosts may share the spool, and their
+        workers are judged by heartbeat times, so sharing must be meant
+        (--shared). A live heartbeat with this node's name that is no process
+        of this machine is a clone: both would recover each other's jobs.
+        """
+        spool = self.spool
+        if spool.network and not spool.shared_mode:
+            raise WorkerError(
+                f"the spool {spool.root} is on a network filesystem ({spool.fstype}): flock and inotify do not "
+                "reach other hosts there, so workers must run in shared mode (heartbeat leases, a local index); "
+                "pass --shared or run `queuectl config set shared true`")
+        for w in clones(spool):
+            raise WorkerError(
+                f"node name {node_name()} is already in use by another machine (live heartbeat "
+                f"workers/{w.file}, pid {w.pid}, {w.age:.1f}s old): give each host its own --node or QUEUECTL_NODE")
+
     def run(self) -> int:
+        self.check_hosts()  # a refusal is one error line, before anything starts
         self._install_signals()  # first: a stop during start-up is kept for the loop
         spool = self.spool
-        hb = Heartbeat(spool, "supervisor", f"supervisor@{hostname()}:{os.getpid()}", workers=self.count,
+        hb = Heartbeat(spool, "supervisor", f"supervisor@{node_name()}:{os.getpid()}", workers=self.count,
                        burst=self.burst, queues=self.queues)
         try:
             prune_dead_workers(spool)
             hb.beat(force=True)
             plural = "" if self.count == 1 else "s"
             log.info("started PID=%d with %d worker%s on %s", os.getpid(), self.count, plural, spool.root)
+            if spool.multihost:
+                cfg = spool.config
+                log.info("shared mode on %s as node %s: other nodes' workers are alive while their heartbeat_at "
+                         "is under lease %gs + clock_skew %gs old; claims are recorded in workers/; index %s; "
+                         "polling", spool.fstype or "a local disk", node_name(), cfg.lease, cfg.clock_skew,
+                         spool.indexes.path)
             # Jobs left in processing/ by a crash: recover before anyone claims.
             spool.sync()
             for line in recover_all(spool, "supervisor"):
@@ -298,8 +324,8 @@ def live_workers(spool: Spool) -> list[WorkerInfo]:
 
 
 def supervisors_here(spool: Spool) -> list[WorkerInfo]:
-    host = hostname()
-    return [w for w in live_workers(spool) if w.role == "supervisor" and w.host == host]
+    """Live supervisors of this node (seen through this mount): the ones this host can signal."""
+    return [w for w in read_workers(spool) if w.role == "supervisor" and w.local and w.alive]
 
 
 def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = None) -> list[int]:

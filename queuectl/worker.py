@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .queues import PAUSE_ALL, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
-from .registry import Heartbeat, hostname, owner_marker, proc_start
+from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
 from .runner import NotStarted, Outcome, cap_log, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
@@ -29,8 +30,9 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
-RETENTION_INTERVAL = 60.0  # how often an idle worker applies keep_done / keep_dead (one batch)
+RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -100,7 +102,7 @@ class Worker:
         self.spool = spool = Spool(self.root, worker=True)
         # The heartbeat's id names host and supervisor: two supervisors on one
         # spool both have a worker-0, and `worker list` must tell them apart.
-        self.hb = Heartbeat(spool, "worker", f"{self.name}@{hostname()}:{self.parent}",
+        self.hb = Heartbeat(spool, "worker", f"{self.name}@{node_name()}:{self.parent}",
                             supervisor_pid=self.parent)
         self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
         self.hb.beat(force=True)
@@ -110,7 +112,8 @@ class Worker:
             # A burst ends when the last job does: an idle worker must hear of the
             # other workers' outcomes at once, not at its next timed rescan.
             finished = [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
-        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll,
+        # inotify sees nothing another host writes: poll a shared spool.
+        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll or spool.multihost,
                                wake_dirs=finished)
         self.watcher.start()
         self.hb.info["watching"] = True  # the supervisor's READY waits for this
@@ -246,6 +249,12 @@ class Worker:
                 spool.flush_index()  # or the query returns jobs this worker already ran
                 self.candidates = spool.index.claimable(16, queues=self.queues, paused=self.pauses | full)
                 self.candidates.reverse()
+                if spool.multihost:
+                    # Hosts that all take the best job first collide on it, and the
+                    # fastest lister wins most races: spread among the top few.
+                    head = self.candidates[-SPREAD:]
+                    random.shuffle(head)
+                    self.candidates[-SPREAD:] = head
             while self.candidates:
                 if self.stopping:
                     return None
@@ -305,6 +314,7 @@ class Worker:
             self._conclude(run, outcome)
         finally:
             release_slot(run.slot)  # recorded: the next job of the queue may start anywhere
+        self.hb.beat()  # a stream of short jobs never idles, and other hosts judge it by its beats
         self.hb.claiming(None)
         self.hb.set_job(None)
         self.running = None
@@ -336,7 +346,7 @@ class Worker:
         self.hb.set_job(job.id)
         log_.info("executing job %s: %s", job.id, job.command)
         log(run.log_fd, f"=== attempt {run.attempt}/{run.total} started {run.started} by {self.name} "
-                        f"({hostname()} pid {os.getpid()}) ===\n")
+                        f"({node_name()} pid {os.getpid()}) ===\n")
         if self.devnull < 0:
             self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         env = {**os.environ, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
@@ -376,7 +386,8 @@ class Worker:
         """Record the outcome in the job file (and so in its directory) and say it."""
         spool = self.spool
         claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
-        entry = {"attempt": attempt, "worker": self.name, "host": hostname(), "pid": os.getpid(),
+        entry = {"attempt": attempt, "worker": self.name, "node": node_name(), "host": hostname(),
+                 "pid": os.getpid(),
                  "started_at": run.started, "finished_at": now_iso(),
                  "exit_code": outcome.exit_code, "error": outcome.error}
         if outcome.interrupted:

@@ -11,6 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # --- Debian packages the tests need. chromium: tests/test_browser.py drives it
 # through Playwright (never `playwright install`: Debian's build is the browser).
 apt_install_if_missing chromium
+# --- Debian packages the tests need: sshd and sshfs for the many-hosts tests
+# (tests/cluster.py: a loopback sshd and three sshfs mounts; skipped without root).
+apt_install_if_missing openssh-server sshfs
 
 venv_setup test
 

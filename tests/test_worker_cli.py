@@ -161,7 +161,8 @@ def test_detach_list_status_stop(spool_dir, tmp_path, bg):
     assert all(w["since"] and w["heartbeat_at"] for w in ws)
     human = lines_of(cli(spool_dir, "worker", "list").stdout)
     assert len(human) == 3
-    assert any(re.fullmatch(rf"worker-0@\S+:{sup} host=\S+ pid={PID} since=\S+ job=- heartbeat=\S+", x) for x in human)
+    assert any(re.fullmatch(rf"worker-0@\S+:{sup} host=\S+ pid={PID} since=\S+ job=- heartbeat=\S+ node=\S+ age=\S+",
+                            x) for x in human)
     assert "workers:    2" in lines_of(cli(spool_dir, "status").stdout)
 
     # a running job shows up as the worker's current job
