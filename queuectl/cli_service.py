@@ -113,6 +113,8 @@ def systemd_unit(obj: Context, user, count, stop_timeout):
     import sys
     from .sdunit import unit_text
     spool = obj.spool
-    click.echo(unit_text([sys.executable, "-m", "queuectl"], spool.root, count=count, stop_timeout=stop_timeout,
+    # A node's own index (many hosts) must be the service's too.
+    argv = [sys.executable, "-m", "queuectl", *(["--index", obj.index] if getattr(obj, "index", None) else [])]
+    click.echo(unit_text(argv, spool.root, count=count, stop_timeout=stop_timeout,
                          kill_grace=spool.config.kill_grace, user=user, run_as=None if user else getpass.getuser()),
                nl=False)
