@@ -114,7 +114,7 @@ def systemd_unit(obj: Context, user, count, stop_timeout):
     from .sdunit import unit_text
     spool = obj.spool
     # A node's own index (many hosts) must be the service's too.
-    argv = [sys.executable, "-m", "queuectl", *(["--index", obj.index] if getattr(obj, "index", None) else [])]
+    argv = [sys.executable, "-m", "queuectl", *(["--index", obj.index] if obj.index else [])]
     click.echo(unit_text(argv, spool.root, count=count, stop_timeout=stop_timeout,
                          kill_grace=spool.config.kill_grace, user=user, run_as=None if user else getpass.getuser()),
                nl=False)
