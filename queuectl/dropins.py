@@ -15,9 +15,9 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Container
 
-from .errors import DuplicateJob, InvalidJob
+from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .index import row_values
 from .job import Job, JobState, check_id, loads
@@ -57,6 +57,7 @@ class _Admitted:
     data: bytes | None
     src: str
     dest: str
+    ino: int | None = None  # of src, when it is kept as it is
 
 
 class _TooFresh(Exception):
@@ -129,6 +130,7 @@ def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
             syncfs(spool.path("tmp"))
         rows = []
         for a, tmp in zip(batch, tmps):
+            ino = a.ino if tmp is None else os.stat(tmp).st_ino  # the file the index row now stands for
             if tmp is not None:
                 if a.src == a.dest:
                     os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
@@ -139,7 +141,7 @@ def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
                         unlink_quietly(tmp)
                         continue  # someone took the id meanwhile; the drop-in stays for the next pass
                     unlink_quietly(a.src)
-            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode()))
+            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), ino))
             report.accepted.append(a.job.id)
     except BaseException:
         for tmp in tmps:
@@ -148,6 +150,19 @@ def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
         raise
     spool.fsync_state_dir(JobState.PENDING)
     spool.indexes.add_rows(rows)
+
+
+def check_deps_exist(spool: "Spool", job: Job, earlier: Container[str] = ()) -> None:
+    """Every job `after`/`after_any` names must exist already (or come earlier in
+    the same batch: lower-cased ids in `earlier`), so no cycle can ever form."""
+    for dep in (*job.after, *job.after_any):
+        if dep.lower() in earlier:
+            continue
+        try:
+            spool.find(dep)
+        except JobNotFound:
+            key = "after_any" if dep in job.after_any else "after"
+            raise InvalidJob(f"{key}: no job {dep}") from None
 
 
 def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str, str],
@@ -223,7 +238,7 @@ def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, s
         job = Job.from_record(spec)
         _check_id_free(spool, job.id, src, taken, on_disk)
         if job.state is JobState.PENDING and "max_retries" in spec:
-            return _Admitted(job, None, src, src)
+            return _Admitted(job, None, src, src, st.st_ino)
         if "max_retries" not in spec:
             job.max_retries = spool.config.max_retries
         job.state, job.next_run_at = JobState.PENDING, None
@@ -234,6 +249,7 @@ def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, s
     job = spool.new_job(spec, fallback_id=fallback)
     dest = spool.job_path(JobState.PENDING, job.id)
     _check_id_free(spool, job.id, src if src == dest else None, taken, on_disk)
+    check_deps_exist(spool, job, taken)
     return _Admitted(job, job.to_json(), src, dest)
 
 

@@ -21,7 +21,7 @@ from .job import Job, JobState
 
 log = logging.getLogger("queuectl.index")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     max_retries INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
-    record      TEXT NOT NULL
+    record      TEXT NOT NULL,
+    -- The inode of the file this row was read from (NULL: not known). A sync
+    -- that lists a different inode under the same name in pending/ reads the
+    -- file again: a hand edit written to tmp/ and moved over the old file.
+    ino         INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
 -- Per-state counts kept by triggers, so `status` reads five rows instead of
@@ -55,6 +59,29 @@ END;
 CREATE TRIGGER IF NOT EXISTS jobs_upd AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN
     UPDATE counts SET n = n - 1 WHERE state = old.state;
     INSERT INTO counts VALUES (new.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1;
+END;
+-- Dependencies (`after`, `after_any` of each job), kept from the record by
+-- triggers, so every path that writes a row keeps them without knowing them.
+CREATE TABLE IF NOT EXISTS deps (
+    job TEXT NOT NULL COLLATE NOCASE,
+    dep TEXT NOT NULL COLLATE NOCASE,
+    any INTEGER NOT NULL,
+    PRIMARY KEY (job, dep, any)
+);
+CREATE INDEX IF NOT EXISTS deps_dep ON deps (dep);
+CREATE TRIGGER IF NOT EXISTS deps_ins AFTER INSERT ON jobs WHEN instr(new.record, '"after') BEGIN
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 0 FROM json_each(new.record, '$.after');
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 1 FROM json_each(new.record, '$.after_any');
+END;
+CREATE TRIGGER IF NOT EXISTS deps_upd AFTER UPDATE OF record ON jobs BEGIN
+    DELETE FROM deps WHERE job = old.id;
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 0 FROM json_each(new.record, '$.after')
+        WHERE instr(new.record, '"after');
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 1 FROM json_each(new.record, '$.after_any')
+        WHERE instr(new.record, '"after');
+END;
+CREATE TRIGGER IF NOT EXISTS deps_del AFTER DELETE ON jobs BEGIN
+    DELETE FROM deps WHERE job = old.id;
 END;
 CREATE TABLE IF NOT EXISTS dirmarks (
     dir        TEXT PRIMARY KEY,
@@ -81,22 +108,29 @@ class Row:
     last_error: str | None
 
 
-def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
+def row_values(job: Job, state: JobState, record: str | None = None, ino: int | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
     return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
-            job.attempts, job.max_retries, job.last_error, record)
+            job.attempts, job.max_retries, job.last_error, record, ino)
 
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
-    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record, ino)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
-        last_error = excluded.last_error, record = excluded.record"""
+        last_error = excluded.last_error, record = excluded.record, ino = excluded.ino"""
+
+# A job is blocked while one of its dependencies is not done: `after` needs
+# completed, `after_any` any final state. A dependency with no row blocks too
+# (controls.resolve_dependencies decides, from the files, what that means).
+_BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHERE d.job = jobs.id AND
+    (p.state IS NULL OR (d.any = 0 AND p.state != 'completed')
+     OR (d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))))"""
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -150,12 +184,13 @@ class Index:
 
     # -- writes -----------------------------------------------------------
 
-    def upsert(self, job: Job, state: JobState | None = None, record: str | None = None) -> None:
+    def upsert(self, job: Job, state: JobState | None = None, record: str | None = None,
+               ino: int | None = None) -> None:
         """Record a job as being in `state` (default: its own state field).
 
         `record` is the job's JSON when the caller already has it serialized.
         """
-        self.db.execute(_UPSERT, row_values(job, state or job.state, record))
+        self.db.execute(_UPSERT, row_values(job, state or job.state, record, ino))
 
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
         self.db.executemany(_UPSERT, (row_values(j, s) for j, s in jobs))
@@ -170,6 +205,7 @@ class Index:
     def clear(self) -> None:
         self.db.execute("DELETE FROM jobs")
         self.db.execute("DELETE FROM counts")
+        self.db.execute("DELETE FROM deps")
         self.db.execute("DELETE FROM dirmarks")
 
     # -- directory marks: which directory listings the rows reflect --------
@@ -191,6 +227,41 @@ class Index:
 
     def ids_in(self, state: JobState) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state.value,))}
+
+    def inodes_in(self, state: JobState) -> dict[str, int | None]:
+        """id -> the inode its row was read from (None: unknown), for one state."""
+        return dict(self.db.execute("SELECT id, ino FROM jobs WHERE state = ?", (state.value,)))
+
+    def ids_labelled(self, label: str) -> set[str]:
+        return {r[0] for r in self.db.execute(
+            "SELECT id FROM jobs WHERE instr(record, '\"labels\"') AND "
+            "EXISTS (SELECT 1 FROM json_each(record, '$.labels') WHERE value = ?)", (label,))}
+
+    def blockers(self) -> dict[str, list[tuple[str, str, bool]]]:
+        """Waiting job id -> [(dependency, its state or 'missing', after_any)] still unmet."""
+        out: dict[str, list[tuple[str, str, bool]]] = {}
+        for job, dep, state, any_ in self.db.execute(
+                "SELECT d.job, d.dep, coalesce(p.state, 'missing'), d.any FROM deps d "
+                "JOIN jobs j ON j.id = d.job LEFT JOIN jobs p ON p.id = d.dep "
+                "WHERE j.state IN ('pending', 'failed', 'held') AND (p.state IS NULL OR "
+                "(d.any = 0 AND p.state != 'completed') OR "
+                "(d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))) ORDER BY d.job, d.dep"):
+            out.setdefault(job, []).append((dep, state, bool(any_)))
+        return out
+
+    def doomed(self) -> list[tuple[str, str, str]]:
+        """(job, dependency, its state) for waiting jobs an `after` dependency can no longer satisfy."""
+        return list(self.db.execute(
+            "SELECT d.job, d.dep, coalesce(p.state, 'missing') FROM deps d JOIN jobs j ON j.id = d.job "
+            "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
+            "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
+
+    def scheduled(self, now: float | None = None) -> int:
+        """Waiting jobs (pending or failed) not claimable now: due later, or blocked."""
+        now = time.time() if now is None else now
+        return self.db.execute(
+            f"SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed') AND (run_at > ? OR {_BLOCKED})",
+            (now,)).fetchone()[0]
 
     def lookup(self, job_id: str) -> Row | None:
         """The row whose id equals job_id ignoring case (ids are unique that way)."""
@@ -227,11 +298,15 @@ class Index:
         now = time.time() if now is None else now
         return [(i, JobState(s)) for i, s in self.db.execute(
             "SELECT id, state FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
-            "ORDER BY priority DESC, created, id LIMIT ?", (now, limit))]
+            f"AND NOT {_BLOCKED} ORDER BY priority DESC, created, id LIMIT ?", (now, limit))]
 
     def next_due(self) -> float | None:
-        """The earliest run_at among waiting jobs (pending or failed), or None."""
-        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')").fetchone()
+        """The earliest run_at among waiting jobs (pending or failed, not blocked), or None.
+
+        Blocked jobs are left out: one due long ago would make an idle worker spin.
+        """
+        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed') "
+                            f"AND NOT {_BLOCKED}").fetchone()
         return r[0]
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from . import config as configmod
-from .dropins import SyncReport, accept, is_ignored, reject
+from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
@@ -23,7 +23,7 @@ from .index import Index, IndexStore, row_values
 from .job import Job, JobState, check_id, now_iso, parse_file
 
 STATE_DIRS = [s.dirname for s in JobState]
-SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers"]
+SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "kill"]
 # A directory's mtime within this many nanoseconds of its listing may hide a
 # change made in the same clock tick (git's "racy" problem), so such a listing
 # is not trusted on the next look.
@@ -248,14 +248,16 @@ class Spool:
                     placed = _place_chunk(self, part, bulk=len(jobs) > 16)
                 except _PartlyPlaced as e:
                     if e.placed or done:
-                        self.fsync_state_dir(JobState.PENDING)
+                        for state in {j.state for j in jobs}:
+                            self.fsync_state_dir(state)
                         self.indexes.add_rows(e.rows[:e.placed])
                         err = e.error
                         if isinstance(err, (SpoolError, DuplicateJob)):
                             raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
                                             "were enqueued)") from None
                     raise e.error from None
-                self.fsync_state_dir(JobState.PENDING)
+                for state in {j.state for j in part}:  # pending/, and held/ for enqueue --hold
+                    self.fsync_state_dir(state)
                 self.indexes.add_rows(placed)
                 done += len(part)
         return jobs
@@ -504,6 +506,7 @@ def _check_unique(spool: Spool, jobs: list[Job]) -> None:
             spool.check_new_id(job.id)
         elif key in taken:
             raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
+        check_deps_exist(spool, job, seen)
 
 def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""
@@ -513,12 +516,13 @@ def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     try:
         for job in part:
             data = job.to_json()
-            rows.append(row_values(job, JobState.PENDING, data.decode("utf-8")))
             tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
+            # The inode, so the next sync knows the file as the one it placed.
+            rows.append(row_values(job, job.state, data.decode("utf-8"), os.stat(tmps[-1]).st_ino))
         if len(part) > 1:
             syncfs(spool.path("tmp"))
         for job, tmp in zip(part, tmps):
-            _place(tmp, spool.job_path(JobState.PENDING, job.id), bulk=bulk)
+            _place(tmp, spool.job_path(job.state, job.id), bulk=bulk)
             placed += 1
     except BaseException as e:
         for tmp in tmps[placed:]:
@@ -556,18 +560,23 @@ def _sync_dir(spool: Spool, idx: Index, state: JobState, report: SyncReport) -> 
     d = state.dirname
     checked = time.time_ns()
     mtime = os.stat(spool.path(d)).st_mtime_ns
-    names = os.listdir(spool.path(d))
+    with os.scandir(spool.path(d)) as it:
+        inodes = {e.name: e.inode() for e in it}  # d_ino: free with the listing
+    names = list(inodes)
     on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-    known = idx.ids_in(state)
-    gone = known - on_disk
+    known = idx.inodes_in(state)
+    gone = known.keys() - on_disk
     if gone:
         idx.delete(gone)
         report.removed += len(gone)
     dropins = None
     if state is JobState.PENDING and not spool.readonly:
-        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
+        # A known name whose inode is not the one indexed was replaced (a hand
+        # edit moved over it, `queuectl priority`): admit it again, like a drop-in.
+        dropins = [n for n in names if not is_ignored(n)
+                   and not (n.endswith(".json") and known.get(n[:-5], -1) == inodes[n])]
     else:
-        for job_id in on_disk - known:
+        for job_id in on_disk - known.keys():
             try:
                 job = spool.read_job(spool.path(d, job_id + ".json"))
             except (OSError, InvalidJob):

@@ -20,7 +20,7 @@ from .errors import WorkerError
 from .recovery import prune_dead_workers, recover_all
 from .registry import Heartbeat, WorkerInfo, hostname, pid_alive, read_workers, signal_process
 from .spool import Spool
-from .worker import Worker
+from .worker import EXIT_JOB_DIED, Worker
 
 log = logging.getLogger("queuectl.supervisor")
 WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
@@ -65,6 +65,7 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.allow_shared = allow_shared
         self.signals = 0
+        self.died = False  # a burst worker reported a job that ended in dead/
         if allow_shared:
             os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
         self.spool = Spool(root, shared=allow_shared)
@@ -120,9 +121,11 @@ class Supervisor:
                         continue
                     del procs[i]
                     p.join()
+                    if self.burst and p.exitcode == EXIT_JOB_DIED:
+                        self.died = True
                     if stop_sent_at is not None:
                         continue
-                    if p.exitcode == 0 and self.burst:
+                    if p.exitcode in (0, EXIT_JOB_DIED) and self.burst:
                         continue
                     log.info("worker-%d (PID %d) exited with code %s; restarting", i, p.pid, p.exitcode)
                     prune_dead_workers(self.spool)
@@ -132,8 +135,21 @@ class Supervisor:
             for p in procs.values():
                 _signal(p.pid, signal.SIGUSR1)
                 p.join()
+        if self.burst:
+            self._say_scheduled()
         log.info("stopped")
-        return 0
+        return 1 if self.died else 0
+
+    def _say_scheduled(self) -> None:
+        """A burst run leaves jobs due later (or blocked, or held) alone: say how many."""
+        spool = self.spool
+        spool.sync()
+        left = spool.index.scheduled()
+        held = spool.index.counts().get("held", 0)
+        spool.close()
+        if left or held:
+            log.info("%d job%s remain scheduled for later%s", left, "" if left == 1 else "s",
+                     f", {held} held" if held else "")
 
 
 def _signal(pid: int, sig: int) -> None:
