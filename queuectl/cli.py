@@ -90,8 +90,9 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
       id=$(queuectl enqueue --print-id 'make build'); queuectl enqueue --after "$id" 'make test'
       queuectl enqueue --lines commands.txt --label batch1
     """
-    if sum(x is not None for x in (command, file, lines)) != 1:
-        raise click.UsageError("give one of COMMAND, --file or --lines")
+    given = sum(x is not None for x in (command, file, lines))
+    if given != 1:
+        raise click.UsageError("give one of COMMAND, --file or --lines" + (", not both" if given else ""))
     if delay is not None and at is not None:
         raise click.UsageError("give --delay or --at, not both")
     overrides = {k: v for k, v in (("max_retries", max_retries), ("timeout", timeout),

@@ -377,7 +377,7 @@ def test_pending_job_edited_into_invalid_json(spool, tmp_path, procs):
     assert sorted(names(spool, "rejected")) == ["j2.json", "j2.json.reason", "later.json", "later.json.reason"]
     assert "invalid JSON" in (spool / "rejected" / "j2.json.reason").read_text()
     assert (spool / "rejected" / "later.json").read_text() == "not json at all"
-    assert status_json(spool) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 0}
+    assert status_json(spool) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     assert_check_clean(spool)
 
 
@@ -475,7 +475,7 @@ def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, pr
     assert runs.read_text() == "run\n"
     job = json.loads((spool / "done" / "full.json").read_bytes())
     assert job["attempts"] == 1 and job["state"] == "completed"
-    assert dir_counts(spool) == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0}
+    assert dir_counts(spool) == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     assert_check_clean(spool)
 
 
