@@ -207,7 +207,7 @@ def state_note(row: "Row", blockers: dict[str, list[tuple[str, str, bool]]], now
     text = row.state.value
     waits = blockers.get(row.id)
     if waits and row.state in WAITING:
-        text += " (waiting for " + ", ".join(f"{d}: {s}" for d, s, _any in waits) + ")"
+        text += " (waiting for " + ", ".join(dict.fromkeys(f"{d}: {s}" for d, s, _any in waits)) + ")"
     elif row.state in (JobState.PENDING, JobState.HELD) and row.run_at > now:
         when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(row.run_at))
         text += f" (scheduled {when}, in {_span(row.run_at - now)})"
