@@ -256,6 +256,13 @@ class Index:
             "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
             "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
 
+    def retries_of(self, host: str, pid: int) -> int:
+        """Jobs in failed/ whose last attempt that process recorded (ran, or recovered)."""
+        return self.db.execute(
+            "SELECT count(*) FROM jobs WHERE state = 'failed' AND "
+            "json_extract(record, '$.history[#-1].pid') = ? AND json_extract(record, '$.history[#-1].host') = ?",
+            (pid, host)).fetchone()[0]
+
     def scheduled(self, now: float | None = None) -> int:
         """Waiting jobs (pending or failed) not claimable now: due later, or blocked."""
         now = time.time() if now is None else now

@@ -64,7 +64,6 @@ class Worker:
         self.job_pid = 0
         self.ticks = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
-        self.own_retries: set[str] = set()  # jobs this worker sent to failed/ (burst waits for them)
         self.died = False  # a job this worker ran ended in dead/
         self.flushed = 0.0
 
@@ -176,11 +175,8 @@ class Worker:
             idx = spool.index
             if idx.counts()["processing"] or idx.candidates(1):
                 return False
-            for job_id in list(self.own_retries):
-                row = idx.lookup(job_id)
-                if row is None or row.state is not JobState.FAILED:
-                    self.own_retries.discard(job_id)
-            return not self.own_retries
+            # A retry this worker scheduled (of a job it ran or recovered) is part of its run.
+            return idx.retries_of(hostname(), os.getpid()) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync().waiting or not empty():
@@ -321,7 +317,6 @@ class Worker:
         self._record(claim, job)
         if job.state is JobState.FAILED:
             self.retry_due = min(self.retry_due, job.run_ts)
-            self.own_retries.add(job.id)
         elif job.state is JobState.DEAD:
             self.died = True
         if job.state is JobState.COMPLETED:
