@@ -256,12 +256,13 @@ class Index:
             "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
             "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
 
-    def retries_of(self, host: str, pid: int) -> int:
-        """Jobs in failed/ whose last attempt that process recorded (ran, or recovered)."""
+    def retries_of(self, host: str, pids: Iterable[int]) -> int:
+        """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""
+        pids = list(pids)
         return self.db.execute(
-            "SELECT count(*) FROM jobs WHERE state = 'failed' AND "
-            "json_extract(record, '$.history[#-1].pid') = ? AND json_extract(record, '$.history[#-1].host') = ?",
-            (pid, host)).fetchone()[0]
+            "SELECT count(*) FROM jobs WHERE state = 'failed' AND json_extract(record, '$.history[#-1].pid') "
+            f"IN ({', '.join('?' * len(pids))}) AND json_extract(record, '$.history[#-1].host') = ?",
+            (*pids, host)).fetchone()[0]
 
     def scheduled(self, now: float | None = None) -> int:
         """Waiting jobs (pending or failed) not claimable now: due later, or blocked."""

@@ -148,7 +148,7 @@ class Supervisor:
         held = spool.index.counts().get("held", 0)
         spool.close()
         if left or held:
-            log.info("%d job%s remain scheduled for later%s", left, "" if left == 1 else "s",
+            log.info("%d %s scheduled for later%s", left, "job remains" if left == 1 else "jobs remain",
                      f", {held} held" if held else "")
 
 

@@ -175,8 +175,8 @@ class Worker:
             idx = spool.index
             if idx.counts()["processing"] or idx.candidates(1):
                 return False
-            # A retry this worker scheduled (of a job it ran or recovered) is part of its run.
-            return idx.retries_of(hostname(), os.getpid()) == 0
+            # A retry this worker (or its supervisor, recovering at start) scheduled is part of its run.
+            return idx.retries_of(hostname(), (os.getpid(), self.parent)) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync().waiting or not empty():
