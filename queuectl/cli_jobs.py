@@ -19,13 +19,13 @@ DONE = {"cancel": "cancelled", "hold": "held", "release": "released"}
 
 def _targets(obj: Context, job_ids, label, action: str) -> list[str]:
     """The ids to act on; all checked before any changes (bad input changes nothing)."""
-    from .controls import WAITING, MOVES, check_targets
+    from .controls import SOURCES, check_targets
     if not job_ids and label is None:
         raise click.UsageError("give job IDs or --label")
     spool = obj.synced()
     ids = check_targets(spool, list(job_ids), action)
     if label is not None:
-        sources = MOVES[action][0] if action in MOVES else WAITING
+        sources = SOURCES[action]
         with_label = spool.index.ids_labelled(label)
         labelled = [r.id for r in spool.index.rows() if r.id in with_label]
         if not labelled:
@@ -133,14 +133,10 @@ def kill(obj: Context, job_ids, sig, retry):
       queuectl kill job1
       queuectl kill --signal KILL --retry job1
     """
-    from .controls import kill as kill_
+    from .controls import check_targets, kill as kill_
     signum = _signal(sig)
     spool = obj.synced()
-    from .job import JobState
-    for job_id in job_ids:  # all checked first: a typo kills nothing
-        state, _ = spool.find(job_id)
-        if state is not JobState.PROCESSING:
-            raise click.ClickException(f"job {job_id} is not running (it is {state.value})")
+    check_targets(spool, list(job_ids), "kill")  # all checked first: a typo kills nothing
     for job_id in job_ids:
         real, groups = kill_(spool, job_id, signum, retry=retry)
         click.echo(f"sent {signal.Signals(signum).name} to job {real} (process group "

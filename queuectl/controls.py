@@ -39,6 +39,8 @@ MOVES = {
     "hold": ((JobState.PENDING, JobState.FAILED), JobState.HELD),
     "release": ((JobState.HELD,), JobState.PENDING),
 }
+# action -> the states it applies to
+SOURCES = {**{a: m[0] for a, m in MOVES.items()}, "priority": WAITING, "kill": (JobState.PROCESSING,)}
 
 
 def _wrong_state(job_id: str, state: JobState, action: str) -> WrongState:
@@ -63,15 +65,26 @@ def _done(action: str) -> str:
             "priority": "given a new priority"}.get(action, action)
 
 
+def find(spool: "Spool", job_id: str) -> tuple[JobState, str]:
+    """spool.find, looked again before saying "no job": a job claimed from failed/
+    moves to processing/, which find() has already looked in."""
+    for _ in range(2):
+        try:
+            return spool.find(job_id)
+        except JobNotFound:
+            pass
+    return spool.find(job_id)
+
+
 def check_targets(spool: "Spool", job_ids: list[str], action: str) -> list[str]:
     """The ids as spelled on disk, if every job exists and `action` applies to it now.
 
     Checked for all before any is changed, so bad input changes nothing.
     """
-    sources = MOVES[action][0] if action in MOVES else WAITING
+    sources = SOURCES[action]
     out = []
     for job_id in job_ids:
-        state, path = spool.find(job_id)
+        state, path = find(spool, job_id)
         if state not in sources:
             raise _wrong_state(job_id, state, action)
         out.append(os.path.basename(path)[:-5])
@@ -81,7 +94,7 @@ def check_targets(spool: "Spool", job_ids: list[str], action: str) -> list[str]:
 def _locked(spool: "Spool", job_id: str, sources: tuple[JobState, ...], action: str) -> tuple[int, JobState, str]:
     """Lock the job's file where it waits: (fd, state, path). The loser of a race raises WrongState."""
     for _ in range(LOCK_TRIES):
-        state, path = spool.find(job_id)
+        state, path = find(spool, job_id)
         if state not in sources:
             raise _wrong_state(job_id, state, action)
         fd = lock_file(path)
@@ -257,7 +270,7 @@ def kill(spool: "Spool", job_id: str, sig: int = signal.SIGTERM, *, retry: bool 
     retry) tells the job's worker that the exit it is about to see was a
     user's kill; then the signal.
     """
-    state, path = spool.find(job_id)
+    state, path = find(spool, job_id)
     if state is not JobState.PROCESSING:
         raise _wrong_state(job_id, state, "kill")
     job = spool.read_job(path)
