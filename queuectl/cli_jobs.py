@@ -206,7 +206,8 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
         return
     if as_json:
         spool.sync()
-        dump([spool.index.record(i) or {"id": i, "state": "missing"} for i in ids])
+        # The state of the directory it is in (a file moved by hand may still say another).
+        dump([{**(spool.index.record(i) or {"id": i}), "state": result.states[i]} for i in ids])
     else:
         click.echo(_summary(result, ids))
     if result.timed_out:
