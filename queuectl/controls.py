@@ -31,6 +31,7 @@ log = logging.getLogger("queuectl.controls")
 LOCK_TRIES = 400      # a worker holds a job's lock only between its lock and its rename
 LOCK_RETRY = 0.005
 RESCAN = 1.0          # `wait` rescans this often even without a watch event
+KILL_FIND = 2.0       # seconds `kill` looks for the processes of a job claimed a moment ago
 WAITING = (JobState.PENDING, JobState.FAILED, JobState.HELD)
 
 # action -> (states it applies to, state it moves the job to)
@@ -274,9 +275,15 @@ def kill(spool: "Spool", job_id: str, sig: int = signal.SIGTERM, *, retry: bool 
     if state is not JobState.PROCESSING:
         raise _wrong_state(job_id, state, "kill")
     job = spool.read_job(path)
-    groups = running_groups(spool, job.id)
-    if not groups:
-        raise WrongState(f"job {job.id} is claimed but none of its processes runs on this host ({hostname()})")
+    deadline = time.monotonic() + KILL_FIND
+    while not (groups := running_groups(spool, job.id)):
+        # Claimed a moment ago, its command not started yet; or run by another host.
+        if time.monotonic() > deadline:
+            raise WrongState(f"job {job.id} is claimed but none of its processes runs on this host ({hostname()})")
+        time.sleep(0.05)
+        state, _ = find(spool, job_id)
+        if state is not JobState.PROCESSING:
+            raise _wrong_state(job_id, state, "kill")
     request = {"attempt": job.attempts + 1, "retry": retry, "signal": signal.Signals(sig).name,
                "at": now_iso(), "by_pid": os.getpid()}
     spool.write_file(kill_path(spool, job.id), json.dumps(request).encode() + b"\n", durable=False)

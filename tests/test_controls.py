@@ -426,8 +426,7 @@ def test_kill_a_running_job(run, spool_dir, bg, read_job, retry):
     enq(run, "--id", "long", "--max-retries", "2", "sleep 60")
     enq(run, "--id", "next", "--after", "long", "echo next")
     bg("worker", "start")
-    wait_for(lambda: "long" in (spool_dir / "processing").iterdir().__next__().name
-             if any((spool_dir / "processing").iterdir()) else False, what="job claimed")
+    wait_for(lambda: (spool_dir / "processing" / "long.json").exists(), what="job claimed")
     r = run("kill", "long", *(["--retry"] if retry else []))
     assert r.exit_code == 0 and r.stdout.startswith("sent SIGTERM to job long (process group "), r.stderr
     state = "failed" if retry else "dead"
