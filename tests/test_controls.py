@@ -519,3 +519,20 @@ def test_move_and_claim_started_together_exactly_one_wins(spool_dir, action):
     for s in (setup, worker_side, user_side):
         s.close()
     assert sum(outcomes.values()) == 150
+
+
+def test_wait_all(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "echo b")
+    run("cancel", "b")
+    r = run("wait", "--all", "--timeout", "0.3")
+    assert r.exit_code == 2 and "0 of 1 jobs final" in r.stdout and "(a)" in r.stdout
+    run("cancel", "a")
+    r = run("wait", "--all")
+    assert (r.exit_code, r.stdout) == (0, "nothing to wait for\n")
+
+
+@pytest.mark.parametrize("command", ["wait", "cancel", "kill", "hold", "release", "priority", "enqueue"])
+def test_every_control_command_has_help_with_an_example(run, command):
+    r = run(command, "--help")
+    assert r.exit_code == 0 and "Example" in r.stdout and f"queuectl {command}" in r.stdout
