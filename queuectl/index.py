@@ -126,10 +126,11 @@ _UPSERT = """INSERT INTO jobs
         last_error = excluded.last_error, record = excluded.record, ino = excluded.ino"""
 
 # A job is blocked while one of its dependencies is not done: `after` needs
-# completed, `after_any` any final state. A dependency with no row blocks too
-# (controls.resolve_dependencies decides, from the files, what that means).
+# completed, `after_any` any final state. An `after` dependency with no row
+# blocks too (controls.resolve_dependencies decides, from the files, what that
+# means); an `after_any` one was deleted (`dlq purge`), so it is final.
 _BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHERE d.job = jobs.id AND
-    (p.state IS NULL OR (d.any = 0 AND p.state != 'completed')
+    ((p.state IS NULL AND d.any = 0) OR (d.any = 0 AND p.state != 'completed')
      OR (d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))))"""
 
 
@@ -148,7 +149,7 @@ class Index:
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise IndexCorrupt(f"schema version {version}")
+                raise IndexCorrupt(f"schema version {version}, not {SCHEMA_VERSION}")
             mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -243,7 +244,7 @@ class Index:
         for job, dep, state, any_ in self.db.execute(
                 "SELECT d.job, d.dep, coalesce(p.state, 'missing'), d.any FROM deps d "
                 "JOIN jobs j ON j.id = d.job LEFT JOIN jobs p ON p.id = d.dep "
-                "WHERE j.state IN ('pending', 'failed', 'held') AND (p.state IS NULL OR "
+                "WHERE j.state IN ('pending', 'failed', 'held') AND ((p.state IS NULL AND d.any = 0) OR "
                 "(d.any = 0 AND p.state != 'completed') OR "
                 "(d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))) ORDER BY d.job, d.dep"):
             out.setdefault(job, []).append((dep, state, bool(any_)))

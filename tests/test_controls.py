@@ -536,3 +536,18 @@ def test_wait_all(run, spool_dir):
 def test_every_control_command_has_help_with_an_example(run, command):
     r = run(command, "--help")
     assert r.exit_code == 0 and "Example" in r.stdout and f"queuectl {command}" in r.stdout
+
+
+def test_a_purged_dependency(run, spool_dir, read_job):
+    enq(run, "--id", "a", "exit 1")
+    enq(run, "--id", "strict", "--after", "a", "echo strict")
+    enq(run, "--id", "lenient", "--after-any", "a", "echo lenient")
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "dead" / "a.json")
+    assert run("dlq", "purge", "a").exit_code == 0
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    assert [i for i, _ in spool.index.candidates()] == ["lenient"]  # after_any: a deleted job was final
+    from queuectl.controls import resolve_dependencies
+    assert resolve_dependencies(spool) == ["cancelled strict: dependency a no longer exists"]
+    spool.close()
+    assert read_job("cancelled", "strict")["last_error"] == "dependency a no longer exists"
