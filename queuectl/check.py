@@ -223,6 +223,13 @@ def _pending_entry(spool: Spool, name: str, path: str, st: os.stat_result, now: 
                        _fix=_rescan)
     stem = name[:-5]
     if not is_canonical(spec, stem):
+        try:
+            # The admission rule itself, so a drop-in that would be rejected is
+            # never called ok while it waits for the next scan.
+            Job.from_spec(spec, fallback_id=None if isinstance(spec, dict) and "id" in spec else stem)
+        except InvalidJob as e:
+            return Problem("invalid-job", rel, None, f"not a valid job ({e}); the next scan moves it to rejected/",
+                           _fix=_rescan)
         if not old:
             return None  # a drop-in waiting for the next scan
         return Problem("stale-dropin", rel, None,

@@ -47,7 +47,10 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
       queuectl worker start --count 1 --burst     # run what is due, then exit (1: a job died)
       queuectl worker start --count 4 --detach
     """
-    from .supervisor import Supervisor, check_spool_permissions, detach as detach_
+    from .supervisor import Supervisor, check_spool_permissions, hold_stop_signals
+    from .supervisor import detach as detach_
+    if not detach:
+        hold_stop_signals()  # a stop from here on waits for the supervisor's handler
     spool = obj.spool
     if detach:
         if not allow_shared_spool:
@@ -94,8 +97,8 @@ def worker_list(obj: Context, as_json):
     Example:
       queuectl worker list
     """
-    from .registry import read_workers
-    workers = [w for w in read_workers(obj.spool) if w.alive]
+    from .supervisor import live_workers
+    workers = live_workers(obj.spool)
     if as_json:
         dump([{k: w.get(k) for k in ("id", "role", "host", "pid", "since", "job", "heartbeat_at")}
                for w in workers])

@@ -14,16 +14,13 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Container
+from typing import Any, Container, ContextManager, NamedTuple, Protocol
 
 from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
-from .index import row_values
+from .config import Config
+from .index import IndexStore, row_values
 from .job import Job, JobState, check_id, loads
-
-if TYPE_CHECKING:
-    from .spool import Spool
 
 log = logging.getLogger("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
@@ -39,19 +36,39 @@ def is_canonical(spec: Any, stem: str) -> bool:
     return isinstance(spec, dict) and spec.get("id") == stem and "created_at" in spec and "state" in spec
 
 
-@dataclass
+class SpoolView(Protocol):
+    """What admission needs of a spool; spool.Spool provides it (this module knows no more)."""
+    root: str
+    shared: bool
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def indexes(self) -> IndexStore: ...
+    def path(self, *parts: str) -> str: ...
+    def job_path(self, state: JobState, job_id: str) -> str: ...
+    def hot_lock(self, *, wait: bool = True) -> ContextManager[bool]: ...
+    def taken_ids(self) -> dict[str, tuple[str, str]]: ...
+    def check_new_id(self, job_id: str, own: str | None = None) -> None: ...
+    def new_job(self, spec: object, *, fallback_id: str | None = None) -> Job: ...
+    def fsync_state_dir(self, state: JobState) -> None: ...
+    def find(self, job_id: str) -> tuple[JobState, str]: ...
+
+
 class SyncReport:
     """What one sync of the index with the directories found."""
-    added: int = 0
-    removed: int = 0
-    accepted: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    waiting: int = 0  # unparseable drop-ins still inside their grace period
-    busy: bool = False  # another process held the drop-in lock: look again shortly
+    __slots__ = ("added", "removed", "accepted", "rejected", "waiting", "busy")
+
+    def __init__(self) -> None:
+        self.added = 0
+        self.removed = 0
+        self.accepted: list[str] = []
+        self.rejected: list[tuple[str, str]] = []
+        self.waiting = 0  # unparseable drop-ins still inside their grace period
+        self.busy = False  # another process held the drop-in lock: look again shortly
 
 
-@dataclass
-class _Admitted:
+class _Admitted(NamedTuple):
     """A valid drop-in: the job, its canonical bytes (None: the file already is), where it goes."""
     job: Job
     data: bytes | None
@@ -64,7 +81,7 @@ class _TooFresh(Exception):
     """An unparseable drop-in that may still be being written."""
 
 
-def reject(spool: "Spool", src: str, name: str, reason: str) -> bool:
+def reject(spool: SpoolView, src: str, name: str, reason: str) -> bool:
     """Move a file, unchanged, to rejected/ with NAME.reason beside it; False if it is gone."""
     dest_name = name or "unnamed"
     for n in itertools.count():
@@ -82,7 +99,7 @@ def reject(spool: "Spool", src: str, name: str, reason: str) -> bool:
     return True
 
 
-def accept(spool: "Spool", names: list[str], report: SyncReport, *, wait: bool) -> None:
+def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool) -> None:
     """Turn files other programs put into pending/ into canonical jobs, or reject them.
 
     With wait=False a busy drop-in lock (another process accepting right now)
@@ -121,7 +138,7 @@ def accept(spool: "Spool", names: list[str], report: SyncReport, *, wait: bool) 
             _commit(spool, batch, report)
 
 
-def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
+def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> None:
     tmps: list[str | None] = []
     try:
         for a in batch:
@@ -152,7 +169,7 @@ def _commit(spool: "Spool", batch: list[_Admitted], report: SyncReport) -> None:
     spool.indexes.add_rows(rows)
 
 
-def check_deps_exist(spool: "Spool", job: Job, earlier: Container[str] = ()) -> None:
+def check_deps_exist(spool: SpoolView, job: Job, earlier: Container[str] = ()) -> None:
     """Every job `after`/`after_any` names must exist already (or come earlier in
     the same batch: lower-cased ids in `earlier`), so no cycle can ever form."""
     for dep in (*job.after, *job.after_any):
@@ -165,7 +182,7 @@ def check_deps_exist(spool: "Spool", job: Job, earlier: Container[str] = ()) -> 
             raise InvalidJob(f"{key}: no job {dep}") from None
 
 
-def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str, str],
+def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: dict[str, str],
                    on_disk: dict[str, tuple[str, str]] | None = None) -> None:
     """The spool's duplicate rule, plus the ids accepted earlier in the same pass:
     their index rows are written in batches, so the lookup ignoring case misses them."""
@@ -180,7 +197,7 @@ def _check_id_free(spool: "Spool", job_id: str, own: str | None, taken: dict[str
         raise DuplicateJob(f"job {hit[1]} already exists (in {hit[0]}/)")
 
 
-def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: float) -> None:
+def _check_file(spool: SpoolView, src: str, name: str, st: os.stat_result, grace: float) -> None:
     """The rules on the file itself, before a byte of it is read."""
     if stat.S_ISLNK(st.st_mode):
         raise InvalidJob("symlink (never followed)")
@@ -209,7 +226,7 @@ def _check_file(spool: "Spool", src: str, name: str, st: os.stat_result, grace: 
         raise InvalidJob(f"file is {st.st_size} bytes, over the limit of {limit} (config max_job_size)")
 
 
-def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, str],
+def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: dict[str, str],
            on_disk: dict[str, tuple[str, str]] | None) -> _Admitted:
     """Validate one drop-in and say what to write; raise InvalidJob to reject it."""
     st = os.lstat(src)
@@ -253,7 +270,7 @@ def _admit(spool: "Spool", src: str, name: str, grace: float, taken: dict[str, s
     return _Admitted(job, job.to_json(), src, dest)
 
 
-def _linked_from_tmp(spool: "Spool", ino: int) -> bool:
+def _linked_from_tmp(spool: SpoolView, ino: int) -> bool:
     """Is another link to this inode one of enqueue's own files in tmp/?"""
     try:
         with os.scandir(spool.path("tmp")) as it:

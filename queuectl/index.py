@@ -12,8 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Callable, ContextManager, Iterable, Iterator, NamedTuple
 
 from .errors import SpoolError
 from .fsio import disk_full as fsio_disk_full, unlink_quietly
@@ -95,8 +94,7 @@ class IndexCorrupt(Exception):
     """index.db exists but is not a usable SQLite database."""
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     id: str
     state: JobState
     command: str
@@ -431,6 +429,14 @@ class IndexStore:
                         if fsio_disk_full(os.path.dirname(path)) or is_full(e):
                             raise SpoolError(f"no space left on device while creating index.db ({e})") from None
                         _create_private(new)  # an empty index.db below, then the usual repair
+                    except BaseException:
+                        _remove_db(new)
+                        raise
+                    # A close that could not checkpoint (a full disk) leaves the WAL
+                    # under the .new name, where nothing would ever read or delete
+                    # it. Dropping it at worst loses the schema: Index() remakes it.
+                    for suffix in ("-wal", "-shm"):
+                        unlink_quietly(new + suffix)
                     os.rename(new, path)
         try:
             index = Index(path)

@@ -16,6 +16,16 @@ from .errors import InvalidJob
 
 MAX_ID_LENGTH = 128
 MAX_RETRIES_LIMIT = 1000
+# Bounds on every number a job file holds. Each value is read back from disk
+# by something that assumes it is sane (SQLite's int64 columns, datetime's
+# years 1..9999, time_t), so a file outside them is refused where it is read.
+MIN_TS = 0.0                      # 1970-01-01T00:00:00Z
+MAX_TS = 253402300799.0           # 9999-12-31T23:59:59Z
+MAX_ATTEMPTS = 1_000_000
+INT32_BOUND = 2**31               # priority and exit_code lie within +- this
+MAX_TIMEOUT = 10 * 365 * 86400    # 10 years, in seconds
+MAX_HISTORY = 10_000
+_SHOW_LIMIT = 60  # characters of a bad value quoted in an error message
 # Ids become file names: keep them to a portable, shell-safe alphabet. A
 # leading "." would make the file invisible to scans (dotfiles are a writer's
 # scratch space), so the first character must be alphanumeric.
@@ -68,21 +78,46 @@ MAX_DEPS = 1000
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,63}")
 
 
+def show(value: Any) -> str:
+    """repr() of a bad value for a one-line message, cut short when long."""
+    if _is_int(value) and abs(value) >= 10**_SHOW_LIMIT:
+        # repr() of a huge int is slow, and fails past 4300 digits.
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= _SHOW_LIMIT else text[:_SHOW_LIMIT - 3] + "..."
+
+
+def check_ts(ts: Any, name: str = "time") -> float:
+    """ts if it is epoch seconds queuectl can store, compare and print, else InvalidJob."""
+    if not (_is_int(ts) or isinstance(ts, float)) or not MIN_TS <= ts <= MAX_TS:  # NaN fails too
+        raise InvalidJob(f"{name} must be epoch seconds from {MIN_TS:.0f} to {MAX_TS:.0f} "
+                         f"(years 1970 to 9999 UTC), not {show(ts)}")
+    return float(ts)
+
+
 def now_iso(ts: float | None = None) -> str:
     """ISO 8601 UTC with microseconds, e.g. 2026-11-27T18:30:00.123456Z."""
-    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(time.time() if ts is None else check_ts(ts), tz=timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(value: str) -> float:
-    """Epoch seconds from an ISO 8601 string (naive times are UTC)."""
+def parse_time(value: Any, name: str | None = None) -> float:
+    """Epoch seconds from an ISO 8601 string (naive times are UTC), within MIN_TS..MAX_TS.
+
+    `name` is the field the value came from, for the message.
+    """
+    where = f"{name}: " if name else ""
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        raise InvalidJob(f"bad time {value!r}: expected ISO 8601") from None
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidJob(f"{where}bad time {show(value)}: expected ISO 8601") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    ts = dt.timestamp()
+    # In range as written is not enough: 9999-12-31T23:59:59-01:00 is year 10000 in UTC.
+    if not MIN_TS <= ts <= MAX_TS:
+        raise InvalidJob(f"{where}time {show(value)} is out of range (years 1970 to 9999 UTC)")
+    return ts
 
 
 def new_id(ts: float | None = None) -> str:
@@ -142,7 +177,7 @@ def check_command(value: Any) -> str:
 
 def check_max_retries(value: Any) -> int:
     if not _is_int(value) or not 0 <= value <= MAX_RETRIES_LIMIT:
-        raise InvalidJob(f"max_retries must be an integer from 0 to {MAX_RETRIES_LIMIT}, not {value!r}")
+        raise InvalidJob(f"max_retries must be an integer from 0 to {MAX_RETRIES_LIMIT}, not {show(value)}")
     return value
 
 
@@ -150,8 +185,53 @@ def check_timeout(value: Any) -> float | None:
     if value is None:
         return None
     if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value <= 0):
-        raise InvalidJob(f"timeout must be a number of seconds > 0, not {value!r}")
+            or (isinstance(value, float) and not math.isfinite(value)) or value <= 0):
+        raise InvalidJob(f"timeout must be a number of seconds > 0, not {show(value)}")
+    if value > MAX_TIMEOUT:
+        raise InvalidJob(f"timeout must be at most {MAX_TIMEOUT} seconds (10 years), not {show(value)}")
+    return value
+
+
+def check_run_at(value: Any) -> str:
+    """A spec's run_at (ISO 8601, or epoch seconds) as a canonical time."""
+    if _is_int(value) or isinstance(value, float):
+        return now_iso(check_ts(value, "run_at"))
+    if isinstance(value, str):
+        return now_iso(parse_time(value, "run_at"))
+    raise InvalidJob(f"run_at must be an ISO 8601 time or epoch seconds, not {show(value)}")
+
+
+def check_attempts(value: Any) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_ATTEMPTS:
+        raise InvalidJob(f"attempts must be an integer >= 0 and <= {MAX_ATTEMPTS}, not {show(value)}")
+    return value
+
+
+def check_exit_code(value: Any) -> int | None:
+    if value is not None and (not _is_int(value) or abs(value) > INT32_BOUND):
+        raise InvalidJob(f"exit_code must be an integer from {-INT32_BOUND} to {INT32_BOUND} or null, "
+                         f"not {show(value)}")
+    return value
+
+
+def check_history(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InvalidJob(f"history must be a list of objects, not {_type_name(value)}")
+    if len(value) > MAX_HISTORY:
+        raise InvalidJob(f"history must be a list of at most {MAX_HISTORY} entries, not {len(value)}")
+    for n, entry in enumerate(value, 1):
+        if not isinstance(entry, dict):
+            raise InvalidJob(f"history must be a list of objects; entry {n} is {_type_name(entry)}")
+    return value
+
+
+def check_time_field(name: str, value: Any, *, empty: str | None) -> str | None:
+    """A stored time (created_at, updated_at, next_run_at): null/"" (as `empty`), or a time in range."""
+    if value is None or value == "":
+        return empty
+    if not isinstance(value, str):
+        raise InvalidJob(f"{name} must be a string, not {_type_name(value)}")
+    parse_time(value, name)
     return value
 
 
@@ -178,8 +258,8 @@ def check_cwd(value: Any) -> str | None:
 
 
 def check_priority(value: Any) -> int:
-    if not _is_int(value) or abs(value) > 2**31:
-        raise InvalidJob(f"priority must be an integer, not {value!r}")
+    if not _is_int(value) or abs(value) > INT32_BOUND:
+        raise InvalidJob(f"priority must be an integer, not {show(value)}")
     return value
 
 
@@ -329,14 +409,7 @@ class Job:
         job_id = new_id(ts) if job_id is None else check_id(job_id)
         stamp = now_iso(ts)
         run_at = spec.get("run_at")
-        next_run_at = None
-        if run_at is not None:
-            if _is_int(run_at) or isinstance(run_at, float):
-                next_run_at = now_iso(float(run_at))
-            elif isinstance(run_at, str):
-                next_run_at = now_iso(parse_time(run_at))
-            else:
-                raise InvalidJob(f"run_at must be an ISO 8601 time or epoch seconds, not {run_at!r}")
+        next_run_at = None if run_at is None else check_run_at(run_at)
         known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "run_at",
                  "labels", "after", "after_any"}
         extra = {k: v for k, v in spec.items() if k not in known and k not in BOOKKEEPING}
@@ -366,20 +439,9 @@ class Job:
             state = JobState.parse(record.get("state", "pending"))
         except AttributeError:
             raise InvalidJob("state must be a string") from None
-        attempts = record.get("attempts", 0)
-        if not _is_int(attempts) or attempts < 0:
-            raise InvalidJob(f"attempts must be an integer >= 0, not {attempts!r}")
-        history = record.get("history", [])
-        if not isinstance(history, list):
-            raise InvalidJob("history must be a list")
-        exit_code = record.get("exit_code")
-        if exit_code is not None and not _is_int(exit_code):
-            raise InvalidJob(f"exit_code must be an integer, not {exit_code!r}")
-        for name in ("created_at", "updated_at", "next_run_at", "last_error"):
-            if record.get(name) is not None and not isinstance(record[name], str):
-                raise InvalidJob(f"{name} must be a string")
-        if record.get("next_run_at"):
-            parse_time(record["next_run_at"])
+        last_error = record.get("last_error")
+        if last_error is not None and not isinstance(last_error, str):
+            raise InvalidJob(f"last_error must be a string, not {_type_name(last_error)}")
         if "id" not in record:
             raise InvalidJob("missing id")
         if "command" not in record:
@@ -390,7 +452,7 @@ class Job:
             id=check_id(record["id"]),
             command=check_command(record["command"]),
             state=state,
-            attempts=attempts,
+            attempts=check_attempts(record.get("attempts", 0)),
             max_retries=check_max_retries(record.get("max_retries", 3)),
             priority=check_priority(record.get("priority", 0)),
             timeout=check_timeout(record.get("timeout")),
@@ -399,12 +461,12 @@ class Job:
             labels=check_labels(record.get("labels")),
             after=check_deps("after", record.get("after"), record.get("id")),
             after_any=check_deps("after_any", record.get("after_any"), record.get("id")),
-            created_at=record.get("created_at") or "",
-            updated_at=record.get("updated_at") or "",
-            next_run_at=record.get("next_run_at"),
-            last_error=record.get("last_error"),
-            exit_code=exit_code,
-            history=history,
+            created_at=check_time_field("created_at", record.get("created_at"), empty=""),
+            updated_at=check_time_field("updated_at", record.get("updated_at"), empty=""),
+            next_run_at=check_time_field("next_run_at", record.get("next_run_at"), empty=None),
+            last_error=last_error,
+            exit_code=check_exit_code(record.get("exit_code")),
+            history=check_history(record.get("history", [])),
             extra={k: v for k, v in record.items() if k not in known},
         )
 
@@ -443,12 +505,23 @@ class Job:
 
     @property
     def created_ts(self) -> float:
-        return parse_time(self.created_at) if self.created_at else 0.0
+        """Epoch seconds; 0 when unknown. Never raises: the index and the queue
+        order are built from it, and stored times were validated when read."""
+        return _ts_or_zero(self.created_at)
 
     @property
     def run_ts(self) -> float:
-        """When the job may next run (epoch seconds); 0 means now."""
-        return parse_time(self.next_run_at) if self.next_run_at else 0.0
+        """When the job may next run (epoch seconds); 0 means now. Never raises."""
+        return _ts_or_zero(self.next_run_at)
+
+
+def _ts_or_zero(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return parse_time(value)
+    except InvalidJob:
+        return 0.0
 
 
 def parse_file(data: bytes, stem: str) -> Job:

@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from .config import Config
 from .dropins import is_ignored
@@ -23,8 +23,7 @@ from .job import Job, JobState, now_iso
 from .registry import (WorkerInfo, claimed_by_live_workers, forget, hostname, owner_marker, processes_marked,
                        read_workers, signal_process)
 
-if TYPE_CHECKING:
-    from .spool import Claim, Spool
+from .spool import Claim, Spool
 
 log = logging.getLogger("queuectl.recovery")
 
@@ -67,7 +66,7 @@ def fmt_secs(delay: float) -> str:
 # -- orphans -----------------------------------------------------------------------------
 
 
-def _remote_leases(spool: "Spool") -> list[WorkerInfo]:
+def _remote_leases(spool: Spool) -> list[WorkerInfo]:
     """Heartbeats of live workers on other hosts.
 
     A free flock proves a job's owner dead only where locks work across
@@ -91,7 +90,7 @@ def _leased(job_id: str, fd: int, remote: list[WorkerInfo], lease: float) -> boo
     return time.time() - os.fstat(fd).st_ctime < lease
 
 
-def orphans(spool: "Spool") -> Iterator["Claim"]:
+def orphans(spool: Spool) -> Iterator[Claim]:
     """Claims on processing/ jobs whose owner is gone (their lock is free)."""
     try:
         names = os.listdir(spool.path("processing"))
@@ -120,7 +119,7 @@ def orphans(spool: "Spool") -> Iterator["Claim"]:
             yield claim
 
 
-def recover_orphan(spool: "Spool", claim: "Claim", by: str) -> str | None:
+def recover_orphan(spool: Spool, claim: Claim, by: str) -> str | None:
     """A processing/ job whose owner died: finish its move, or count a failed attempt.
 
     Returns the line to tell a person, or None when only a finished move was completed.
@@ -143,7 +142,7 @@ def recover_orphan(spool: "Spool", claim: "Claim", by: str) -> str | None:
     return f"recovered {job.id} (worker died, attempt {attempt}/{job.max_retries + 1}): {where}"
 
 
-def prune_dead_workers(spool: "Spool") -> None:
+def prune_dead_workers(spool: Spool) -> None:
     """Forget workers of this host that died; first kill the job a dead worker left running.
 
     A job runs in its own session, so it outlives a kill -9 of its worker;
@@ -167,7 +166,7 @@ def prune_dead_workers(spool: "Spool") -> None:
         forget(spool, w)
 
 
-def recover_all(spool: "Spool", by: str) -> list[str]:
+def recover_all(spool: Spool, by: str) -> list[str]:
     """Prune dead workers, then recover every orphaned claim; the lines to tell a person."""
     prune_dead_workers(spool)
     said = []

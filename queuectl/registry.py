@@ -8,14 +8,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import SpoolError
 from .fsio import atomic_write, unlink_quietly
 from .job import now_iso
 
-if TYPE_CHECKING:
-    from .spool import Spool
+from .spool import Spool
 
 HEARTBEAT_INTERVAL = 2.0
 _hostname: str | None = None
@@ -104,6 +103,14 @@ def processes_marked(marker: str) -> list[int]:
     return found
 
 
+def is_queuectl_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"queuectl" in f.read()
+    except OSError:
+        return False
+
+
 def processes_with_env(pairs: dict[str, str]) -> list[int]:
     """Pids of this host's processes (readable by us) whose environment holds every NAME=VALUE of pairs.
 
@@ -179,7 +186,12 @@ def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: flo
         return None
     start = _str_or_none(info.get("pid_start"))
     whose = _str_or_none(info.get("host")) or ""
-    alive = pid_alive(pid, start) if whose == host else now - mtime < lease
+    if whose == host:
+        # Without a start time (an older version's heartbeat) the pid may since
+        # belong to anything: it counts only while that process is a queuectl one.
+        alive = pid_alive(pid, start) and (start is not None or is_queuectl_process(pid))
+    else:
+        alive = now - mtime < lease
     known = {"id", "role", "host", "pid", "pid_start", "since", "heartbeat_at", "job"}
     return WorkerInfo(name, _str_or_none(info.get("id")) or name, _str_or_none(info.get("role")) or "",
                       whose, pid, start, _str_or_none(info.get("since")),
@@ -187,7 +199,7 @@ def _parse(name: str, info: Any, mtime: float, lease: float, host: str, now: flo
                       {k: v for k, v in info.items() if k not in known})
 
 
-def read_workers(spool: "Spool") -> list[WorkerInfo]:
+def read_workers(spool: Spool) -> list[WorkerInfo]:
     """Every readable heartbeat file, each judged alive or not."""
     host = hostname()
     lease = spool.config.lease
@@ -214,11 +226,11 @@ def read_workers(spool: "Spool") -> list[WorkerInfo]:
     return out
 
 
-def count_live_workers(spool: "Spool") -> int:
+def count_live_workers(spool: Spool) -> int:
     return sum(1 for w in read_workers(spool) if w.alive and w.role == "worker")
 
 
-def forget(spool: "Spool", w: WorkerInfo) -> None:
+def forget(spool: Spool, w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
 
@@ -237,7 +249,7 @@ def read_claim(path: str) -> str | None:
     return text or None
 
 
-def claimed_by_live_workers(spool: "Spool") -> dict[str, WorkerInfo]:
+def claimed_by_live_workers(spool: Spool) -> dict[str, WorkerInfo]:
     """Job id -> the live worker whose claim record names it.
 
     A worker writes the id before its claim rename and clears it after the
@@ -256,7 +268,7 @@ def claimed_by_live_workers(spool: "Spool") -> dict[str, WorkerInfo]:
 class Heartbeat:
     """This process's heartbeat file: who it is, since when, and what it runs now."""
 
-    def __init__(self, spool: "Spool", role: str, name: str, **extra: Any):
+    def __init__(self, spool: Spool, role: str, name: str, **extra: Any):
         self.spool = spool
         self.path = spool.path("workers", f"{hostname()}.{os.getpid()}.json")
         self.claim_path = self.path[:-5] + ".claim"

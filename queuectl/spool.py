@@ -12,7 +12,6 @@ import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
 
 from . import config as configmod
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
@@ -83,12 +82,12 @@ def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
     return out
 
 
-@dataclass
 class Claim:
     """A job a process holds: the open, flock'ed job file."""
-    job: Job
-    fd: int
-    source: JobState
+    __slots__ = ("job", "fd", "source")
+
+    def __init__(self, job: Job, fd: int, source: JobState):
+        self.job, self.fd, self.source = job, fd, source
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -134,10 +133,10 @@ class Spool:
         """SpoolError unless only the running user can write jobs into this spool."""
         for path, _mode, why in unsafe_dirs(self.root):
             what = "spool" if path == self.root else "spool directory"
+            fix = f"chown $(id -u) {path}" if why.startswith("is owned") else f"chmod 700 {path}"
             raise SpoolError(
                 f"{what} {path} {why}: anyone who can write there can run commands as you. Fix with "
-                f"`chown -R $(id -u) {self.root}; chmod -R go-w {self.root}`, or pass "
-                "--allow-shared-spool for a deliberately shared spool")
+                f"`{fix}`, or pass --allow-shared-spool for a deliberately shared spool")
 
     def log_path(self, job_id: str) -> str:
         return self.path("logs", job_id + ".log")

@@ -1,8 +1,16 @@
 """N workers under one supervisor: start, restart, stop on a signal, stop from outside, detach.
 
-Signals only set flags. First SIGINT/SIGTERM/SIGHUP: workers stop claiming
-and finish their jobs. Second signal (or --stop-timeout): running jobs are
-killed and go back to pending/ without using up an attempt.
+Signals only set flags. First SIGINT/SIGTERM/SIGHUP, to the supervisor, to a
+worker or to the whole process group: every worker stops claiming and finishes
+its job, then the supervisor exits 0. Second SIGINT/SIGTERM (or
+--stop-timeout): running jobs are killed and go back to pending/ without using
+up an attempt. SIGHUP never escalates: a closed terminal may send it twice.
+
+A worker told to stop is never replaced: it means the whole tree stops (a
+signal reaches one worker only when someone chose that pid; the safe reading
+is "stop", and a half-stopped tree is what nobody asked for). A worker that
+crashes (non-zero exit) is restarted after a delay that doubles with each
+crash in a row, so a worker that cannot start does not burn a core.
 """
 
 from __future__ import annotations
@@ -17,18 +25,45 @@ import sys
 import time
 
 from .errors import WorkerError
-from .recovery import prune_dead_workers, recover_all
-from .registry import Heartbeat, WorkerInfo, hostname, pid_alive, read_workers, signal_process
+from .recovery import fmt_secs, prune_dead_workers, recover_all
+from .registry import (
+    Heartbeat,
+    WorkerInfo,
+    hostname,
+    pid_alive,
+    read_workers,
+    signal_process,
+)
 from .spool import Spool
 from .worker import EXIT_JOB_DIED, Worker
 
 log = logging.getLogger("queuectl.supervisor")
 WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+# Blocked from just before a fork until the new worker has its own handlers:
+# in between the child still has the supervisor's handler, and a stop (or
+# kill) sent to it then would be swallowed there. Blocked, it waits.
+FORK_BLOCKED = STOP_SIGNALS | {signal.SIGUSR1}
+RESTART_FIRST = 0.1   # a crashed worker is restarted after this long,
+RESTART_MAX = 10.0    # doubling with each crash in a row up to this;
+RESTART_RESET = 30.0  # a worker that lived this long starts the count again
+WORKER_STOPPED = 3    # a worker's exit code after a stop signal (0 is a burst with nothing left)
+DETACH_READY = 10.0   # seconds `worker start --detach` waits for the supervisor's heartbeat
 
 
 def check_spool_permissions(spool: Spool) -> None:
     """Anyone who can write the spool can run commands as the worker's user."""
     spool.check_private()
+
+
+def hold_stop_signals() -> None:
+    """Keep stop signals pending until Supervisor.run has its handlers in place.
+
+    Called first thing by `worker start`: a stop during start-up then reaches
+    the supervisor's handler instead of the default action, which would end
+    the supervisor before its workers know.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def _die_with_parent() -> None:
@@ -42,15 +77,25 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(root: str, name: str, burst: bool, poll: bool) -> None:
+def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wake_fds: tuple[int, ...]) -> None:
+    # FORK_BLOCKED is blocked here (start_worker): whatever arrived since the
+    # fork is still pending, and is delivered to the worker's own handlers.
+    signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not this process's
+    for fd in wake_fds:
+        os.close(fd)
     w = Worker(root, name, burst=burst, poll=poll)
     w.install_signals()
     _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
+    if os.getppid() != parent:
+        os._exit(0)  # the supervisor died before PDEATHSIG was armed: no one to work for
     code = 0
     try:
         code = w.run()
     except KeyboardInterrupt:
         code = 1
+    if code == 0 and w.stopping:
+        code = WORKER_STOPPED  # tells the supervisor this was a stop, not a finished burst
     sys.stdout.flush()
     os._exit(code)
 
@@ -64,8 +109,14 @@ class Supervisor:
         self.poll = poll
         self.stop_timeout = stop_timeout
         self.allow_shared = allow_shared
-        self.signals = 0
+        self.stop_asked = False  # by a signal here or to a worker: stop the tree
+        self.signals = 0  # SIGINT/SIGTERM received: the second kills running jobs
         self.died = False  # a burst worker reported a job that ended in dead/
+        self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.born: dict[int, float] = {}   # worker slot -> when its process started
+        self.due: dict[int, float] = {}    # worker slot -> when to (re)start it
+        self.delay: dict[int, float] = {}  # worker slot -> its next restart delay
+        self.wake_fds: tuple[int, ...] = ()
         if allow_shared:
             os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
         self.spool = Spool(root, shared=allow_shared)
@@ -74,67 +125,61 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("fork")
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ANN001
-        self.signals += 1
+        self.stop_asked = True
+        if signum != signal.SIGHUP:
+            self.signals += 1
+
+    def _install_signals(self) -> None:
+        # The handler only sets flags; the wake-up pipe ends the loop's wait at once.
+        self.wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self.wake_fds[1], warn_on_full_buffer=False)
+        # Held since `worker start` began (hold_stop_signals): delivered now, to the handler.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _remove_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for fd in self.wake_fds:
+            os.close(fd)
+        self.wake_fds = ()
 
     def start_worker(self, i: int):
         self.spool.close()  # never share a SQLite connection across fork
-        p = self.ctx.Process(target=_worker_main, args=(self.root, f"worker-{i}", self.burst, self.poll),
-                             name=f"worker-{i}", daemon=False)
-        p.start()
+        p = self.ctx.Process(target=_worker_main, name=f"worker-{i}", daemon=False,
+                             args=(self.root, f"worker-{i}", self.burst, self.poll, os.getpid(), self.wake_fds))
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.procs[i] = p
+        self.born[i] = time.monotonic()
         return p
 
     def run(self) -> int:
+        self._install_signals()  # first: a stop during start-up is kept for the loop
         spool = self.spool
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
         hb = Heartbeat(spool, "supervisor", "supervisor", workers=self.count, burst=self.burst)
-        prune_dead_workers(spool)
-        hb.beat(force=True)
-        plural = "" if self.count == 1 else "s"
-        log.info("started PID=%d with %d worker%s on %s", os.getpid(), self.count, plural, spool.root)
-        # Jobs left in processing/ by a crash: recover before anyone claims.
-        spool.sync()
-        for line in recover_all(spool, "supervisor"):
-            log.info("%s", line)
-        spool.close()
-        procs = {i: self.start_worker(i) for i in range(self.count)}
-        stop_sent_at = None
-        killed = False
         try:
-            while procs:
-                if self.signals and stop_sent_at is None:
-                    log.info("stopping: running jobs finish, no new claims (Ctrl-C again to kill them)")
-                    stop_sent_at = time.monotonic()
-                    for p in procs.values():
-                        _signal(p.pid, signal.SIGTERM)
-                if stop_sent_at is not None and not killed and (
-                        self.signals >= 2 or (self.stop_timeout is not None
-                                              and time.monotonic() - stop_sent_at >= self.stop_timeout)):
-                    log.info("killing running jobs")
-                    killed = True
-                    for p in procs.values():
-                        _signal(p.pid, signal.SIGUSR1)
-                multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=WAKE)
-                hb.beat()
-                for i, p in list(procs.items()):
-                    if p.exitcode is None:
-                        continue
-                    del procs[i]
-                    p.join()
-                    if self.burst and p.exitcode == EXIT_JOB_DIED:
-                        self.died = True
-                    if stop_sent_at is not None:
-                        continue
-                    if p.exitcode in (0, EXIT_JOB_DIED) and self.burst:
-                        continue
-                    log.info("worker-%d (PID %d) exited with code %s; restarting", i, p.pid, p.exitcode)
-                    prune_dead_workers(self.spool)
-                    procs[i] = self.start_worker(i)
+            prune_dead_workers(spool)
+            hb.beat(force=True)
+            plural = "" if self.count == 1 else "s"
+            log.info("started PID=%d with %d worker%s on %s", os.getpid(), self.count, plural, spool.root)
+            # Jobs left in processing/ by a crash: recover before anyone claims.
+            spool.sync()
+            for line in recover_all(spool, "supervisor"):
+                log.info("%s", line)
+            spool.close()
+            now = time.monotonic()
+            self.due = {i: now for i in range(self.count)}
+            self._loop(hb)
         finally:
             hb.remove()
-            for p in procs.values():
+            for p in self.procs.values():
                 _signal(p.pid, signal.SIGUSR1)
                 p.join()
+            self._remove_signals()
         if self.burst:
             self._say_scheduled()
         log.info("stopped")
@@ -151,6 +196,83 @@ class Supervisor:
             log.info("%d %s scheduled for later%s", left, "job remains" if left == 1 else "jobs remain",
                      f", {held} held" if held else "")
 
+    def _loop(self, hb: Heartbeat) -> None:
+        stop_sent_at = None
+        killed = False
+        while True:
+            if self.stop_asked and stop_sent_at is None:
+                log.info("stopping: running jobs finish, no new claims (Ctrl-C again to kill them)")
+                stop_sent_at = time.monotonic()
+                self.due.clear()  # once stopping, no worker is started again
+                for p in self.procs.values():
+                    _signal(p.pid, signal.SIGTERM)
+            if stop_sent_at is not None and not killed and (
+                    self.signals >= 2 or (self.stop_timeout is not None
+                                          and time.monotonic() - stop_sent_at >= self.stop_timeout)):
+                log.info("killing running jobs")
+                killed = True
+                for p in self.procs.values():
+                    _signal(p.pid, signal.SIGUSR1)
+            self._start_due()
+            if not self.procs and not self.due:
+                return
+            timeout = WAKE
+            if self.due:
+                timeout = max(0.0, min(timeout, min(self.due.values()) - time.monotonic()))
+            multiprocessing.connection.wait([p.sentinel for p in self.procs.values()] + [self.wake_fds[0]],
+                                            timeout=timeout)
+            _drain(self.wake_fds[0])
+            hb.beat()
+            self._reap(stopping=stop_sent_at is not None)
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for i, at in sorted(self.due.items()):
+            if self.stop_asked:
+                return  # a signal since the loop's check: the next pass stops instead
+            if at > now:
+                continue
+            del self.due[i]
+            if i in self.born:
+                prune_dead_workers(self.spool)  # what the crashed worker left running is killed first
+            self.start_worker(i)
+
+    def _reap(self, stopping: bool) -> None:
+        """Join exited workers; a stopped one stops the tree, a crashed one is restarted later."""
+        now = time.monotonic()
+        for i, p in list(self.procs.items()):
+            if p.exitcode is None:
+                continue
+            del self.procs[i]
+            p.join()
+            code = p.exitcode
+            if self.burst and code == EXIT_JOB_DIED:
+                self.died = True
+            if stopping or (code in (0, EXIT_JOB_DIED) and self.burst):
+                continue
+            if code in (0, WORKER_STOPPED):
+                # Someone signalled this worker, or the whole group (the worker may
+                # hear it before this process does): either way, a stop of the tree.
+                log.info("worker-%d (PID %d) stopped on a signal; stopping every worker", i, p.pid)
+                self.stop_asked = True
+                continue
+            if now - self.born[i] >= RESTART_RESET:
+                self.delay[i] = RESTART_FIRST
+            delay = self.delay.get(i, RESTART_FIRST)
+            self.delay[i] = min(delay * 2, RESTART_MAX)
+            # The first restart's line is the plain one: a single crash is not yet a loop.
+            after = "" if delay <= RESTART_FIRST else f" in {fmt_secs(delay)}"
+            log.info("worker-%d (PID %d) exited with code %s; restarting%s", i, p.pid, code, after)
+            self.due[i] = now + delay
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
 
 def _signal(pid: int, sig: int) -> None:
     try:
@@ -162,9 +284,13 @@ def _signal(pid: int, sig: int) -> None:
 # -- worker stop / detach ----------------------------------------------------------------
 
 
+def live_workers(spool: Spool) -> list[WorkerInfo]:
+    return [w for w in read_workers(spool) if w.alive]
+
+
 def supervisors_here(spool: Spool) -> list[WorkerInfo]:
     host = hostname()
-    return [w for w in read_workers(spool) if w.role == "supervisor" and w.host == host and w.alive]
+    return [w for w in live_workers(spool) if w.role == "supervisor" and w.host == host]
 
 
 def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = None) -> list[int]:
@@ -194,12 +320,30 @@ def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = No
 
 
 def detach(spool: Spool, argv: list[str]) -> tuple[int, str]:
-    """Start `queuectl ... worker start` (argv, without --detach) in the background."""
+    """Start `queuectl ... worker start` (argv, without --detach) in the background.
+
+    Returns once its heartbeat is written, so that a `worker stop` right after
+    finds it: until then it is a process nobody could stop by name.
+    """
     log_path = spool.path("logs", f"worker-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # The child inherits the blocked mask through exec: a stop during its
+    # start-up waits for its handler (see hold_stop_signals).
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "queuectl", *argv], stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.close(fd)
+    deadline = time.monotonic() + DETACH_READY
+    while not any(s.pid == proc.pid for s in supervisors_here(spool)):
+        code = proc.poll()
+        if code is not None:
+            raise WorkerError(f"the supervisor exited with code {code} while starting; see {log_path}")
+        if time.monotonic() >= deadline:
+            # An error must not leave behind a supervisor the user was told did not start.
+            proc.terminate()
+            raise WorkerError(f"the supervisor did not start within {DETACH_READY:g}s; see {log_path}")
+        time.sleep(0.01)
     return proc.pid, log_path

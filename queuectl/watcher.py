@@ -10,6 +10,9 @@ from typing import Iterable
 class Watcher:
     """Sets `event` whenever something is created in or moved into the watched directories.
 
+    Arrivals in `dirs` (new jobs, retries) also raise the `arrived()` flag, worth
+    a scan; arrivals in `wake_dirs` (a finished job, say) only wake a waiter.
+
     With inotify a file renamed into pending/ from elsewhere in the spool is a
     "moved" event and one written in place is "created"; both wake a worker.
     An inotify queue overflow loses events, which is why workers also rescan
@@ -17,9 +20,12 @@ class Watcher:
     filesystems where inotify sees nothing written by other hosts.
     """
 
-    def __init__(self, dirs: Iterable[str], *, poll: bool = False, poll_interval: float = 0.5):
+    def __init__(self, dirs: Iterable[str], *, poll: bool = False, poll_interval: float = 0.5,
+                 wake_dirs: Iterable[str] = ()):
         self.event = threading.Event()
+        self._arrival = threading.Event()
         self.dirs = list(dirs)
+        self.wake_dirs = list(wake_dirs)
         self.poll = poll
         self.poll_interval = poll_interval
         self._observer = None
@@ -33,8 +39,16 @@ class Watcher:
         # events are only hints, so only a critical failure is worth a line.
         logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
-        event = self.event
+        event, arrival = self.event, self._arrival
         dirs = {os.path.abspath(d) for d in self.dirs}
+        wake_dirs = {os.path.abspath(d) for d in self.wake_dirs}
+
+        def seen(where: str) -> None:
+            if where in dirs:
+                arrival.set()
+                event.set()
+            elif where in wake_dirs:
+                event.set()
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, ev) -> None:  # noqa: ANN001 - watchdog's event type
@@ -43,11 +57,9 @@ class Watcher:
                 # a rescan.
                 kind = ev.event_type
                 if kind == "moved":
-                    dest = os.path.dirname(os.fsdecode(ev.dest_path or b""))
-                    if dest in dirs:
-                        event.set()
+                    seen(os.path.dirname(os.fsdecode(ev.dest_path or b"")))
                 elif kind in ("created", "closed"):
-                    event.set()
+                    seen(os.path.dirname(os.fsdecode(ev.src_path or b"")))
 
         if self.poll:
             from watchdog.observers.polling import PollingObserver
@@ -61,11 +73,22 @@ class Watcher:
         # Ask inotify for arrivals only: without a filter every open, read and
         # close of a job file (each claim) would wake the observer thread.
         arrivals = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
-        for d in self.dirs:
+        for d in [*self.dirs, *self.wake_dirs]:
             observer.schedule(handler, d, recursive=False, event_filter=arrivals)
         observer.daemon = True
         observer.start()
         self._observer = observer
+
+    def arrived(self) -> bool:
+        """Did something arrive in `dirs` since the last call? (Consumes the flag.)"""
+        if self._arrival.is_set():
+            self._arrival.clear()
+            return True
+        return False
+
+    @property
+    def running(self) -> bool:
+        return self._observer is not None
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -27,7 +27,7 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
-EXIT_JOB_DIED = 3          # a burst worker's exit status when a job it ran ended in dead/
+EXIT_JOB_DIED = 4          # a burst worker's exit status when a job it ran ended in dead/ (3: stopped)
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -93,7 +93,13 @@ class Worker:
         self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
         self.hb.beat(force=True)
         log_.info("started PID=%d", os.getpid())
-        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll)
+        finished = []
+        if self.burst:
+            # A burst ends when the last job does: an idle worker must hear of the
+            # other workers' outcomes at once, not at its next timed rescan.
+            finished = [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
+        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll,
+                               wake_dirs=finished)
         self.watcher.start()
         try:
             self.loop()
@@ -121,8 +127,7 @@ class Worker:
             now = time.monotonic()
             waiting = 0
             busy = False
-            if now - last_scan >= RESCAN_INTERVAL or self.watcher.event.is_set():
-                self.watcher.event.clear()
+            if now - last_scan >= RESCAN_INTERVAL or self.watcher.arrived():
                 report = spool.sync()
                 waiting, busy = report.waiting, report.busy
                 # Dependents of a job that ended dead or cancelled are cancelled here,
@@ -150,11 +155,11 @@ class Worker:
                 timeout = min(timeout, BUSY_RETRY)
                 last_scan = 0.0
             if timeout > 0:
-                # wait() clears the event it woke on, so use its answer: an
-                # arrival must trigger a scan (a drop-in, or a job whose enqueuer
-                # has linked it into pending/ but not yet written its index row).
-                if self.watcher.wait(timeout):
-                    last_scan = 0.0
+                # An arrival (a drop-in, or a job whose enqueuer has linked it into
+                # pending/ but not yet written its index row) raises arrived(): the
+                # scan at the top of the loop. A finished job (burst) only wakes us
+                # for the idle check.
+                self.watcher.wait(timeout)
 
     def _idle_timeout(self) -> float:
         due = self.spool.index.next_due()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (assert_check_clean, configure, dir_counts, names,  # noqa: F401
+from support import (STATE_DIRS, age_file, assert_check_clean, configure, dir_counts, names,  # noqa: F401
                           qc, status_json, wait_exit, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -429,7 +429,8 @@ def _fill(directory: Path) -> Path:
 def test_enqueue_on_a_full_disk_fails_cleanly(small_fs):
     spool = small_fs / "spool"
     assert qc(spool, "enqueue", "--id", "before", "true").returncode == 0
-    time.sleep(1.1)  # let the directory listing age past the racy window
+    for d in STATE_DIRS:  # listed well after their last change: no racy second look needed
+        age_file(spool / d, 5)
     assert qc(spool, "status").returncode == 0
     ballast = _fill(small_fs)
     r = qc(spool, "enqueue", "--id", "one", "echo hi")
