@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PAR = 2  # parallelism of every workload (the target machine has 2 cores)
 WORKLOADS = ["drain", "e2e", "bulk", "latency", "status", "startup", "memory"]
+KEEP_MARK = "<!-- sections below are kept when bench/run.py rewrites this file -->"
 
 
 class HarnessError(Exception):
@@ -1023,10 +1024,14 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
     log(f"total {elapsed:.1f}s, {len(res.errors)} harness error(s)")
     if not smoke and not args.only:
-        HERE.joinpath("results.md").write_text(
+        path = HERE.joinpath("results.md")
+        old = path.read_text() if path.exists() else ""
+        # Other benchmarks' sections (bench/observe.py) follow the marker: keep them.
+        kept = old[old.index(KEEP_MARK):] if KEEP_MARK in old else ""
+        path.write_text(
             "# Benchmark results (latest full run)\n\n"
             "Produced by `python bench/run.py`; see README.md for what each number means.\n\n"
-            + table + f"\nTotal run time: {elapsed:.0f} s.\n")
+            + table + f"\nTotal run time: {elapsed:.0f} s.\n" + ("\n" + kept if kept else ""))
         log("wrote bench/results.md")
     return 1 if res.errors else 0
 

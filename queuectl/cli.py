@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
 
 from . import __version__
 from .cli_base import STATE_NAMES, Context, QueueGroup, dump, json_option, one_line, pass_ctx, Lines
+from .cli_observe import complete_job_ids, metrics, web
 from .errors import InvalidJob
 
 
@@ -208,8 +210,10 @@ def _state(value: str | None):
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
 @click.option("-l", "--label", help="Only jobs with this label.")
 @json_option("Print full job records as a JSON array.")
+@click.option("--json-lines", "as_json_lines", is_flag=True,
+              help="Print one full job record a line (JSON Lines), streamed.")
 @pass_ctx
-def list_(obj: Context, state, limit, label, as_json):
+def list_(obj: Context, state, limit, label, as_json, as_json_lines):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
 
     A job scheduled for later says when it runs; a job waiting for others
@@ -219,11 +223,29 @@ def list_(obj: Context, state, limit, label, as_json):
     Examples:
       queuectl list --state pending --limit 10
       queuectl list --label nightly
+      queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
     import time
     from .controls import state_note
+    if as_json and as_json_lines:
+        raise click.UsageError("give --json or --json-lines, not both")
     idx = obj.synced().index
     keep = None if label is None else idx.ids_labelled(label)
+    if as_json_lines:
+        # One record at a time from the cursor: memory stays flat on a big spool.
+        try:
+            n = 0
+            for rec in idx.records(_state(state), None if keep is not None else limit):
+                if keep is not None and rec["id"] not in keep:
+                    continue
+                if limit is not None and n >= limit:
+                    break
+                n += 1
+                click.echo(json.dumps(rec, ensure_ascii=False))
+        except BrokenPipeError:
+            # `| head` stopped reading: that is the reader's choice, not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if as_json:
         dump([r for r in idx.records(_state(state), None if keep is not None else limit)
               if keep is None or r["id"] in keep][:limit])
@@ -236,10 +258,10 @@ def list_(obj: Context, state, limit, label, as_json):
 
 
 @main.command()
-@json_option("Print the counts as a JSON object.")
+@json_option("Print the counts, live workers and spool path as a JSON object.")
 @pass_ctx
 def status(obj: Context, as_json):
-    """Count the jobs in each state (every state, even when zero).
+    """Count the jobs in each state (every state, even when zero), the live workers, and the spool.
 
     \b
     Example:
@@ -247,27 +269,32 @@ def status(obj: Context, as_json):
     """
     spool = obj.synced()
     counts = spool.index.counts()
+    from .registry import count_live_workers
+    workers = count_live_workers(spool)
     if as_json:
-        dump(counts)
+        dump({**counts, "workers": workers, "spool": spool.root})
         return
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    from .registry import count_live_workers
-    click.echo(f"{'workers:':<{width + 1}} {count_live_workers(spool)}")
+    click.echo(f"{'workers:':<{width + 1}} {workers}")
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
-@json_option("Print {state, path, job} as JSON.")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
+@json_option("Print {state, dir, path, job} as one JSON object.")
 @pass_ctx
 def show(obj: Context, job_id, as_json):
-    """Show one job's whole record and the directory that holds it.
+    """Show one job: a line `ID is in DIR/ (PATH)`, then its whole record as JSON.
+
+    The record is read from the job's file, and its state is the directory
+    that holds it.
 
     \b
-    Example:
+    Examples:
       queuectl show job1
+      queuectl show --json job1 | jq .job.history
     """
     # Synced, so a file just dropped into pending/ is shown in its accepted form.
     job, path = obj.synced().show(job_id)
@@ -395,6 +422,10 @@ def config_set(obj: Context, key, value):
     click.echo(f"{name} = {_fmt(parsed)}")
 
 
+
+
+main.add_command(metrics)
+main.add_command(web)
 
 
 if __name__ == "__main__":  # pragma: no cover

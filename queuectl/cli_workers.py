@@ -8,6 +8,7 @@ import sys
 import click
 
 from .cli_base import Context, Lines, dump, json_option, one_line, pass_ctx
+from .cli_observe import complete_dead_ids, complete_job_ids
 
 # -- workers -------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ def worker_list(obj: Context, as_json):
 
 
 @click.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the job is done or dead.")
 @pass_ctx
 def logs(obj: Context, job_id, follow):
@@ -189,7 +190,7 @@ def _dlq_targets(obj: Context, job_ids, all_) -> list[str]:
 
 
 @dlq.command("retry")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.argument("job_ids", nargs=-1, metavar="ID...", shell_complete=complete_dead_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
 @pass_ctx
 def dlq_retry(obj: Context, job_ids, all_):
@@ -210,7 +211,7 @@ def dlq_retry(obj: Context, job_ids, all_):
 
 
 @dlq.command("purge")
-@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.argument("job_ids", nargs=-1, metavar="ID...", shell_complete=complete_dead_ids)
 @click.option("--all", "all_", is_flag=True, help="Delete every dead job.")
 @click.option("--yes", is_flag=True, help="Confirm --all.")
 @pass_ctx

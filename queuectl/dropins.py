@@ -19,7 +19,8 @@ from typing import Any, Container, ContextManager, NamedTuple, Protocol
 from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .config import Config
-from .index import IndexStore, row_values
+from .index import row_values
+from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
 
 log = logging.getLogger("queuectl.dropins")

@@ -140,14 +140,16 @@ def tmp_name(tmp_dir: str) -> str:
 
 
 def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None = None,
-              keep_open: bool = False) -> tuple[str, int]:
+              keep_open: bool = False, mode: int = 0o600) -> tuple[str, int]:
     """Write data to a new private file in tmp_dir: (path, fd), fd -1 unless keep_open.
 
     keep_open lets the caller lock the file before renaming it into place.
     """
     path = tmp_name(tmp_dir)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        if mode & ~0o600:
+            os.fchmod(fd, mode)  # past the umask: others are meant to read it
     except OSError as e:
         raise space_error(e, "writing a job file") from None
     try:
@@ -168,9 +170,10 @@ def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None =
     return path, -1
 
 
-def atomic_write(tmp_dir: str, dest: str, data: bytes, *, durable: bool, mtime: float | None = None) -> None:
+def atomic_write(tmp_dir: str, dest: str, data: bytes, *, durable: bool, mtime: float | None = None,
+                 mode: int = 0o600) -> None:
     """Write, (fsync,) rename: a reader sees the old file or the new one, never half."""
-    tmp, _ = write_tmp(tmp_dir, data, durable=durable, mtime=mtime)
+    tmp, _ = write_tmp(tmp_dir, data, durable=durable, mtime=mtime, mode=mode)
     try:
         os.rename(tmp, dest)
     except OSError as e:

@@ -8,19 +8,18 @@ rebuilt when it is missing or corrupt.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import time
-from typing import Callable, ContextManager, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
-from .errors import SpoolError
-from .fsio import disk_full as fsio_disk_full, unlink_quietly
-from .job import Job, JobState
+from .errors import InvalidJob
+from .job import Job, JobState, parse_time
 
-log = logging.getLogger("queuectl.index")
-
-SCHEMA_VERSION = 4
+# 4: timing columns (started, finished, run_seconds, waited, runs) and tags for
+# metrics and the dashboard; 5: ino, and the deps table (issue 11). A different
+# version is rebuilt from the directories.
+SCHEMA_VERSION = 5
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -37,12 +36,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_retries INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
     record      TEXT NOT NULL,
+    -- Derived from `history` by row_values(), so metrics and the dashboard
+    -- aggregate columns instead of parsing 200,000 records.
+    started     REAL,              -- first attempt's start (epoch)
+    finished    REAL,              -- when it reached done/ or dead/ (epoch)
+    run_seconds REAL,              -- the last attempt's run time
+    waited      REAL,              -- started - created: time spent queued
+    runs        INTEGER NOT NULL DEFAULT 0, -- counted attempts, across dlq retries
+    tags        TEXT,              -- queue and labels a spec gave (see tags_of), or NULL
     -- The inode of the file this row was read from (NULL: not known). A sync
     -- that lists a different inode under the same name in pending/ reads the
     -- file again: a hand edit written to tmp/ and moved over the old file.
     ino         INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
+-- Newest-first pages per state and the oldest pending job; covering for the
+-- id and tag filters, so a filter that matches little never reads records.
+CREATE INDEX IF NOT EXISTS jobs_age ON jobs (state, created, id, tags);
+CREATE INDEX IF NOT EXISTS jobs_tags ON jobs (tags) WHERE tags IS NOT NULL;
+-- Covering indexes: histogram buckets are range counts on them, and the
+-- totals scan them instead of the wide table rows.
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs (state, run_seconds, runs);
+CREATE INDEX IF NOT EXISTS jobs_waited ON jobs (waited);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 -- Per-state counts kept by triggers, so `status` reads five rows instead of
 -- counting a big done/ every time.
 CREATE TABLE IF NOT EXISTS counts (
@@ -91,7 +107,7 @@ CREATE TABLE IF NOT EXISTS dirmarks (
 
 
 class IndexCorrupt(Exception):
-    """index.db exists but is not a usable SQLite database."""
+    """index.db exists but is not a usable SQLite database (or has another schema version)."""
 
 
 class Row(NamedTuple):
@@ -109,19 +125,97 @@ class Row(NamedTuple):
 def row_values(job: Job, state: JobState, record: str | None = None, ino: int | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
-    return (job.id, state.value, job.command, job.priority, job.created_ts, job.run_ts,
-            job.attempts, job.max_retries, job.last_error, record, ino)
+    created = job.created_ts
+    started, finished, run_seconds, runs = timing(job.history, state)
+    waited = None if started is None or not created else max(0.0, started - created)
+    return (job.id, state.value, job.command, job.priority, created, job.run_ts,
+            job.attempts, job.max_retries, job.last_error, record,
+            started, finished, run_seconds, waited, runs,
+            tags_of({**job.extra, "labels": job.labels} if job.labels else job.extra), ino)
+
+
+MAX_TAG = 200
+
+
+def tags_of(extra: dict) -> str | None:
+    """`queue` and `label`/`labels` of a spec's own fields as "\nqueue=q\nlabel=a\n", or None.
+
+    queuectl does not interpret these fields; specs that carry them can be
+    filtered on in the dashboard. Values that are not short one-line strings
+    are left out rather than refused: the job was accepted with them.
+    """
+    out = []
+    for key, name in (("queue", "queue"), ("label", "label"), ("labels", "label")):
+        value = extra.get(key)
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, str) and v and len(v) <= MAX_TAG and "\n" not in v:
+                out.append(f"{name}={v}")
+    return "\n" + "\n".join(out) + "\n" if out else None
+
+
+def parse_tags(tags: str | None) -> dict:
+    """{"queue": str or None, "labels": [str]} from a tags column."""
+    queue, labels = None, []
+    for item in (tags or "").split("\n"):
+        name, _, value = item.partition("=")
+        if name == "queue" and queue is None:
+            queue = value
+        elif name == "label":
+            labels.append(value)
+    return {"queue": queue, "labels": labels}
+
+
+def _epoch(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_time(value)
+    except (InvalidJob, ValueError, OverflowError):
+        # A worker records outcomes through row_values(): a hand-edited
+        # history must never stop it, only leave a timing column empty.
+        return None
+
+
+def timing(history: list, state: JobState) -> tuple[float | None, float | None, float | None, int]:
+    """(first start, finish, last attempt's run time, counted attempts) from a job's history.
+
+    History is part of a file anyone may edit: entries that are not attempts
+    (a dlq requeue) or carry bad times are skipped, never an error.
+    """
+    started = finished = run_seconds = None
+    runs = 0
+    last = None
+    for entry in history:
+        if not isinstance(entry, dict) or "attempt" not in entry:
+            continue
+        if entry.get("counted", True) is not False:
+            runs += 1
+        t0 = _epoch(entry.get("started_at"))
+        if started is None and t0 is not None:
+            started = t0
+        last = (t0, _epoch(entry.get("finished_at")))
+    if last is not None:
+        t0, t1 = last
+        if t0 is not None and t1 is not None:
+            run_seconds = max(0.0, t1 - t0)
+        if state in (JobState.COMPLETED, JobState.DEAD):
+            finished = t1
+    return started, finished, run_seconds, runs
 
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
-    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record, ino)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record,
+     started, finished, run_seconds, waited, runs, tags, ino)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
-        last_error = excluded.last_error, record = excluded.record, ino = excluded.ino"""
+        last_error = excluded.last_error, record = excluded.record,
+        started = excluded.started, finished = excluded.finished,
+        run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs,
+        tags = excluded.tags, ino = excluded.ino"""
 
 # A job is blocked while one of its dependencies is not done: `after` needs
 # completed, `after_any` any final state. An `after` dependency with no row
@@ -147,7 +241,8 @@ class Index:
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise IndexCorrupt(f"schema version {version}, not {SCHEMA_VERSION}")
+                # Spool._open_index then deletes it and rebuilds it from the directories.
+                raise IndexCorrupt(f"schema version {version}, this queuectl uses {SCHEMA_VERSION}")
             mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -316,225 +411,94 @@ class Index:
                             f"AND NOT {_BLOCKED}").fetchone()
         return r[0]
 
+    # -- reads for metrics and the dashboard -------------------------------------------
 
-# -- the lifecycle of one spool's index.db ------------------------------------------
+    def page(self, state: JobState | None, *, offset: int = 0, limit: int = 50, id_contains: str | None = None,
+             queue: str | None = None, label: str | None = None) -> list[tuple[Row, str | None]]:
+        """One page of (row, tags), newest first (jobs_age index; no count of a filtered total)."""
+        sql = f"SELECT {_ROW_COLUMNS}, tags FROM jobs"
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if id_contains:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append("%" + _like_escape(id_contains) + "%")
+        for name, value in (("queue", queue), ("label", label)):
+            if value:
+                where.append("tags LIKE ? ESCAPE '\\'")
+                args.append("%" + _like_escape(f"\n{name}={value}\n") + "%")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        return [(Row(r[0], JobState(r[1]), *r[2:-1]), r[-1]) for r in self.db.execute(sql, args)]
+
+    def has_tags(self) -> bool:
+        """Does any job carry a queue or label (jobs_tags, a partial index: instant)?"""
+        return self.db.execute("SELECT 1 FROM jobs WHERE tags IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def ids_with_prefix(self, prefix: str, state: JobState | None = None, limit: int = 200) -> list[str]:
+        """Ids starting with prefix (any case), for shell completion: an index range, not a scan."""
+        sql = "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\'"
+        args: list = [_like_escape(prefix) + "%"]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state.value)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [r[0] for r in self.db.execute(sql, args)]
+
+    def oldest_created(self, state: JobState) -> float | None:
+        return self.db.execute("SELECT min(created) FROM jobs WHERE state = ?", (state.value,)).fetchone()[0]
+
+    def attempt_totals(self) -> tuple[int, int]:
+        """(attempts run, retries among them) over every job, from the history-derived `runs`."""
+        runs, jobs_run = self.db.execute(
+            "SELECT total(runs), count(*) FROM jobs INDEXED BY jobs_run WHERE runs > 0").fetchone()
+        return int(runs), int(runs) - jobs_run
+
+    def histogram(self, column: str, bounds: list[float],
+                  states: tuple[JobState, ...] = ()) -> tuple[list[int], int, float]:
+        """(count per bucket, each upper bound inclusive, then the overflow), total count, sum.
+
+        One range count per bucket on the column's index: each row is visited
+        once whatever the number of buckets.
+        """
+        if column not in ("run_seconds", "waited"):
+            raise ValueError(column)
+        base = f"SELECT count(*), total({column}) FROM jobs WHERE {column} IS NOT NULL"
+        args: list = []
+        if states:
+            base += f" AND state IN ({', '.join('?' * len(states))})"
+            args = [s.value for s in states]
+        counts, n, total = [], 0, 0.0
+        lower = None
+        for upper in [*bounds, None]:
+            sql, extra = base, []
+            if lower is not None:
+                sql += f" AND {column} > ?"
+                extra.append(lower)
+            if upper is not None:
+                sql += f" AND {column} <= ?"
+                extra.append(upper)
+            c, s = self.db.execute(sql, args + extra).fetchone()
+            counts.append(c)
+            n += c
+            total += s
+            lower = upper
+        return counts, n, total
+
+    def finished_per_minute(self, since: float, minutes: int) -> list[int]:
+        """Jobs that reached done/ or dead/ in each minute from `since` (jobs_finished index)."""
+        out = [0] * minutes
+        for m, n in self.db.execute(
+                "SELECT CAST((finished - ?) / 60 AS INTEGER) AS m, count(*) FROM jobs "
+                "WHERE finished >= ? AND finished < ? GROUP BY m", (since, since, since + 60 * minutes)):
+            if 0 <= m < minutes:
+                out[m] += n
+        return out
 
 
-def is_busy(e: BaseException) -> bool:
-    """A lock held by another process: wait or retry, never a reason to rebuild."""
-    text = str(e)
-    return "locked" in text or "busy" in text
-
-
-def is_full(e: BaseException) -> bool:
-    """SQLite's own words for a full disk: keep the index, it is not corrupt."""
-    return "disk is full" in str(e)
-
-
-def file_ident(path: str) -> tuple[int, int] | None:
-    """(device, inode) of a healthy-looking index.db; None if missing, emptied or not SQLite.
-
-    stat() only, never open(): closing any fd on index.db drops every POSIX lock
-    this process's SQLite connection holds on it, so another process may then
-    checkpoint and delete the WAL under that connection and corrupt the index.
-    A SQLite file is a whole number of pages (>= 512 bytes each), which
-    `echo garbage > index.db` or a truncation almost never leaves.
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if st.st_size == 0 or st.st_size % 512:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _remove_db(path: str) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        unlink_quietly(path + suffix)
-
-
-def _create_private(path: str) -> None:
-    # SQLite would create it with the umask's mode; the spool is private.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-
-
-class IndexStore:
-    """Opens, repairs and replaces one spool's index.db, and batches writes to it.
-
-    `lock` is the spool-wide lock (a context manager factory): creating or
-    deleting index.db happens under it, so processes meeting a broken index at
-    once repair it once. `has_jobs` says whether the state directories hold
-    files (a missing index is then worth a notice). With `defer` set, rows
-    reach index.db in one transaction per flush() instead of one commit each:
-    safe to lose in a crash, since every move changed a directory mtime and the
-    next sync finds it.
-    """
-
-    def __init__(self, path: str, lock: Callable[[], ContextManager], has_jobs: Callable[[], bool],
-                 *, fresh: bool = False, defer: bool = False):
-        self.path = path
-        self._lock = lock
-        self._has_jobs = has_jobs
-        self._fresh = fresh
-        self.defer = defer
-        self._index: Index | None = None
-        self._ident: tuple | None = None  # which index.db file _index has open
-        self._deferred: list[tuple] = []
-
-    @property
-    def index(self) -> Index:
-        if self._index is None:
-            self._index = self._open()
-            self._ident = file_ident(self.path)
-        return self._index
-
-    def replaced(self) -> bool:
-        """Was index.db deleted, truncated or overwritten under the open connection?"""
-        if self._index is None:
-            return False
-        # None: it was already gone or broken when opened (wrecked at that very moment)
-        return self._ident is None or file_ident(self.path) != self._ident
-
-    def reopen_if_replaced(self) -> None:
-        if self.replaced():
-            self._index.close()
-            self._index = None
-
-    def _open(self) -> Index:
-        path = self.path
-        if path == ":memory:":
-            return Index(path)  # a read-only spool's: built from the directories by sync
-        existed = os.path.exists(path)
-        made = False
-        if not existed:
-            # Under the lock, and checked again: processes meeting a missing
-            # index.db at once (a brand-new spool) must not delete the WAL files
-            # another one has just created and opened; that corrupts the index.
-            with self._lock():
-                if not os.path.exists(path):
-                    made = True
-                    # A WAL left behind by a deleted index.db belongs to that database.
-                    for suffix in ("-wal", "-shm"):
-                        unlink_quietly(path + suffix)
-                    # Built aside and renamed in, so no process ever opens an empty
-                    # index.db (it would set it up at the same time, and say "empty").
-                    new = path + ".new"
-                    _remove_db(new)
-                    _create_private(new)
-                    try:
-                        Index(new).close()
-                    except IndexCorrupt as e:
-                        _remove_db(new)
-                        if fsio_disk_full(os.path.dirname(path)) or is_full(e):
-                            raise SpoolError(f"no space left on device while creating index.db ({e})") from None
-                        _create_private(new)  # an empty index.db below, then the usual repair
-                    except BaseException:
-                        _remove_db(new)
-                        raise
-                    # A close that could not checkpoint (a full disk) leaves the WAL
-                    # under the .new name, where nothing would ever read or delete
-                    # it. Dropping it at worst loses the schema: Index() remakes it.
-                    for suffix in ("-wal", "-shm"):
-                        unlink_quietly(new + suffix)
-                    os.rename(new, path)
-        try:
-            index = Index(path)
-        except IndexCorrupt as e:
-            if fsio_disk_full(os.path.dirname(path)) or is_full(e):
-                # SQLite cannot even open its WAL: a full disk, not a corrupt index.
-                # Deleting the index here would only make things worse.
-                raise SpoolError(f"no space left on device while opening index.db ({e})") from None
-            with self._lock():
-                try:
-                    index = Index(path)  # another process may have repaired it meanwhile
-                except IndexCorrupt:
-                    for tries_left in (2, 1, 0):
-                        _remove_db(path)
-                        _create_private(path)
-                        try:
-                            index = Index(path)
-                            break
-                        except IndexCorrupt:
-                            # Wrecked again while being set up (by a process that does
-                            # not take the lock): start over, a few times.
-                            if not tries_left:
-                                raise
-                    log.warning("index.db was corrupt (%s); rebuilding it from the spool directories", e)
-            return index
-        # Made above (aside, then renamed in): as new as if SQLite had just made it.
-        index.created = index.created or made
-        if index.created and existed:
-            log.warning("index.db was empty; rebuilding it from the spool directories")
-        elif index.created and not self._fresh and self._has_jobs():
-            log.warning("index.db was missing; rebuilding it from the spool directories")
-        return index
-
-    def discard(self, error: Exception) -> None:
-        """index.db broke under an open connection (malformed, overwritten): drop it
-        so the next use rebuilds it from the directories, unless another process
-        already replaced it. A full disk or a lock is not corruption: raise."""
-        if is_full(error):
-            raise SpoolError(f"no space left on device while updating index.db ({error})") from None
-        if is_busy(error):
-            raise error
-        ident = self._ident
-        self.close(flush=False)
-        with self._lock():
-            if file_ident(self.path) == ident:
-                _remove_db(self.path)
-                log.warning("index.db is corrupt (%s); rebuilding it from the spool directories", error)
-
-    def close(self, *, flush: bool = True) -> None:
-        if self._index is None:
-            self._deferred = []
-            return
-        if flush:
-            self.flush()
-        else:
-            self._deferred = []
-        try:
-            self._index.close()
-        except Exception:
-            pass
-        self._index = None
-
-    # -- writes: the files are the truth, so a failed write only leaves work for the next sync
-
-    def upsert(self, row: tuple) -> None:
-        """A row made by row_values(), written now or (deferred) at the next flush()."""
-        self._deferred.append(row)
-        if not self.defer:
-            self.flush()
-
-    def add_rows(self, rows: list[tuple]) -> None:
-        """Rows written now, in one transaction."""
-        idx = self.index
-        idx.begin()
-        idx.upsert_rows(rows)
-        idx.commit()
-
-    def flush(self) -> None:
-        if not self._deferred:
-            return
-        rows, self._deferred = self._deferred, []
-        idx = self.index
-        try:
-            if len(rows) == 1:
-                idx.upsert_rows(rows)
-            else:
-                idx.begin()
-                idx.upsert_rows(rows)
-                idx.commit()
-        except sqlite3.Error:
-            try:
-                idx.rollback()
-            except sqlite3.Error:
-                pass
-
-    def delete(self, job_id: str) -> None:
-        self.flush()
-        try:
-            self.index.delete([job_id])
-        except sqlite3.Error:
-            pass
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

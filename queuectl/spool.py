@@ -18,7 +18,8 @@ from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
-from .index import Index, IndexStore, row_values
+from .index import Index, row_values
+from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
 
 STATE_DIRS = [s.dirname for s in JobState]

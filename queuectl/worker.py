@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .controls import resolve_dependencies, take_kill_request
 from .errors import SpoolError
-from .index import is_busy
+from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, owner_marker, proc_start

@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 . scripts/_venv.sh   # defines apt_install_if_missing and venv_setup
 
-# --- Debian packages the tests need: none yet. Add them here, e.g.
-# apt_install_if_missing util-linux
+# --- Debian packages the tests need. chromium: tests/test_browser.py drives it
+# through Playwright (never `playwright install`: Debian's build is the browser).
+apt_install_if_missing chromium
 
 venv_setup test
 

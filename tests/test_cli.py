@@ -30,7 +30,7 @@ def job_file(tmp_path):
 def status_counts(run) -> dict:
     r = run("status", "--json")
     assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
+    return {k: v for k, v in json.loads(r.stdout).items() if k in STATES}
 
 
 # -- enqueue ----------------------------------------------------------------------
@@ -349,8 +349,9 @@ def test_list_multiline_command_stays_on_one_line(run):
 def test_status_json_on_a_brand_new_spool(run, spool_dir):
     r = run("status", "--json")
     assert r.exit_code == 0 and r.stderr == ""
-    assert json.loads(r.stdout) == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
-    assert list(json.loads(r.stdout)) == STATES
+    assert json.loads(r.stdout) == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0,
+                                    "workers": 0, "spool": str(spool_dir)}
+    assert list(json.loads(r.stdout)) == [*STATES, "workers", "spool"]
 
 
 def test_status_human(run, spool_dir):

@@ -28,8 +28,13 @@ def filled(run, spool_dir):
         assert run("enqueue", "--id", f"j{i}", f"echo {i}").exit_code == 0
     os.rename(spool_dir / "pending" / "j1.json", spool_dir / "done" / "j1.json")
     os.rename(spool_dir / "pending" / "j2.json", spool_dir / "dead" / "j2.json")
-    assert json.loads(run("status", "--json").stdout) == EXPECTED
+    assert _counts(run("status", "--json").stdout) == EXPECTED
     return spool_dir
+
+
+def _counts(status_json: str) -> dict:
+    """The five state counts of `status --json` (which also has workers and spool)."""
+    return {k: v for k, v in json.loads(status_json).items() if k in EXPECTED}
 
 
 def _damage(spool_dir, how):
@@ -78,7 +83,7 @@ def test_damaged_index_is_rebuilt_with_one_notice(run, filled, how, command):
     _damage(filled, how)
     if command == "status":
         r = run("status", "--json")
-        assert json.loads(r.stdout) == EXPECTED
+        assert _counts(r.stdout) == EXPECTED
     elif command == "list":
         r = run("list")
         assert r.stdout == LIST
@@ -102,7 +107,7 @@ def test_damaged_index_is_rebuilt_with_one_notice(run, filled, how, command):
     assert "rebuilding it from the spool directories" in lines[0]
     # rebuilt once: the next commands are quiet and still right
     r = run("status", "--json")
-    assert (r.stderr, json.loads(r.stdout)) == ("", EXPECTED)
+    assert (r.stderr, _counts(r.stdout)) == ("", EXPECTED)
     r = run("list")
     assert (r.stderr, r.stdout) == ("", LIST)
     if how != "foreign-db":  # that one was made by another program, with its mode

@@ -50,7 +50,7 @@ def test_seed_walkthrough(spool_dir, tmp_path):
     assert status[:8] == ["pending:    0", "processing: 0", "completed:  1", "failed:     0", "dead:       0",
                           "held:       0", "cancelled:  0", "workers:    0"]
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
-        {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
+        {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
     assert cli(spool_dir, "list").stdout == "job1 - completed - echo Hello from QueueCTL\n"
     assert where(spool_dir) == {"job1": ["done"]}
 
@@ -133,7 +133,7 @@ def test_four_workers_five_hundred_jobs(spool_dir, tmp_path):
     assert os.listdir(spool_dir / "processing") == []
     assert where(spool_dir) == {i: ["done"] for i in ids}
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
-        {"pending": 0, "processing": 0, "completed": 500, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
+        {"pending": 0, "processing": 0, "completed": 500, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
     for i in ("j000", "j499"):
         assert job_file(spool_dir, "done", i)["attempts"] == 1
 

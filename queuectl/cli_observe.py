@@ -1,0 +1,107 @@
+"""The observe commands (`metrics`, `web`) and shell completion of job ids.
+
+Kept apart from cli.py, which registers them: same rules (parse, call the
+core, print). prometheus_client and Flask are imported inside the commands,
+so no other command pays for them at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+log = logging.getLogger("queuectl.cli_observe")
+
+
+@click.command()
+@click.option("--textfile", "textfile", type=click.Path(file_okay=False),
+              help="Write DIR/queuectl.prom atomically (node_exporter's textfile collector) "
+                   "instead of printing.")
+@click.pass_obj
+def metrics(obj, textfile):
+    """Print the queue's metrics in the Prometheus text format.
+
+    Jobs per state, finished jobs by outcome, attempts and retries, run-time
+    and queue-wait histograms, the oldest pending job's age, live and busy
+    workers per node, the dead letter queue and rejected drop-ins.
+
+    \b
+    Examples:
+      queuectl metrics
+      queuectl metrics --textfile /var/lib/node_exporter/textfile_collector
+    """
+    from .metrics import render, write_textfile
+    spool = obj.synced()
+    if textfile:
+        if not os.path.isdir(textfile):
+            raise click.ClickException(f"no directory {textfile}")
+        write_textfile(spool, textfile)
+        return
+    click.echo(render(spool).decode("utf-8"), nl=False)
+
+
+@click.command()
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs a token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8040, show_default=True,
+              help="TCP port (0: any free port, printed at start).")
+@click.option("--token", envvar="QUEUECTL_WEB_TOKEN", metavar="T",
+              help="Require this token on every request [env QUEUECTL_WEB_TOKEN].")
+@click.option("--allow-actions", is_flag=True, help="Allow retrying dead jobs from the dashboard (POST + CSRF).")
+@click.pass_obj
+def web(obj, bind, port, token, allow_actions):
+    """Serve a read-only dashboard of the queue over HTTP until Ctrl-C.
+
+    Pages: overview, jobs per state, each job with its log, dead letters,
+    rejected drop-ins, /metrics, and /api/... JSON of every page. Without a
+    token it listens on loopback only; with one, every request must carry
+    it (`Authorization: Bearer T`, or `?token=T` once, which sets a cookie).
+
+    \b
+    Examples:
+      queuectl web                      # http://127.0.0.1:8040/
+      QUEUECTL_WEB_TOKEN=$(openssl rand -hex 16) queuectl web --bind 0.0.0.0
+    """
+    from .web import check_bind, serve
+    check_bind(bind, token)  # before touching the spool or the port
+    spool = obj.synced()
+    mode = "actions allowed" if allow_actions else "read-only"
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {spool.root} on {url} ({mode}{', token required' if token else ''})")
+
+    root = spool.root
+    obj.close()  # the server opens the index per request and per thread
+    serve(root, bind=bind, port=port, token=token, allow_actions=allow_actions, ready=ready)
+
+
+def complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Job ids from the index for the shell; never raises, never creates a spool."""
+    try:
+        return _job_ids(ctx, incomplete, None)
+    except Exception:  # a broken completion must not break the user's shell
+        return []
+
+
+def complete_dead_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        from .job import JobState
+        return _job_ids(ctx, incomplete, JobState.DEAD)
+    except Exception:
+        return []
+
+
+def _job_ids(ctx: click.Context, incomplete: str, state) -> list[str]:
+    from .index import Index
+    from .spool import default_spool
+    root = ctx.find_root().params.get("spool_dir") or default_spool()
+    path = os.path.join(root, "index.db")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return []
+    idx = Index(path)
+    try:
+        return idx.ids_with_prefix(incomplete, state)
+    finally:
+        idx.close()

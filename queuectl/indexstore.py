@@ -1,0 +1,239 @@
+"""The lifecycle of one spool's index.db: open (building it aside), notice replacement,
+repair, tell a full disk or a lock from corruption, and batch writes.
+
+The directories are the truth, so a broken index is thrown away and rebuilt
+from them; a full disk is not a broken index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from typing import Callable, ContextManager
+
+from .errors import SpoolError
+from .fsio import disk_full as fsio_disk_full, unlink_quietly
+from .index import Index, IndexCorrupt
+
+log = logging.getLogger("queuectl.indexstore")
+
+
+def is_busy(e: BaseException) -> bool:
+    """A lock held by another process: wait or retry, never a reason to rebuild."""
+    text = str(e)
+    return "locked" in text or "busy" in text
+
+
+def is_full(e: BaseException) -> bool:
+    """SQLite's own words for a full disk: keep the index, it is not corrupt."""
+    return "disk is full" in str(e)
+
+
+def file_ident(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a healthy-looking index.db; None if missing, emptied or not SQLite.
+
+    stat() only, never open(): closing any fd on index.db drops every POSIX lock
+    this process's SQLite connection holds on it, so another process may then
+    checkpoint and delete the WAL under that connection and corrupt the index.
+    A SQLite file is a whole number of pages (>= 512 bytes each), which
+    `echo garbage > index.db` or a truncation almost never leaves.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_size == 0 or st.st_size % 512:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_db(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        unlink_quietly(path + suffix)
+
+
+def _create_private(path: str) -> None:
+    # SQLite would create it with the umask's mode; the spool is private.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+class IndexStore:
+    """Opens, repairs and replaces one spool's index.db, and batches writes to it.
+
+    `lock` is the spool-wide lock (a context manager factory): creating or
+    deleting index.db happens under it, so processes meeting a broken index at
+    once repair it once. `has_jobs` says whether the state directories hold
+    files (a missing index is then worth a notice). With `defer` set, rows
+    reach index.db in one transaction per flush() instead of one commit each:
+    safe to lose in a crash, since every move changed a directory mtime and the
+    next sync finds it.
+    """
+
+    def __init__(self, path: str, lock: Callable[[], ContextManager], has_jobs: Callable[[], bool],
+                 *, fresh: bool = False, defer: bool = False):
+        self.path = path
+        self._lock = lock
+        self._has_jobs = has_jobs
+        self._fresh = fresh
+        self.defer = defer
+        self._index: Index | None = None
+        self._ident: tuple | None = None  # which index.db file _index has open
+        self._deferred: list[tuple] = []
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = self._open()
+            self._ident = file_ident(self.path)
+        return self._index
+
+    def replaced(self) -> bool:
+        """Was index.db deleted, truncated or overwritten under the open connection?"""
+        if self._index is None:
+            return False
+        # None: it was already gone or broken when opened (wrecked at that very moment)
+        return self._ident is None or file_ident(self.path) != self._ident
+
+    def reopen_if_replaced(self) -> None:
+        if self.replaced():
+            self._index.close()
+            self._index = None
+
+    def _open(self) -> Index:
+        path = self.path
+        if path == ":memory:":
+            return Index(path)  # a read-only spool's: built from the directories by sync
+        existed = os.path.exists(path)
+        made = False
+        if not existed:
+            # Under the lock, and checked again: processes meeting a missing
+            # index.db at once (a brand-new spool) must not delete the WAL files
+            # another one has just created and opened; that corrupts the index.
+            with self._lock():
+                if not os.path.exists(path):
+                    made = True
+                    # A WAL left behind by a deleted index.db belongs to that database.
+                    for suffix in ("-wal", "-shm"):
+                        unlink_quietly(path + suffix)
+                    # Built aside and renamed in, so no process ever opens an empty
+                    # index.db (it would set it up at the same time, and say "empty").
+                    new = path + ".new"
+                    _remove_db(new)
+                    _create_private(new)
+                    try:
+                        Index(new).close()
+                    except IndexCorrupt as e:
+                        _remove_db(new)
+                        if fsio_disk_full(os.path.dirname(path)) or is_full(e):
+                            raise SpoolError(f"no space left on device while creating index.db ({e})") from None
+                        _create_private(new)  # an empty index.db below, then the usual repair
+                    except BaseException:
+                        _remove_db(new)
+                        raise
+                    # A close that could not checkpoint (a full disk) leaves the WAL
+                    # under the .new name, where nothing would ever read or delete
+                    # it. Dropping it at worst loses the schema: Index() remakes it.
+                    for suffix in ("-wal", "-shm"):
+                        unlink_quietly(new + suffix)
+                    os.rename(new, path)
+        try:
+            index = Index(path)
+        except IndexCorrupt as e:
+            if fsio_disk_full(os.path.dirname(path)) or is_full(e):
+                # SQLite cannot even open its WAL: a full disk, not a corrupt index.
+                # Deleting the index here would only make things worse.
+                raise SpoolError(f"no space left on device while opening index.db ({e})") from None
+            with self._lock():
+                try:
+                    index = Index(path)  # another process may have repaired it meanwhile
+                except IndexCorrupt:
+                    for tries_left in (2, 1, 0):
+                        _remove_db(path)
+                        _create_private(path)
+                        try:
+                            index = Index(path)
+                            break
+                        except IndexCorrupt:
+                            # Wrecked again while being set up (by a process that does
+                            # not take the lock): start over, a few times.
+                            if not tries_left:
+                                raise
+                    log.warning("index.db was corrupt (%s); rebuilding it from the spool directories", e)
+            return index
+        # Made above (aside, then renamed in): as new as if SQLite had just made it.
+        index.created = index.created or made
+        if index.created and existed:
+            log.warning("index.db was empty; rebuilding it from the spool directories")
+        elif index.created and not self._fresh and self._has_jobs():
+            log.warning("index.db was missing; rebuilding it from the spool directories")
+        return index
+
+    def discard(self, error: Exception) -> None:
+        """index.db broke under an open connection (malformed, overwritten): drop it
+        so the next use rebuilds it from the directories, unless another process
+        already replaced it. A full disk or a lock is not corruption: raise."""
+        if is_full(error):
+            raise SpoolError(f"no space left on device while updating index.db ({error})") from None
+        if is_busy(error):
+            raise error
+        ident = self._ident
+        self.close(flush=False)
+        with self._lock():
+            if file_ident(self.path) == ident:
+                _remove_db(self.path)
+                log.warning("index.db is corrupt (%s); rebuilding it from the spool directories", error)
+
+    def close(self, *, flush: bool = True) -> None:
+        if self._index is None:
+            self._deferred = []
+            return
+        if flush:
+            self.flush()
+        else:
+            self._deferred = []
+        try:
+            self._index.close()
+        except Exception:
+            pass
+        self._index = None
+
+    # -- writes: the files are the truth, so a failed write only leaves work for the next sync
+
+    def upsert(self, row: tuple) -> None:
+        """A row made by row_values(), written now or (deferred) at the next flush()."""
+        self._deferred.append(row)
+        if not self.defer:
+            self.flush()
+
+    def add_rows(self, rows: list[tuple]) -> None:
+        """Rows written now, in one transaction."""
+        idx = self.index
+        idx.begin()
+        idx.upsert_rows(rows)
+        idx.commit()
+
+    def flush(self) -> None:
+        if not self._deferred:
+            return
+        rows, self._deferred = self._deferred, []
+        idx = self.index
+        try:
+            if len(rows) == 1:
+                idx.upsert_rows(rows)
+            else:
+                idx.begin()
+                idx.upsert_rows(rows)
+                idx.commit()
+        except sqlite3.Error:
+            try:
+                idx.rollback()
+            except sqlite3.Error:
+                pass
+
+    def delete(self, job_id: str) -> None:
+        self.flush()
+        try:
+            self.index.delete([job_id])
+        except sqlite3.Error:
+            pass
