@@ -161,6 +161,30 @@ def is_queuectl_process(pid: int) -> bool:
         return False
 
 
+def processes_with_env(pairs: dict[str, str]) -> list[int]:
+    """Pids of this host's processes (readable by us) whose environment holds every NAME=VALUE of pairs.
+
+    Every job carries QUEUECTL_JOB_ID and QUEUECTL_SPOOL, set before it runs an
+    instruction and inherited by all it starts: `queuectl kill` finds a job's
+    processes by them even before its worker noted the pid in its heartbeat.
+    """
+    needles = [b"\0" + f"{k}={v}".encode() + b"\0" for k, v in pairs.items()]
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or another user's
+        if not env.endswith(b"\0"):
+            env += b"\0"
+        if all(n in env for n in needles):
+            found.append(int(name))
+    return found
+
+
 def signal_process(pid: int, start: str | None, sig: int, *, group: bool = False) -> bool:
     """Send sig to pid (or its process group) only if it is still the process that started at `start`."""
     if not isinstance(pid, int) or pid <= 1 or not pid_alive(pid, start):

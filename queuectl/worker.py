@@ -14,6 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from .controls import resolve_dependencies, take_kill_request
 from .errors import SpoolError
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
@@ -28,6 +29,7 @@ BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
 SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
+EXIT_JOB_DIED = 4          # a burst worker's exit status when a job it ran ended in dead/ (3: stopped)
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -64,6 +66,7 @@ class Worker:
         self.job_pid = 0
         self.ticks = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
+        self.died = False  # a job this worker ran ended in dead/
         self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
@@ -107,7 +110,7 @@ class Worker:
             self.watcher.stop()
             self.hb.remove()
             spool.close()
-        return 0
+        return EXIT_JOB_DIED if self.burst and self.died else 0
 
     def loop(self) -> None:
         """_loop(); an index that breaks under the worker is rebuilt, never fatal."""
@@ -130,6 +133,9 @@ class Worker:
             if now - last_scan >= RESCAN_INTERVAL or self.watcher.arrived():
                 report = spool.sync()
                 waiting, busy = report.waiting, report.busy
+                # Dependents of a job that ended dead or cancelled are cancelled here,
+                # at most one scan after it ended (whichever worker ran it).
+                resolve_dependencies(spool)
                 self.candidates = []  # new arrivals may outrank what was fetched
                 last_scan = now
             if now - last_recover >= RECOVER_INTERVAL:
@@ -166,12 +172,19 @@ class Worker:
         return timeout
 
     def idle_for_good(self) -> bool:
-        """Burst mode: nothing left to run now or later, here or in another worker."""
+        """Burst mode: nothing due now, nothing running, and no retry of this worker's own run pending.
+
+        Jobs scheduled for later (a delay, a retry of an earlier run) or blocked
+        behind them are left for later: `worker start --burst` says how many.
+        """
         spool = self.spool
 
         def empty() -> bool:
-            counts = spool.index.counts()
-            return counts["pending"] == 0 and counts["failed"] == 0 and counts["processing"] == 0
+            idx = spool.index
+            if idx.counts()["processing"] or idx.candidates(1):
+                return False
+            # A retry this worker (or its supervisor, recovering at start) scheduled is part of its run.
+            return idx.retries_of(hostname(), (os.getpid(), self.parent)) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync().waiting or not empty():
@@ -297,11 +310,17 @@ class Worker:
         """Record the outcome in the job file (and so in its directory) and say it."""
         spool = self.spool
         claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
+        request = None
+        if outcome.exit_code != 0 or outcome.error:
+            # `queuectl kill` leaves kill/<id> before it signals: this exit was the user's doing.
+            request = take_kill_request(spool, job.id, attempt)
+            if request is not None:
+                outcome = Outcome(outcome.exit_code, f"killed by user ({request.get('signal', 'SIGTERM')})")
         entry = {"attempt": attempt, "worker": self.name, "node": node_name(), "host": hostname(),
                  "pid": os.getpid(),
                  "started_at": run.started, "finished_at": now_iso(),
                  "exit_code": outcome.exit_code, "error": outcome.error}
-        if outcome.interrupted:
+        if outcome.interrupted and request is None:
             entry["counted"] = False
             job.history.append(entry)
             job.state, job.next_run_at = JobState.PENDING, None
@@ -309,9 +328,13 @@ class Worker:
             log_.info("interrupted %s: back to pending", job.id)
             return
         delay = apply_outcome(job, entry, spool.config)
+        if request is not None and not request.get("retry") and job.state is JobState.FAILED:
+            job.state, job.next_run_at, delay = JobState.DEAD, None, 0.0  # killed: no retry unless --retry
         self._record(claim, job)
         if job.state is JobState.FAILED:
             self.retry_due = min(self.retry_due, job.run_ts)
+        elif job.state is JobState.DEAD:
+            self.died = True
         if job.state is JobState.COMPLETED:
             log_.info("completed %s", job.id)
         elif job.state is JobState.FAILED:
@@ -320,6 +343,7 @@ class Worker:
         else:
             log_.info("failed %s (attempt %d/%d, %s)", job.id, attempt, total, outcome.error)
             log_.info("%s moved to dead letter queue", job.id)
+            resolve_dependencies(spool)  # its dependents are cancelled now, not a scan later
         if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
             spool.flush_index()
             self.flushed = time.monotonic()
