@@ -14,14 +14,23 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .config import Config
 from .errors import InvalidJob, SpoolError, WorkerError
 from .fsio import atomic_write, unlink_quietly
 from .job import now_iso, parse_time
 
-if TYPE_CHECKING:  # type hints only: spool imports this module (through hosts)
-    from .spool import Spool
+
+
+class Spool(Protocol):
+    """What the registry needs of a spool; spool.Spool provides it (spool imports this module)."""
+    root: str
+    multihost: bool
+
+    @property
+    def config(self) -> Config: ...
+    def path(self, *parts: str) -> str: ...
 
 HEARTBEAT_INTERVAL = 2.0
 PRUNE_LEASES = 3  # another node's heartbeat older than this many leases is deleted
