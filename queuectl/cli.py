@@ -49,7 +49,8 @@ def main(ctx: click.Context, spool_dir: str | None, index: str | None) -> None:
 main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "logs"),
              "dlq": (".cli_workers", "dlq"), "pause": (".cli_service", "pause"),
              "resume": (".cli_service", "resume"), "clean": (".cli_service", "clean"),
-             "systemd-unit": (".cli_service", "systemd_unit")}
+             "systemd-unit": (".cli_service", "systemd_unit"),
+             **{name: (".cli_jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority")}}
 
 
 # -- enqueue -------------------------------------------------------------------
@@ -65,12 +66,26 @@ main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "log
 @click.option("--priority", type=int, help="Higher runs first (default 0).")
 @click.option("--queue", help="The job's queue (default: default).")
 @click.option("--on-finish", help="Shell command run once the job is completed or dead.")
+@click.option("--lines", "lines", type=click.File("rb"),
+              help="Read one shell command per line from FILE ('-' for stdin); the options apply to each.")
+@click.option("--delay", help="Run no sooner than this from now: 90s, 10m, 2h, 1d (or 1h30m).")
+@click.option("--at", "at", help="Run no sooner than TIME: ISO 8601 (2026-12-01T10:00, +02:00 or Z); "
+                                 "without an offset it is LOCAL time; or 'tomorrow 10:00', 'today 18:30'.")
+@click.option("--hold", is_flag=True, help="Put the job in held/: it runs only after `queuectl release`.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
+              help="Run only after all these jobs completed (cancelled if one ends dead or cancelled).")
+@click.option("--after-any", "after_any", multiple=True, metavar="ID[,ID...]",
+              help="Run once these jobs are final (completed, dead or cancelled), whatever the outcome.")
+@click.option("--label", "labels", multiple=True, metavar="NAME", help="A label (repeatable), for --label filters.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="An environment variable for the job (repeatable).")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Directory to run in (default: this one).")
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs of a file, report the rest.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs enqueued.")
+@click.option("--print-id", is_flag=True, help="Print only the ids, one a line: id=$(queuectl enqueue --print-id CMD).")
 @json_option("Print the enqueued jobs as JSON.")
 @pass_ctx
-def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, queue, on_finish, skip_invalid,
-            quiet, as_json):
+def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority, queue, on_finish, lines, delay, at,
+            hold, after, after_any, labels, env, cwd, skip_invalid, quiet, print_id, as_json):
     """Add jobs to the queue, durably (fsynced before this returns).
 
     \b
@@ -80,14 +95,24 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
       queuectl enqueue --queue gpu --on-finish 'notify-send done' './train.sh'
       queuectl enqueue --file job.json
       seq 3 | jq -c '{command: "echo \\(.)"}' | queuectl enqueue --file -
+      queuectl enqueue --delay 10m --label nightly 'make report'
+      queuectl enqueue --at 'tomorrow 10:00' --env LANG=C 'sort big.txt > sorted.txt'
+      id=$(queuectl enqueue --print-id 'make build'); queuectl enqueue --after "$id" 'make test'
+      queuectl enqueue --lines commands.txt --label batch1
     """
-    if (command is None) == (file is None):
-        raise click.UsageError("give a COMMAND or --file, not both" if command else "give a COMMAND or --file")
+    given = sum(x is not None for x in (command, file, lines))
+    if given != 1:
+        raise click.UsageError("give one of COMMAND, --file or --lines" + (", not both" if given else ""))
+    if delay is not None and at is not None:
+        raise click.UsageError("give --delay or --at, not both")
     overrides = {k: v for k, v in (("max_retries", max_retries), ("timeout", timeout),
                                    ("priority", priority), ("queue", queue), ("on_finish", on_finish))
                  if v is not None}
+    overrides.update(_job_options(delay, at, after, after_any, labels, env, cwd))
     if command is not None:
         specs: list[tuple[str, Any]] = [("command", {"command": command})]
+    elif lines is not None:
+        specs = _command_lines(lines)
     else:
         # getattr: a stdin replaced by a test runner or a wrapper may have no name.
         name = getattr(file, "name", "<stdin>")
@@ -101,16 +126,23 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     # Synced: the duplicate check looks ids up in the index ignoring case, so
     # the index must reflect hand moves and drop-ins made since the last command.
     spool = obj.synced()
-    cwd = os.getcwd()
+    cwd = os.path.abspath(cwd) if cwd else os.getcwd()
     jobs, bad = [], []
     for where, spec in specs:
         try:
             if isinstance(spec, InvalidJob):
                 raise spec
             if isinstance(spec, dict):
+                given = spec.get("env")
                 spec = {**spec, **overrides}
+                if "env" in overrides and isinstance(given, dict):
+                    spec["env"] = {**given, **overrides["env"]}  # --env adds to (and wins over) the spec's
                 spec.setdefault("cwd", cwd)
-            jobs.append(spool.new_job(spec))
+            job = spool.new_job(spec)
+            if hold:
+                from .job import JobState
+                job.state = JobState.HELD
+            jobs.append(job)
         except InvalidJob as e:
             bad.append(f"{where}: {e}" if len(specs) > 1 or command is None else str(e))
     if bad and (not skip_invalid or len(specs) == 1):
@@ -123,12 +155,54 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     for line in bad:
         click.echo(f"skipped {line}", err=True)
     spool.enqueue_many(jobs)
-    if as_json:
+    if print_id:
+        if jobs:
+            click.echo("\n".join(j.id for j in jobs))
+    elif as_json:
         dump([j.to_dict() for j in jobs])
     elif quiet:
         click.echo(f"enqueued {len(jobs)} job{'' if len(jobs) == 1 else 's'}")
     elif jobs:  # an empty array enqueues nothing: print nothing, not a blank line
         click.echo("\n".join(f"enqueued job {j.id}" for j in jobs))
+
+
+def _job_options(delay, at, after, after_any, labels, env, cwd) -> dict[str, Any]:
+    """The spec fields the enqueue options set (their values are validated by the core)."""
+    out: dict[str, Any] = {}
+    if delay is not None or at is not None:
+        import time
+        from .when import parse_at, parse_delay
+        out["run_at"] = time.time() + parse_delay(delay) if delay is not None else parse_at(at)
+    if after:
+        out["after"] = [i.strip() for a in after for i in a.split(",")]
+    if after_any:
+        out["after_any"] = [i.strip() for a in after_any for i in a.split(",")]
+    if labels:
+        out["labels"] = list(labels)
+    if env:
+        pairs = {}
+        for item in env:
+            name, eq, value = item.partition("=")
+            if not eq:
+                raise click.UsageError(f"--env {item!r}: expected NAME=VALUE")
+            pairs[name] = value
+        out["env"] = pairs
+    if cwd is not None:
+        out["cwd"] = os.path.abspath(cwd)
+    return out
+
+
+def _command_lines(f) -> list[tuple[str, Any]]:
+    """`--lines`: one shell command per non-blank line."""
+    data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"--lines: not UTF-8 text (byte {e.start})") from None
+    specs = [(f"line {n}", {"command": line}) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not specs:
+        raise click.ClickException("--lines: no commands in the input")
+    return specs
 
 
 # -- inspect -------------------------------------------------------------------
@@ -144,38 +218,55 @@ def _state(value: str | None):
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
 @click.option("-q", "--queue", help="Only jobs of this queue.")
+@click.option("-l", "--label", help="Only jobs with this label.")
 @json_option("Print full job records as a JSON array.")
 @click.option("--json-lines", "as_json_lines", is_flag=True,
               help="Print one full job record a line (JSON Lines), streamed.")
 @pass_ctx
-def list_(obj: Context, state, limit, queue, as_json, as_json_lines):
+def list_(obj: Context, state, limit, queue, label, as_json, as_json_lines):
     """List jobs, oldest first, one a line: ID - STATE - COMMAND.
+
+    A job scheduled for later says when it runs; a job waiting for others
+    (--after) names them with their states.
 
     \b
     Examples:
       queuectl list --state pending --limit 10
       queuectl list --queue gpu
+      queuectl list --label nightly
       queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
+    import time
+    from .controls import state_note
     if as_json and as_json_lines:
         raise click.UsageError("give --json or --json-lines, not both")
     if queue is not None:
         from .job import check_queue
         queue = check_queue(queue)
     idx = obj.synced().index
+    keep = None if label is None else idx.ids_labelled(label)
     if as_json_lines:
         # One record at a time from the cursor: memory stays flat on a big spool.
         try:
-            for rec in idx.records(_state(state), limit, queue):
+            n = 0
+            for rec in idx.records(_state(state), None if keep is not None else limit, queue):
+                if keep is not None and rec["id"] not in keep:
+                    continue
+                if limit is not None and n >= limit:
+                    break
+                n += 1
                 click.echo(json.dumps(rec, ensure_ascii=False))
         except BrokenPipeError:
             # `| head` stopped reading: that is the reader's choice, not an error.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if as_json:
-        dump(list(idx.records(_state(state), limit, queue)))
+        dump([r for r in idx.records(_state(state), None if keep is not None else limit, queue)
+              if keep is None or r["id"] in keep][:limit])
         return
-    lines = [f"{r.id} - {r.state.value} - {one_line(r.command)}" for r in idx.rows(_state(state), limit, queue)]
+    rows = [r for r in idx.rows(_state(state), None if keep is not None else limit, queue) if keep is None or r.id in keep]
+    blockers, now = idx.blockers(), time.time()
+    lines = [f"{r.id} - {state_note(r, blockers, now)} - {one_line(r.command)}" for r in rows[:limit]]
     if lines:
         click.echo("\n".join(lines))
 
@@ -185,7 +276,7 @@ def list_(obj: Context, state, limit, queue, as_json, as_json_lines):
 @json_option("Print the counts, live workers and spool path (and queues, once in use) as a JSON object.")
 @pass_ctx
 def status(obj: Context, queue, as_json):
-    """Count the jobs in each state (all five, even when zero), the live workers, and the spool.
+    """Count the jobs in each state (every state, even when zero), the live workers, and the spool.
 
     Once queues are in use (a job names a queue other than `default`, or a
     queue is paused or limited), also the pauses and one line per queue:

@@ -17,7 +17,7 @@ import click
 
 from .errors import QueueError
 
-STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "done"]
+STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "held", "cancelled", "done"]
 
 
 class QueueGroup(click.Group):

@@ -26,7 +26,9 @@ def worker():
 @worker.command("start")
 @click.option("-c", "--count", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes.")
-@click.option("--burst", is_flag=True, help="Exit 0 when nothing is left to do.")
+@click.option("--burst", is_flag=True,
+              help="Exit when nothing is due (jobs scheduled for later are left, and counted): "
+                   "status 0 if every job run completed, 1 if one ended in dead/.")
 @click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/_supervisor.log (appended).")
 @click.option("--poll", is_flag=True, help="Poll the spool instead of inotify (network filesystems).")
 @click.option("--stop-timeout", type=click.FloatRange(0), default=None,
@@ -49,7 +51,7 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
     \b
     Examples:
       queuectl worker start --count 2
-      queuectl worker start --count 1 --burst     # drain the queue, then exit
+      queuectl worker start --count 1 --burst     # run what is due, then exit (1: a job died)
       queuectl worker start --count 4 --detach
       queuectl worker start --queue gpu --queue default
     """
@@ -141,7 +143,7 @@ def logs(obj: Context, job_id, follow):
       queuectl logs job1 --follow
     """
     import time as _time
-    from .job import JobState
+    from .job import FINAL
     spool = obj.spool
     path = spool.log_of(job_id)
     out = sys.stdout.buffer  # bytes: logs hold whatever the command wrote
@@ -159,7 +161,7 @@ def logs(obj: Context, job_id, follow):
         if not follow:
             return
         state, _ = spool.find(job_id)
-        if state in (JobState.COMPLETED, JobState.DEAD) and os.path.getsize(path) <= offset:
+        if state in FINAL and (not os.path.exists(path) or os.path.getsize(path) <= offset):
             return
         _time.sleep(0.2)
 

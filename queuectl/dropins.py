@@ -14,9 +14,9 @@ import logging
 import os
 import stat
 import time
-from typing import Any, ContextManager, NamedTuple, Protocol
+from typing import Any, Container, ContextManager, NamedTuple, Protocol
 
-from .errors import DuplicateJob, InvalidJob
+from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .config import Config
 from .index import Index, row_values
@@ -63,6 +63,7 @@ class SpoolView(Protocol):
     def new_job(self, spec: object, *, fallback_id: str | None = None) -> Job: ...
     def fsync_state_dir(self, state: JobState) -> None: ...
     def read_job(self, path: str) -> Job: ...
+    def find(self, job_id: str) -> tuple[JobState, str]: ...
 
 
 class SyncReport:
@@ -84,6 +85,7 @@ class _Admitted(NamedTuple):
     data: bytes | None
     src: str
     dest: str
+    ino: int | None = None  # of src, when it is kept as it is
 
 
 class _TooFresh(Exception):
@@ -156,6 +158,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
             syncfs(spool.path("tmp"))
         rows = []
         for a, tmp in zip(batch, tmps):
+            ino = a.ino if tmp is None else os.stat(tmp).st_ino  # the file the index row now stands for
             if tmp is not None:
                 if a.src == a.dest:
                     os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
@@ -166,7 +169,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
                         unlink_quietly(tmp)
                         continue  # someone took the id meanwhile; the drop-in stays for the next pass
                     unlink_quietly(a.src)
-            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode()))
+            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), ino))
             report.accepted.append(a.job.id)
     except BaseException:
         for tmp in tmps:
@@ -175,6 +178,19 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
         raise
     spool.fsync_state_dir(JobState.PENDING)
     spool.indexes.add_rows(rows)
+
+
+def check_deps_exist(spool: SpoolView, job: Job, earlier: Container[str] = ()) -> None:
+    """Every job `after`/`after_any` names must exist already (or come earlier in
+    the same batch: lower-cased ids in `earlier`), so no cycle can ever form."""
+    for dep in (*job.after, *job.after_any):
+        if dep.lower() in earlier:
+            continue
+        try:
+            spool.find(dep)
+        except JobNotFound:
+            key = "after_any" if dep in job.after_any else "after"
+            raise InvalidJob(f"{key}: no job {dep}") from None
 
 
 def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: dict[str, str],
@@ -250,7 +266,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: dict[str,
         job = Job.from_record(spec)
         _check_id_free(spool, job.id, src, taken, on_disk)
         if job.state is JobState.PENDING and "max_retries" in spec:
-            return _Admitted(job, None, src, src)
+            return _Admitted(job, None, src, src, st.st_ino)
         if "max_retries" not in spec:
             job.max_retries = spool.config.max_retries
         job.state, job.next_run_at = JobState.PENDING, None
@@ -261,6 +277,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: dict[str,
     job = spool.new_job(spec, fallback_id=fallback)
     dest = spool.job_path(JobState.PENDING, job.id)
     _check_id_free(spool, job.id, src if src == dest else None, taken, on_disk)
+    check_deps_exist(spool, job, taken)
     return _Admitted(job, job.to_json(), src, dest)
 
 
@@ -279,18 +296,23 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
     d = state.dirname
     checked = time.time_ns()
     mtime = os.stat(spool.path(d)).st_mtime_ns
-    names = os.listdir(spool.path(d))
+    with os.scandir(spool.path(d)) as it:
+        inodes = {e.name: e.inode() for e in it}  # d_ino: free with the listing
+    names = list(inodes)
     on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-    known = idx.ids_in(state)
-    gone = known - on_disk
+    known = idx.inodes_in(state)
+    gone = known.keys() - on_disk
     if gone:
         idx.delete(gone)
         report.removed += len(gone)
     dropins = None
     if state is JobState.PENDING and not spool.readonly:
-        dropins = [n for n in names if not is_ignored(n) and not (n.endswith(".json") and n[:-5] in known)]
+        # A known name whose inode is not the one indexed was replaced (a hand
+        # edit moved over it, `queuectl priority`): admit it again, like a drop-in.
+        dropins = [n for n in names if not is_ignored(n)
+                   and not (n.endswith(".json") and known.get(n[:-5], -1) == inodes[n])]
     else:
-        for job_id in on_disk - known:
+        for job_id in on_disk - known.keys():
             try:
                 job = spool.read_job(spool.path(d, job_id + ".json"))
             except (OSError, InvalidJob):

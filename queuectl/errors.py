@@ -29,3 +29,7 @@ class SpoolError(QueueError):
 
 class WorkerError(QueueError):
     """Workers cannot be started or stopped."""
+
+
+class WrongState(QueueError):
+    """The job exists but its state does not allow this (cancel a completed job, kill a pending one)."""

@@ -12,7 +12,8 @@ import os
 import time
 from typing import Callable, Mapping
 
-from .job import Job, now_iso
+from .config import Config
+from .job import Job, JobState, now_iso
 from .runner import NotStarted, line_break, log, open_log, spawn, supervise
 
 log_ = logging.getLogger("queuectl.hooks")
@@ -23,6 +24,20 @@ def hook_env(job: Job, state: str, base: Mapping[str, str]) -> dict[str, str]:
     return {**base, **(job.env or {}), "QUEUECTL_JOB_ID": job.id, "QUEUECTL_STATE": state,
             "QUEUECTL_EXIT_CODE": "" if job.exit_code is None else str(job.exit_code),
             "QUEUECTL_ATTEMPTS": str(job.attempts), "QUEUECTL_QUEUE": job.queue}
+
+
+def run_hooks(job: Job, failed: bool, cfg: Config, *, log_path: str, env: Mapping[str, str],
+              should_kill: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> None:
+    """After a recorded outcome: on_failure if the attempt failed, then on_finish if the job is final."""
+    hooks = []
+    if failed and cfg.on_failure:
+        hooks.append(("on_failure", cfg.on_failure))
+    on_finish = job.on_finish or cfg.on_finish
+    if job.state in (JobState.COMPLETED, JobState.DEAD) and on_finish:
+        hooks.append(("on_finish", on_finish))
+    for kind, command in hooks:
+        run_hook(kind, command, job, job.state.value, log_path=log_path, env=env, timeout=cfg.hook_timeout,
+                 grace=min(cfg.kill_grace, cfg.hook_timeout), should_kill=should_kill, tick=tick)
 
 
 def run_hook(kind: str, command: str, job: Job, state: str, *, log_path: str, env: Mapping[str, str],

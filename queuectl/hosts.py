@@ -13,16 +13,30 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from typing import TYPE_CHECKING
+from typing import ContextManager, Protocol
 
+from .config import Config
 from .errors import ConfigError, InvalidJob, SpoolError
 from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
 from .indexstore import IndexStore
 from .job import parse_file
 from .registry import node_name
 
-if TYPE_CHECKING:
-    from .spool import Spool
+
+
+class Spool(Protocol):
+    """What this module needs of a spool; spool.Spool provides it (spool imports this module)."""
+    root: str
+    fresh: bool
+    readonly: bool
+    network: bool
+    index_path: str | None
+
+    @property
+    def config(self) -> Config: ...
+    def path(self, *parts: str) -> str: ...
+    def lock(self) -> ContextManager[bool]: ...
+    def has_jobs(self) -> bool: ...
 
 log = logging.getLogger("queuectl.hosts")
 
@@ -100,7 +114,7 @@ def local_index_path(root: str, node: str) -> str:
     return os.path.join(cache, "queuectl", f"{spool_id(root)}-{node}", "index.db")
 
 
-def setting(spool: "Spool", name: str, default: object) -> object:
+def setting(spool: Spool, name: str, default: object) -> object:
     """A setting that must not break commands that never needed config.json (status
     on a spool whose config.json is broken still works; `config set` reports it)."""
     try:
@@ -109,7 +123,7 @@ def setting(spool: "Spool", name: str, default: object) -> object:
         return default
 
 
-def index_store(spool: "Spool", *, defer: bool) -> IndexStore:
+def index_store(spool: Spool, *, defer: bool) -> IndexStore:
     """The spool's index: --index / $QUEUECTL_INDEX (spool.index_path), else config `index`,
     else SPOOL/index.db on a local disk and this node's own file under
     $XDG_CACHE_HOME on a network filesystem. An index outside the spool is

@@ -17,9 +17,10 @@ from .errors import InvalidJob
 from .job import DEFAULT_QUEUE, Job, JobState, parse_time
 
 # 4: timing columns (started, finished, run_seconds, waited, runs) and tags for
-# metrics and the dashboard. 5: the queue column (named queues). A different
+# metrics and the dashboard; 5: ino, and the deps table (issue 11); 6: the queue
+# column (named queues, issue 12). A different
 # version is rebuilt from the directories.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -44,6 +45,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     waited      REAL,              -- started - created: time spent queued
     runs        INTEGER NOT NULL DEFAULT 0, -- counted attempts, across dlq retries
     tags        TEXT,              -- queue and labels a spec gave (see tags_of), or NULL
+    -- The inode of the file this row was read from (NULL: not known). A sync
+    -- that lists a different inode under the same name in pending/ reads the
+    -- file again: a hand edit written to tmp/ and moved over the old file.
+    ino         INTEGER,
     queue       TEXT NOT NULL DEFAULT 'default'  -- the job's queue: workers filter on it
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
@@ -75,6 +80,29 @@ CREATE TRIGGER IF NOT EXISTS jobs_upd AFTER UPDATE OF state ON jobs WHEN old.sta
     UPDATE counts SET n = n - 1 WHERE state = old.state;
     INSERT INTO counts VALUES (new.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1;
 END;
+-- Dependencies (`after`, `after_any` of each job), kept from the record by
+-- triggers, so every path that writes a row keeps them without knowing them.
+CREATE TABLE IF NOT EXISTS deps (
+    job TEXT NOT NULL COLLATE NOCASE,
+    dep TEXT NOT NULL COLLATE NOCASE,
+    any INTEGER NOT NULL,
+    PRIMARY KEY (job, dep, any)
+);
+CREATE INDEX IF NOT EXISTS deps_dep ON deps (dep);
+CREATE TRIGGER IF NOT EXISTS deps_ins AFTER INSERT ON jobs WHEN instr(new.record, '"after') BEGIN
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 0 FROM json_each(new.record, '$.after');
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 1 FROM json_each(new.record, '$.after_any');
+END;
+CREATE TRIGGER IF NOT EXISTS deps_upd AFTER UPDATE OF record ON jobs BEGIN
+    DELETE FROM deps WHERE job = old.id;
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 0 FROM json_each(new.record, '$.after')
+        WHERE instr(new.record, '"after');
+    INSERT OR IGNORE INTO deps SELECT new.id, value, 1 FROM json_each(new.record, '$.after_any')
+        WHERE instr(new.record, '"after');
+END;
+CREATE TRIGGER IF NOT EXISTS deps_del AFTER DELETE ON jobs BEGIN
+    DELETE FROM deps WHERE job = old.id;
+END;
 CREATE TABLE IF NOT EXISTS dirmarks (
     dir        TEXT PRIMARY KEY,
     mtime_ns   INTEGER NOT NULL,
@@ -99,7 +127,7 @@ class Row(NamedTuple):
     last_error: str | None
 
 
-def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
+def row_values(job: Job, state: JobState, record: str | None = None, ino: int | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
     created = job.created_ts
@@ -108,7 +136,8 @@ def row_values(job: Job, state: JobState, record: str | None = None) -> tuple:
     return (job.id, state.value, job.command, job.priority, created, job.run_ts,
             job.attempts, job.max_retries, job.last_error, record,
             started, finished, run_seconds, waited, runs,
-            tags_of({**job.extra, "queue": job.queue} if job.queue != DEFAULT_QUEUE else job.extra), job.queue)
+            tags_of({**job.extra, **({"labels": job.labels} if job.labels else {}),
+                     **({"queue": job.queue} if job.queue != DEFAULT_QUEUE else {})}), ino, job.queue)
 
 
 MAX_TAG = 200
@@ -184,15 +213,23 @@ def timing(history: list, state: JobState) -> tuple[float | None, float | None, 
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
     (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record,
-     started, finished, run_seconds, waited, runs, tags, queue)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     started, finished, run_seconds, waited, runs, tags, ino, queue)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
         run_at = excluded.run_at, attempts = excluded.attempts, max_retries = excluded.max_retries,
         last_error = excluded.last_error, record = excluded.record,
         started = excluded.started, finished = excluded.finished,
         run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs,
-        tags = excluded.tags, queue = excluded.queue"""
+        tags = excluded.tags, ino = excluded.ino, queue = excluded.queue"""
+
+# A job is blocked while one of its dependencies is not done: `after` needs
+# completed, `after_any` any final state. An `after` dependency with no row
+# blocks too (controls.resolve_dependencies decides, from the files, what that
+# means); an `after_any` one was deleted (`dlq purge`), so it is final.
+_BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHERE d.job = jobs.id AND
+    ((p.state IS NULL AND d.any = 0) OR (d.any = 0 AND p.state != 'completed')
+     OR (d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))))"""
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -247,12 +284,13 @@ class Index:
 
     # -- writes -----------------------------------------------------------
 
-    def upsert(self, job: Job, state: JobState | None = None, record: str | None = None) -> None:
+    def upsert(self, job: Job, state: JobState | None = None, record: str | None = None,
+               ino: int | None = None) -> None:
         """Record a job as being in `state` (default: its own state field).
 
         `record` is the job's JSON when the caller already has it serialized.
         """
-        self.db.execute(_UPSERT, row_values(job, state or job.state, record))
+        self.db.execute(_UPSERT, row_values(job, state or job.state, record, ino))
 
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
         self.db.executemany(_UPSERT, (row_values(j, s) for j, s in jobs))
@@ -267,6 +305,7 @@ class Index:
     def clear(self) -> None:
         self.db.execute("DELETE FROM jobs")
         self.db.execute("DELETE FROM counts")
+        self.db.execute("DELETE FROM deps")
         self.db.execute("DELETE FROM dirmarks")
 
     # -- directory marks: which directory listings the rows reflect --------
@@ -288,6 +327,49 @@ class Index:
 
     def ids_in(self, state: JobState) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state.value,))}
+
+    def inodes_in(self, state: JobState) -> dict[str, int | None]:
+        """id -> the inode its row was read from (None: unknown), for one state."""
+        return dict(self.db.execute("SELECT id, ino FROM jobs WHERE state = ?", (state.value,)))
+
+    def ids_labelled(self, label: str) -> set[str]:
+        return {r[0] for r in self.db.execute(
+            "SELECT id FROM jobs WHERE instr(record, '\"labels\"') AND "
+            "EXISTS (SELECT 1 FROM json_each(record, '$.labels') WHERE value = ?)", (label,))}
+
+    def blockers(self) -> dict[str, list[tuple[str, str, bool]]]:
+        """Waiting job id -> [(dependency, its state or 'missing', after_any)] still unmet."""
+        out: dict[str, list[tuple[str, str, bool]]] = {}
+        for job, dep, state, any_ in self.db.execute(
+                "SELECT d.job, d.dep, coalesce(p.state, 'missing'), d.any FROM deps d "
+                "JOIN jobs j ON j.id = d.job LEFT JOIN jobs p ON p.id = d.dep "
+                "WHERE j.state IN ('pending', 'failed', 'held') AND ((p.state IS NULL AND d.any = 0) OR "
+                "(d.any = 0 AND p.state != 'completed') OR "
+                "(d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))) ORDER BY d.job, d.dep"):
+            out.setdefault(job, []).append((dep, state, bool(any_)))
+        return out
+
+    def doomed(self) -> list[tuple[str, str, str]]:
+        """(job, dependency, its state) for waiting jobs an `after` dependency can no longer satisfy."""
+        return list(self.db.execute(
+            "SELECT d.job, d.dep, coalesce(p.state, 'missing') FROM deps d JOIN jobs j ON j.id = d.job "
+            "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
+            "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
+
+    def retries_of(self, host: str, pids: Iterable[int]) -> int:
+        """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""
+        pids = list(pids)
+        return self.db.execute(
+            "SELECT count(*) FROM jobs WHERE state = 'failed' AND json_extract(record, '$.history[#-1].pid') "
+            f"IN ({', '.join('?' * len(pids))}) AND json_extract(record, '$.history[#-1].host') = ?",
+            (*pids, host)).fetchone()[0]
+
+    def scheduled(self, now: float | None = None) -> int:
+        """Waiting jobs (pending or failed) not claimable now: due later, or blocked."""
+        now = time.time() if now is None else now
+        return self.db.execute(
+            f"SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed') AND (run_at > ? OR {_BLOCKED})",
+            (now,)).fetchone()[0]
 
     def lookup(self, job_id: str) -> Row | None:
         """The row whose id equals job_id ignoring case (ids are unique that way)."""
@@ -332,19 +414,22 @@ class Index:
 
     def claimable(self, limit: int = 32, now: float | None = None, queues: Iterable[str] | None = None,
                   paused: Iterable[str] = ()) -> list[tuple[str, JobState, str]]:
-        """(id, state, queue) of jobs that may run now, in `queues` (None: all) and not
-        in a paused queue: highest priority first, then oldest."""
+        """(id, state, queue) of jobs that may run now, in `queues` (None: all), not in a
+        paused queue and not blocked by a dependency: highest priority first, then oldest."""
         now = time.time() if now is None else now
         where, args = _queue_filter(queues, paused)
         return [(i, JobState(s), q) for i, s, q in self.db.execute(
             "SELECT id, state, queue FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ?"
-            + where + " ORDER BY priority DESC, created, id LIMIT ?", (now, *args, limit))]
+            + where + f" AND NOT {_BLOCKED} ORDER BY priority DESC, created, id LIMIT ?", (now, *args, limit))]
 
     def next_due(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> float | None:
-        """The earliest run_at among waiting jobs (pending or failed), or None."""
+        """The earliest run_at among waiting jobs (pending or failed, not blocked), or None.
+
+        Blocked jobs are left out: one due long ago would make an idle worker spin.
+        """
         where, args = _queue_filter(queues, paused)
-        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')" + where,
-                            args).fetchone()
+        r = self.db.execute("SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')" + where
+                            + f" AND NOT {_BLOCKED}", args).fetchone()
         return r[0]
 
     def unfinished(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> int:

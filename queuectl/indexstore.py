@@ -149,9 +149,17 @@ class IndexStore:
                 try:
                     index = Index(path)  # another process may have repaired it meanwhile
                 except IndexCorrupt:
-                    _remove_db(path)
-                    _create_private(path)
-                    index = Index(path)
+                    for tries_left in (2, 1, 0):
+                        _remove_db(path)
+                        _create_private(path)
+                        try:
+                            index = Index(path)
+                            break
+                        except IndexCorrupt:
+                            # Wrecked again while being set up (by a process that does
+                            # not take the lock): start over, a few times.
+                            if not tries_left:
+                                raise
                     log.warning("index.db was corrupt (%s); rebuilding it from the spool directories", e)
             return index
         # Made above (aside, then renamed in): as new as if SQLite had just made it.

@@ -45,6 +45,10 @@ class JobState(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     DEAD = "dead"
+    # A held job waits in held/ until released (Postfix's hold queue); a
+    # cancelled one is final and never runs again.
+    HELD = "held"
+    CANCELLED = "cancelled"
 
     @property
     def dirname(self) -> str:
@@ -65,8 +69,13 @@ class JobState(str, Enum):
 
 STATE_ORDER = list(JobState)
 # How far along a job is; `check --repair` keeps the most advanced copy.
-PROGRESS = {JobState.PENDING: 0, JobState.FAILED: 1, JobState.PROCESSING: 2,
-            JobState.DEAD: 3, JobState.COMPLETED: 4}
+PROGRESS = {JobState.PENDING: 0, JobState.HELD: 0, JobState.FAILED: 1, JobState.PROCESSING: 2,
+            JobState.DEAD: 3, JobState.CANCELLED: 3, JobState.COMPLETED: 4}
+# States a job never leaves by itself: `wait` ends when its jobs reach one.
+FINAL = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
+MAX_LABELS = 32
+MAX_DEPS = 1000
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,63}")
 
 
 def show(value: Any) -> str:
@@ -144,31 +153,25 @@ def check_id(job_id: Any) -> str:
 
 
 DEFAULT_QUEUE = "default"
-MAX_QUEUE_LENGTH = 64
 
 
 def check_queue(value: Any) -> str:
-    """A queue name: the rules of an id (it names a directory and a file), and not `ALL`,
-    which is the pause file of every queue."""
+    """A queue name: an id's rules (it names a directory and a file); not `ALL`, every queue's pause file."""
     if value is None:
         return DEFAULT_QUEUE
     try:
         check_id(value)
     except InvalidJob as e:
         raise InvalidJob("queue" + str(e).removeprefix("id")) from None
-    if len(value) > MAX_QUEUE_LENGTH:
-        raise InvalidJob(f"queue is longer than {MAX_QUEUE_LENGTH} characters")
     if value.lower() == "all":
         raise InvalidJob("queue 'ALL' is reserved (it means every queue)")
     return value
 
 
 def check_hook(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
+    if value is not None and (not isinstance(value, str) or not value.strip()):
         raise InvalidJob(f"on_finish must be a non-empty string, not {show(value)}")
-    return _no_nul("on_finish", value)
+    return None if value is None else _no_nul("on_finish", value)
 
 
 def _type_name(value: Any) -> str:
@@ -282,6 +285,45 @@ def check_priority(value: Any) -> int:
     return value
 
 
+def check_labels(value: Any) -> list[str]:
+    """Labels: a list of short names (the id alphabet), for `--label` filters."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise InvalidJob(f"labels must be a list of names, not {_type_name(value)}")
+    if len(value) > MAX_LABELS:
+        raise InvalidJob(f"at most {MAX_LABELS} labels, not {len(value)}")
+    for label in value:
+        if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
+            raise InvalidJob(f"label {label!r} must be 1 to 64 letters, digits and . _ : @ + = - "
+                             "(starting with a letter or digit)")
+    return list(dict.fromkeys(value))
+
+
+def check_deps(name: str, value: Any, own_id: str | None = None) -> list[str]:
+    """`after` / `after_any`: job ids, as a list or one comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if not isinstance(value, list):
+        raise InvalidJob(f"{name} must be a list of job ids, not {_type_name(value)}")
+    if len(value) > MAX_DEPS:
+        raise InvalidJob(f"{name} names more than {MAX_DEPS} jobs")
+    out = []
+    for dep in value:
+        try:
+            check_id(dep)
+        except InvalidJob as e:
+            raise InvalidJob(f"{name}: {e}") from None
+        if isinstance(own_id, str) and dep.lower() == own_id.lower():
+            raise InvalidJob(f"job {own_id} cannot wait for itself ({name})")
+        out.append(dep)
+    return list(dict.fromkeys(out))
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
@@ -363,6 +405,9 @@ class Job:
     cwd: str | None = None
     queue: str = DEFAULT_QUEUE
     on_finish: str | None = None
+    labels: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    after_any: list[str] = field(default_factory=list)
     created_at: str = ""
     updated_at: str = ""
     next_run_at: str | None = None
@@ -390,7 +435,7 @@ class Job:
         run_at = spec.get("run_at")
         next_run_at = None if run_at is None else check_run_at(run_at)
         known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "run_at",
-                 "queue", "on_finish"}
+                 "queue", "on_finish", "labels", "after", "after_any"}
         extra = {k: v for k, v in spec.items() if k not in known and k not in BOOKKEEPING}
         return cls(
             id=job_id,
@@ -402,6 +447,9 @@ class Job:
             cwd=check_cwd(spec.get("cwd")),
             queue=check_queue(spec.get("queue")),
             on_finish=check_hook(spec.get("on_finish")),
+            labels=check_labels(spec.get("labels")),
+            after=check_deps("after", spec.get("after"), job_id),
+            after_any=check_deps("after_any", spec.get("after_any"), job_id),
             created_at=stamp,
             updated_at=stamp,
             next_run_at=next_run_at,
@@ -425,7 +473,7 @@ class Job:
         if "command" not in record:
             raise InvalidJob("missing command")
         known = {"id", "command", "max_retries", "priority", "timeout", "env", "cwd", "queue", "on_finish",
-                 *BOOKKEEPING}
+                 "labels", "after", "after_any", *BOOKKEEPING}
         return cls(
             id=check_id(record["id"]),
             command=check_command(record["command"]),
@@ -438,6 +486,9 @@ class Job:
             cwd=check_cwd(record.get("cwd")),
             queue=check_queue(record.get("queue")),
             on_finish=check_hook(record.get("on_finish")),
+            labels=check_labels(record.get("labels")),
+            after=check_deps("after", record.get("after"), record.get("id")),
+            after_any=check_deps("after_any", record.get("after_any"), record.get("id")),
             created_at=check_time_field("created_at", record.get("created_at"), empty=""),
             updated_at=check_time_field("updated_at", record.get("updated_at"), empty=""),
             next_run_at=check_time_field("next_run_at", record.get("next_run_at"), empty=None),
@@ -461,12 +512,14 @@ class Job:
             d["env"] = self.env
         if self.cwd is not None:
             d["cwd"] = self.cwd
-        # Left out when default, like env and cwd: files of a spool without
-        # named queues keep the form they always had.
-        if self.queue != DEFAULT_QUEUE:
+        if self.queue != DEFAULT_QUEUE:  # like env and cwd: files without named queues stay as they were
             d["queue"] = self.queue
         if self.on_finish is not None:
             d["on_finish"] = self.on_finish
+        # Left out when empty, so files of jobs that use none stay as they were.
+        for key in ("labels", "after", "after_any"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
         d.update(created_at=self.created_at, updated_at=self.updated_at,
                  next_run_at=self.next_run_at, last_error=self.last_error,
                  exit_code=self.exit_code, history=self.history)

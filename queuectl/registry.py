@@ -14,14 +14,23 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .config import Config
 from .errors import InvalidJob, SpoolError, WorkerError
 from .fsio import atomic_write, unlink_quietly
 from .job import now_iso, parse_time
 
-if TYPE_CHECKING:  # type hints only: spool imports this module (through hosts)
-    from .spool import Spool
+
+
+class Spool(Protocol):
+    """What the registry needs of a spool; spool.Spool provides it (spool imports this module)."""
+    root: str
+    multihost: bool
+
+    @property
+    def config(self) -> Config: ...
+    def path(self, *parts: str) -> str: ...
 
 HEARTBEAT_INTERVAL = 2.0
 PRUNE_LEASES = 3  # another node's heartbeat older than this many leases is deleted
@@ -159,6 +168,30 @@ def is_queuectl_process(pid: int) -> bool:
             return b"queuectl" in f.read()
     except OSError:
         return False
+
+
+def processes_with_env(pairs: dict[str, str]) -> list[int]:
+    """Pids of this host's processes (readable by us) whose environment holds every NAME=VALUE of pairs.
+
+    Every job carries QUEUECTL_JOB_ID and QUEUECTL_SPOOL, set before it runs an
+    instruction and inherited by all it starts: `queuectl kill` finds a job's
+    processes by them even before its worker noted the pid in its heartbeat.
+    """
+    needles = [b"\0" + f"{k}={v}".encode() + b"\0" for k, v in pairs.items()]
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or another user's
+        if not env.endswith(b"\0"):
+            env += b"\0"
+        if all(n in env for n in needles):
+            found.append(int(name))
+    return found
 
 
 def signal_process(pid: int, start: str | None, sig: int, *, group: bool = False) -> bool:

@@ -13,7 +13,7 @@ import sqlite3
 import stat
 
 from . import config as configmod
-from .dropins import SyncReport, accept, is_ignored, reject, sync_dir
+from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
                    space_error, syncfs, unlink_quietly, write_tmp)
@@ -23,7 +23,7 @@ from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
 
 STATE_DIRS = [s.dirname for s in JobState]
-SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "paused", "queues"]
+SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "kill", "paused", "queues"]
 # A directory's mtime within this many nanoseconds of its listing may hide a
 # change made in the same clock tick (git's "racy" problem), so such a listing
 # is not trusted on the next look.
@@ -508,14 +508,16 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
                 placed = _place_chunk(spool, part, bulk=len(jobs) > 16)
             except _PartlyPlaced as e:
                 if e.placed or done:
-                    spool.fsync_state_dir(JobState.PENDING)
+                    for state in {j.state for j in jobs}:
+                        spool.fsync_state_dir(state)
                     spool.indexes.add_rows(e.rows[:e.placed])
                     err = e.error
                     if isinstance(err, (SpoolError, DuplicateJob)):
                         raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
                                         "were enqueued)") from None
                 raise e.error from None
-            spool.fsync_state_dir(JobState.PENDING)
+            for state in {j.state for j in part}:  # pending/, and held/ for enqueue --hold
+                spool.fsync_state_dir(state)
             spool.indexes.add_rows(placed)
             done += len(part)
     return jobs
@@ -535,6 +537,7 @@ def _check_unique(spool: Spool, jobs: list[Job]) -> None:
             spool.check_new_id(job.id)
         elif key in taken:
             raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
+        check_deps_exist(spool, job, seen)
 
 def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""
@@ -544,12 +547,13 @@ def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     try:
         for job in part:
             data = job.to_json()
-            rows.append(row_values(job, JobState.PENDING, data.decode("utf-8")))
             tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
+            # The inode, so the next sync knows the file as the one it placed.
+            rows.append(row_values(job, job.state, data.decode("utf-8"), os.stat(tmps[-1]).st_ino))
         if len(part) > 1:
             syncfs(spool.path("tmp"))
         for job, tmp in zip(part, tmps):
-            _place(tmp, spool.job_path(JobState.PENDING, job.id), bulk=bulk)
+            _place(tmp, spool.job_path(job.state, job.id), bulk=bulk)
             placed += 1
     except BaseException as e:
         for tmp in tmps[placed:]:

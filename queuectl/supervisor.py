@@ -30,7 +30,7 @@ from .queues import known_queues
 from .registry import Heartbeat, WorkerInfo, check_node, clones, node_name, pid_alive, read_workers, signal_process
 from .sdnotify import notify
 from .spool import Spool
-from .worker import Worker
+from .worker import EXIT_JOB_DIED, Worker
 
 log = logging.getLogger("queuectl.supervisor")
 WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
@@ -118,6 +118,7 @@ class Supervisor:
         self.allow_shared = allow_shared
         self.stop_asked = False  # by a signal here or to a worker: stop the tree
         self.signals = 0  # SIGINT/SIGTERM received: the second kills running jobs
+        self.died = False  # a burst worker reported a job that ended in dead/
         self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.born: dict[int, float] = {}   # worker slot -> when its process started
         self.due: dict[int, float] = {}    # worker slot -> when to (re)start it
@@ -217,8 +218,21 @@ class Supervisor:
                 _signal(p.pid, signal.SIGUSR1)
                 p.join()
             self._remove_signals()
+        if self.burst:
+            self._say_scheduled()
         log.info("stopped")
-        return 0
+        return 1 if self.died else 0
+
+    def _say_scheduled(self) -> None:
+        """A burst run leaves jobs due later (or blocked, or held) alone: say how many."""
+        spool = self.spool
+        spool.sync()
+        left = spool.index.scheduled()
+        held = spool.index.counts().get("held", 0)
+        spool.close()
+        if left or held:
+            log.info("%d %s scheduled for later%s", left, "job remains" if left == 1 else "jobs remain",
+                     f", {held} held" if held else "")
 
     def _loop(self, hb: Heartbeat) -> None:
         stop_sent_at = None
@@ -283,7 +297,9 @@ class Supervisor:
             del self.procs[i]
             p.join()
             code = p.exitcode
-            if stopping or (code == 0 and self.burst):
+            if self.burst and code == EXIT_JOB_DIED:
+                self.died = True
+            if stopping or (code in (0, EXIT_JOB_DIED) and self.burst):
                 continue
             if code in (0, WORKER_STOPPED):
                 # Someone signalled this worker, or the whole group (the worker may

@@ -14,8 +14,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from .controls import resolve_dependencies, take_kill_request
 from .errors import SpoolError
-from .hooks import run_hook
+from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .queues import PAUSE_ALL, paused, release_slot, take_slot
@@ -33,6 +34,7 @@ RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
 SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
 RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
+EXIT_JOB_DIED = 4          # a burst worker's exit status when a job it ran ended in dead/ (3: stopped)
 
 log_ = logging.getLogger("queuectl.worker")
 
@@ -76,6 +78,7 @@ class Worker:
         self.retry_due = float("inf")  # earliest retry this worker scheduled
         self.slot: int | None = None
         self.slot_wait = False
+        self.died = False  # a job this worker ran ended in dead/
         self.flushed = 0.0
 
     # signal handlers only set flags (and wake the loop)
@@ -125,7 +128,7 @@ class Worker:
             self.watcher.stop()
             self.hb.remove()
             spool.close()
-        return 0
+        return EXIT_JOB_DIED if self.burst and self.died else 0
 
     def loop(self) -> None:
         """_loop(); an index that breaks under the worker is rebuilt, never fatal."""
@@ -149,6 +152,9 @@ class Worker:
                 self.refresh()
                 report = spool.sync()
                 waiting, busy = report.waiting, report.busy
+                # Dependents of a job that ended dead or cancelled are cancelled here,
+                # at most one scan after it ended (whichever worker ran it).
+                resolve_dependencies(spool)
                 self.candidates = []  # new arrivals may outrank what was fetched
                 last_scan = now
             if now - last_recover >= RECOVER_INTERVAL:
@@ -206,14 +212,22 @@ class Worker:
         return timeout
 
     def idle_for_good(self) -> bool:
-        """Burst mode: nothing left to run now or later, here or in another worker."""
+        """Burst mode: nothing due now, nothing running, and no retry of this worker's own run pending.
+
+        Jobs scheduled for later (a delay, a retry of an earlier run) or blocked
+        behind them are left for later: `worker start --burst` says how many.
+        """
         spool = self.spool
 
         def empty() -> bool:
+            idx = spool.index
+            if idx.counts()["processing"]:
+                return False
             # Jobs of other queues, or of paused ones, are not this burst's to wait for.
-            if PAUSE_ALL in self.pauses:
-                return True
-            return spool.index.unfinished(self.queues, self.pauses) == 0
+            if PAUSE_ALL not in self.pauses and idx.claimable(1, queues=self.queues, paused=self.pauses):
+                return False
+            # A retry this worker (or its supervisor, recovering at start) scheduled is part of its run.
+            return idx.retries_of(hostname(), (os.getpid(), self.parent)) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync().waiting or not empty():
@@ -319,23 +333,10 @@ class Worker:
         self.hb.set_job(None)
         self.running = None
         if not outcome.interrupted:
-            self._hooks(claim.job, outcome)
+            run_hooks(claim.job, outcome.exit_code != 0, self.spool.config, log_path=self.spool.log_path(claim.job.id),
+                      env={**os.environ, "QUEUECTL_SPOOL": self.spool.root}, should_kill=lambda: self.kill_jobs,
+                      tick=self.hb.beat)
         cap_log(self.spool.log_path(claim.job.id), self.spool.config.max_log_size)
-
-    def _hooks(self, job: Job, outcome: Outcome) -> None:
-        """on_failure after a failed attempt, on_finish once the job is final (after the record)."""
-        cfg = self.spool.config
-        hooks = []
-        if outcome.exit_code != 0 and cfg.on_failure:
-            hooks.append(("on_failure", cfg.on_failure))
-        on_finish = job.on_finish or cfg.on_finish
-        if job.state in (JobState.COMPLETED, JobState.DEAD) and on_finish:
-            hooks.append(("on_finish", on_finish))
-        for kind, command in hooks:
-            run_hook(kind, command, job, job.state.value, log_path=self.spool.log_path(job.id),
-                     env={**os.environ, "QUEUECTL_SPOOL": self.spool.root}, timeout=cfg.hook_timeout,
-                     grace=min(cfg.kill_grace, cfg.hook_timeout), should_kill=lambda: self.kill_jobs,
-                     tick=self.hb.beat)
 
     def _start(self, claim: Claim) -> _Run:
         """Log the attempt's header and start its command."""
@@ -386,11 +387,17 @@ class Worker:
         """Record the outcome in the job file (and so in its directory) and say it."""
         spool = self.spool
         claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
+        request = None
+        if outcome.exit_code != 0 or outcome.error:
+            # `queuectl kill` leaves kill/<id> before it signals: this exit was the user's doing.
+            request = take_kill_request(spool, job.id, attempt)
+            if request is not None:
+                outcome = Outcome(outcome.exit_code, f"killed by user ({request.get('signal', 'SIGTERM')})")
         entry = {"attempt": attempt, "worker": self.name, "node": node_name(), "host": hostname(),
                  "pid": os.getpid(),
                  "started_at": run.started, "finished_at": now_iso(),
                  "exit_code": outcome.exit_code, "error": outcome.error}
-        if outcome.interrupted:
+        if outcome.interrupted and request is None:
             entry["counted"] = False
             job.history.append(entry)
             job.state, job.next_run_at = JobState.PENDING, None
@@ -398,9 +405,13 @@ class Worker:
             log_.info("interrupted %s: back to pending", job.id)
             return
         delay = apply_outcome(job, entry, spool.config)
+        if request is not None and not request.get("retry") and job.state is JobState.FAILED:
+            job.state, job.next_run_at, delay = JobState.DEAD, None, 0.0  # killed: no retry unless --retry
         self._record(claim, job)
         if job.state is JobState.FAILED:
             self.retry_due = min(self.retry_due, job.run_ts)
+        elif job.state is JobState.DEAD:
+            self.died = True
         if job.state is JobState.COMPLETED:
             log_.info("completed %s", job.id)
         elif job.state is JobState.FAILED:
@@ -409,6 +420,7 @@ class Worker:
         else:
             log_.info("failed %s (attempt %d/%d, %s)", job.id, attempt, total, outcome.error)
             log_.info("%s moved to dead letter queue", job.id)
+            resolve_dependencies(spool)  # its dependents are cancelled now, not a scan later
         if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
             spool.flush_index()
             self.flushed = time.monotonic()

@@ -44,7 +44,7 @@ def _final_checks(spool: Path, out: Path, ids: set[str], max_doubles: int,
     assert doubles <= max_doubles, f"{doubles} double executions, allowed {max_doubles}"
     assert_check_clean(spool)
     assert status_json(spool) == dir_counts(spool) == {
-        "pending": 0, "processing": 0, "completed": len(ids), "failed": 0, "dead": 0}
+        "pending": 0, "processing": 0, "completed": len(ids), "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ def test_index_rows_without_files_and_files_without_rows(run, spool):
     assert r.exit_code == 0 and "[repaired: reindexed (" in r.stdout
     assert run("check").exit_code == 0
     assert json.loads(run("status", "--json").stdout) == {
-        "pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "workers": 0, "spool": str(spool)}
+        "pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool)}
 
 
 def test_missing_index_is_one_problem(run, spool):

@@ -15,7 +15,7 @@ from queuectl import __version__
 from queuectl.cli import main
 
 JOB1 = '{"id": "job1", "command": "echo Hello from QueueCTL", "max_retries": 3}'
-STATES = ["pending", "processing", "completed", "failed", "dead"]
+STATES = ["pending", "processing", "completed", "failed", "dead", "held", "cancelled"]
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_enqueue_id_needs_one_job(run, job_file):
 
 def test_enqueue_needs_command_or_file(run, job_file):
     r = run("enqueue")
-    assert r.exit_code == 2 and "give a COMMAND or --file" in r.stderr
+    assert r.exit_code == 2 and "give one of COMMAND, --file or --lines" in r.stderr
     r = run("enqueue", "--file", job_file(JOB1), "echo hi")
     assert r.exit_code == 2 and "not both" in r.stderr
 
@@ -349,7 +349,7 @@ def test_list_multiline_command_stays_on_one_line(run):
 def test_status_json_on_a_brand_new_spool(run, spool_dir):
     r = run("status", "--json")
     assert r.exit_code == 0 and r.stderr == ""
-    assert json.loads(r.stdout) == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0,
+    assert json.loads(r.stdout) == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0,
                                     "workers": 0, "spool": str(spool_dir)}
     assert list(json.loads(r.stdout)) == [*STATES, "workers", "spool"]
 
@@ -358,13 +358,15 @@ def test_status_human(run, spool_dir):
     r = run("status")
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
-    assert lines[:5] == ["pending:    0", "processing: 0", "completed:  0", "failed:     0", "dead:       0"]
+    assert lines[:7] == ["pending:    0", "processing: 0", "completed:  0", "failed:     0", "dead:       0",
+                         "held:       0", "cancelled:  0"]
     assert f"spool:      {spool_dir}" in lines
     _enqueue_three(run)
     os.rename(spool_dir / "pending" / "job3.json", spool_dir / "failed" / "job3.json")
-    assert run("status").stdout.splitlines()[:5] == [
-        "pending:    2", "processing: 0", "completed:  0", "failed:     1", "dead:       0"]
-    assert status_counts(run) == {"pending": 2, "processing": 0, "completed": 0, "failed": 1, "dead": 0}
+    assert run("status").stdout.splitlines()[:7] == [
+        "pending:    2", "processing: 0", "completed:  0", "failed:     1", "dead:       0",
+        "held:       0", "cancelled:  0"]
+    assert status_counts(run) == {"pending": 2, "processing": 0, "completed": 0, "failed": 1, "dead": 0, "held": 0, "cancelled": 0}
 
 
 # -- show ------------------------------------------------------------------------------
@@ -420,13 +422,13 @@ def test_show_a_dropped_in_job_before_anything_else(run, spool_dir):
 
 def test_reindex(run, spool_dir):
     r = run("reindex")
-    assert (r.exit_code, r.stdout) == (0, "reindexed: pending 0, processing 0, completed 0, failed 0, dead 0\n")
+    assert (r.exit_code, r.stdout) == (0, "reindexed: pending 0, processing 0, completed 0, failed 0, dead 0, held 0, cancelled 0\n")
     _enqueue_three(run)
     os.rename(spool_dir / "pending" / "job1.json", spool_dir / "done" / "job1.json")
     r = run("reindex")
-    assert r.stdout == "reindexed: pending 2, processing 0, completed 1, failed 0, dead 0\n"
+    assert r.stdout == "reindexed: pending 2, processing 0, completed 1, failed 0, dead 0, held 0, cancelled 0\n"
     assert json.loads(run("reindex", "--json").stdout) == {
-        "pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 0}
+        "pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
 
 
 # -- a brand-new spool ---------------------------------------------------------------
@@ -436,7 +438,7 @@ def test_reindex(run, spool_dir):
     (["list"], ""),
     (["list", "--json"], "[]\n"),
     (["list", "--state", "dead"], ""),
-    (["reindex"], "reindexed: pending 0, processing 0, completed 0, failed 0, dead 0\n"),
+    (["reindex"], "reindexed: pending 0, processing 0, completed 0, failed 0, dead 0, held 0, cancelled 0\n"),
     (["config", "list"], None),
     (["config", "get", "max_retries"], "3\n"),
     (["enqueue", "--id", "x", "true"], "enqueued job x\n"),

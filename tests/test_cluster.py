@@ -241,7 +241,7 @@ def test_a_node_cut_off_longer_than_the_lease_drops_its_result(hosts):
     hosts.start(1, "--count", "1")
     hosts.enqueue([("p", "sleep 3")])
     claims = c.export / hosts.name / "workers"
-    wait_for(lambda: any(f.read_text().split()[:1] == ["p"] for f in claims.glob("hostB.*.claim")), 20,
+    wait_for(lambda: any(f.read_text().split()[:1] == ["p"] for f in claims.glob("hostB.*.claim")), 60,
              "hostB running p")
     frozen = processes_of_node("hostB")
     for pid in frozen:

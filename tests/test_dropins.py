@@ -77,7 +77,7 @@ def test_copied_in_file_shows_in_list_and_status_with_no_other_command(run, spoo
 
 def test_status_first_sees_a_dropin(run, spool):
     drop(spool, "a.json", '{"command": "true"}')
-    assert counts(run) == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0}
+    assert counts(run) == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
 
 
 def test_dropin_into_a_spool_with_only_pending_made_by_hand(run, spool_dir):
@@ -267,7 +267,7 @@ def test_duplicate_id_in_any_state_is_rejected(run, spool):
         run("enqueue", "--id", f"j{i}", "true")
         if d != "pending":
             os.rename(spool / "pending" / f"j{i}.json", spool / d / f"j{i}.json")
-    assert counts(run) == {"pending": 1, "processing": 1, "completed": 1, "failed": 1, "dead": 1}
+    assert counts(run) == {"pending": 1, "processing": 1, "completed": 1, "failed": 1, "dead": 1, "held": 0, "cancelled": 0}
     for i in range(5):
         drop(spool, f"x{i}.json", json.dumps({"id": f"j{i}", "command": "dup"}))
     # name only, the id coming from the file name: a copy of done/j2.json as pending/j2.json
@@ -278,7 +278,7 @@ def test_duplicate_id_in_any_state_is_rejected(run, spool):
         raw = json.dumps({"id": f"j{i}", "command": "dup"}).encode()
         assert_rejected(spool, f"x{i}.json", raw, f"job j{i} already exists")
     assert_rejected(spool, "j2.json", (spool / "done" / "j2.json").read_bytes(), "already exists (in done/)")
-    assert counts(run) == {"pending": 1, "processing": 1, "completed": 1, "failed": 1, "dead": 1}
+    assert counts(run) == {"pending": 1, "processing": 1, "completed": 1, "failed": 1, "dead": 1, "held": 0, "cancelled": 0}
     assert "dup" not in run("list").stdout
 
 
@@ -403,11 +403,11 @@ def test_files_deleted_or_moved_by_other_tools_disappear(run, spool):
     assert counts(run)["pending"] == 2
     os.rename(spool / "pending" / "j1.json", spool / "done" / "j1.json")
     assert run("list").stdout == "j1 - completed - echo 1\nj2 - pending - echo 2\n"
-    assert counts(run) == {"pending": 1, "processing": 0, "completed": 1, "failed": 0, "dead": 0}
+    assert counts(run) == {"pending": 1, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     os.rename(spool / "pending" / "j2.json", spool / "elsewhere.json")
     assert run("list").stdout == "j1 - completed - echo 1\n"
     os.unlink(spool / "done" / "j1.json")
-    assert run("status", "--json").stdout.count(": 0") == 6  # five states and workers
+    assert run("status", "--json").stdout.count(": 0") == 8  # seven states and workers
 
 
 def test_deletion_noticed_even_when_the_directory_mtime_looks_old(run, spool, age):

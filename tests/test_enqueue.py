@@ -297,11 +297,11 @@ def _check_consistent(run, spool_dir, expected_ids):
         assert rec["id"] == job_id and rec["state"] == "pending"
     # the index agrees without a reindex
     status = json.loads(run("status", "--json").stdout)
-    assert status == {"pending": len(expected_ids), "processing": 0, "completed": 0, "failed": 0, "dead": 0,
+    assert status == {"pending": len(expected_ids), "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0,
                       "workers": 0, "spool": str(spool_dir)}
     listed = [r["id"] for r in json.loads(run("list", "--json").stdout)]
     assert sorted(listed) == sorted(expected_ids)
-    assert run("reindex").stdout == f"reindexed: pending {len(expected_ids)}, processing 0, completed 0, failed 0, dead 0\n"
+    assert run("reindex").stdout == f"reindexed: pending {len(expected_ids)}, processing 0, completed 0, failed 0, dead 0, held 0, cancelled 0\n"
 
 
 @pytest.mark.slow

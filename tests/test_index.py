@@ -14,7 +14,7 @@ from queuectl.index import Index
 from queuectl.job import Job, JobState
 from queuectl.spool import Spool
 
-EXPECTED = {"pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 1}
+EXPECTED = {"pending": 2, "processing": 0, "completed": 1, "failed": 0, "dead": 1, "held": 0, "cancelled": 0}
 LIST = ("j0 - pending - echo 0\n"
         "j1 - completed - echo 1\n"
         "j2 - dead - echo 2\n"
@@ -99,7 +99,7 @@ def test_damaged_index_is_rebuilt_with_one_notice(run, filled, how, command):
         r.stderr_lines = [notice]
     else:
         r = run("reindex")
-        assert r.stdout == "reindexed: pending 2, processing 0, completed 1, failed 0, dead 1\n"
+        assert r.stdout == "reindexed: pending 2, processing 0, completed 1, failed 0, dead 1, held 0, cancelled 0\n"
     assert r.exit_code in (0, 1)
     lines = getattr(r, "stderr_lines", r.stderr.splitlines())
     assert len(lines) == 1, r.stderr
@@ -142,14 +142,14 @@ def test_reindex_after_hand_moves(run, spool_dir):
     os.unlink(spool_dir / "pending" / "h2.json")
     r = run("reindex")
     assert (r.exit_code, r.stdout, r.stderr) == (
-        0, "reindexed: pending 0, processing 0, completed 1, failed 1, dead 0\n", "")
+        0, "reindexed: pending 0, processing 0, completed 1, failed 1, dead 0, held 0, cancelled 0\n", "")
     assert run("list").stdout == "h0 - failed - true\nh1 - completed - true\n"
 
 
 def test_reindex_accepts_pending_dropins(run, spool_dir):
     run("status")
     (spool_dir / "pending" / "d.json").write_text('{"command": "true"}')
-    assert run("reindex").stdout == "reindexed: pending 1, processing 0, completed 0, failed 0, dead 0\n"
+    assert run("reindex").stdout == "reindexed: pending 1, processing 0, completed 0, failed 0, dead 0, held 0, cancelled 0\n"
 
 
 def test_index_rows_follow_the_directory_not_the_state_field(run, spool_dir):
@@ -181,7 +181,7 @@ def test_index_api(tmp_path):
     idx.begin()
     idx.upsert_many((j, JobState.PENDING) for j in jobs)
     idx.commit()
-    assert idx.counts() == {"pending": 3, "processing": 0, "completed": 0, "failed": 0, "dead": 0}
+    assert idx.counts() == {"pending": 3, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     assert idx.lookup("A1").id == "a1"  # ignoring case
     idx.upsert(jobs[0], JobState.COMPLETED)
     assert idx.counts()["completed"] == 1 and idx.counts()["pending"] == 2

@@ -333,7 +333,7 @@ def test_state_parse():
         assert JobState.parse(s.value) is s
     with pytest.raises(InvalidJob, match="unknown state 'finished'"):
         JobState.parse("finished")
-    assert [s.dirname for s in JobState] == ["pending", "processing", "done", "failed", "dead"]
-    assert [s.value for s in JobState] == ["pending", "processing", "completed", "failed", "dead"]
+    assert [s.dirname for s in JobState] == ["pending", "processing", "done", "failed", "dead", "held", "cancelled"]
+    assert [s.value for s in JobState] == ["pending", "processing", "completed", "failed", "dead", "held", "cancelled"]
     # str-valued: usable directly as text
     assert JobState.DEAD == "dead"

@@ -47,7 +47,7 @@ def ran(run, run_proc, spool_dir):
     assert run("enqueue", "--id", "quick", "true").exit_code == 0
     assert run("enqueue", "--id", "bad", "--max-retries", "1", "false").exit_code == 0
     p = run_proc("worker", "start", "--burst", timeout=120)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # 1: a job it ran (bad) ended in dead/
     return spool_dir
 
 
@@ -60,7 +60,8 @@ def test_metrics_match_the_spool_after_a_run(run, ran, spool_dir):
     fams = metrics(run)
     jobs = samples(fams["queuectl_jobs"])
     assert jobs == {frozenset({("state", s)}): v for s, v in
-                    [("pending", 0), ("processing", 0), ("completed", 2), ("failed", 0), ("dead", 1)]}
+                    [("pending", 0), ("processing", 0), ("completed", 2), ("failed", 0), ("dead", 1),
+                     ("held", 0), ("cancelled", 0)]}
     assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="completed") == 2
     assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="dead") == 1
     assert value(fams, "queuectl_attempts", "queuectl_attempts_total") == 4  # 1 + 1 + 2
@@ -141,7 +142,7 @@ def test_an_index_of_the_old_schema_is_rebuilt(run, ran, spool_dir):
     db.close()
     r = run("metrics")
     assert r.exit_code == 0
-    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 5)")
+    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 6)")
     fams = families(r.stdout)
     assert value(fams, "queuectl_jobs", state="completed") == 2
     assert value(fams, "queuectl_job_run_seconds", "queuectl_job_run_seconds_count") == 3
@@ -187,7 +188,7 @@ def test_enqueue_imports_neither_flask_nor_prometheus(spool_dir):
 def test_status_json_has_workers_and_spool_beside_the_counts(run, spool_dir):
     assert run("enqueue", "true").exit_code == 0
     out = json.loads(run("status", "--json").stdout)
-    assert out == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0,
+    assert out == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "cancelled": 0,
                    "workers": 0, "spool": str(spool_dir)}
 
 

@@ -132,7 +132,7 @@ def readonly_spool(tmp_path):
         cli(spool, "config", "set", "backoff_max", "0.05")
         cli(spool, "enqueue", "--id", "ok", "true")
         cli(spool, "enqueue", "--id", "bad", "--max-retries", "0", "exit 3")
-        cli(spool, "worker", "start", "--burst")
+        assert qc(spool, "worker", "start", "--burst").returncode == 1  # 1: a job ended in dead/
         cli(spool, "enqueue", "--id", "later", "true")
         assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
         yield spool
@@ -163,7 +163,7 @@ def test_two_dlq_retry_all_at_once_both_finish(spool_dir, tmp_path):
     n = 60
     cli(spool_dir, "enqueue", "--quiet", "--file", "-",
         input="\n".join(f'{{"id": "d{i}", "command": "exit 1", "max_retries": 0}}' for i in range(n)))
-    cli(spool_dir, "worker", "start", "--burst", "--count", "2")
+    assert qc(spool_dir, "worker", "start", "--burst", "--count", "2").returncode == 1  # jobs died
     assert len(os.listdir(spool_dir / "dead")) == n
     argv = [sys.executable, "-m", "queuectl", "--spool", str(spool_dir), "dlq", "retry", "--all"]
     results = []

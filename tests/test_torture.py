@@ -282,7 +282,7 @@ def test_spool_is_private_whatever_the_umask(tmp_path):
     assert qc(spool, "enqueue", "--id", "b", "exit 3", "--max-retries", "0", **umask0).returncode == 0
     (spool / "pending" / "bad.json").write_text("[]")
     r = qc(spool, "worker", "start", "--burst", **umask0)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # 1: job b ended in dead/
     assert stat.S_IMODE(os.stat(spool).st_mode) == 0o700
     for dirpath, dirnames, filenames in os.walk(spool):
         for d in dirnames:
@@ -368,16 +368,20 @@ def test_pending_job_edited_into_invalid_json(spool, tmp_path, procs):
     with open(spool / "pending" / "j2.json", "w") as f:  # in place, as an editor might
         f.write('{"id": "j2", "command": "' + _touch(ok / "j2-edited") + '",')
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
-    wait_for(lambda: (ok / "j3").exists(), what="j3 ran")
+    # A burst worker leaves jobs scheduled for later alone (and says how many).
+    assert wait_exit(sup, 30, procs) == 0
+    assert "[supervisor] 1 job remains scheduled for later" in procs.output(sup)
+    assert (ok / "j3").exists()
     with open(spool / "pending" / "later.json", "w") as f:
         f.write("not json at all")
-    assert wait_exit(sup, 30, procs) == 0
+    wait_for(lambda: time.time() > later + 0.1, what="the scheduled job is due")
+    assert qc(spool, "worker", "start", "--burst").returncode == 0
     assert sorted(os.listdir(ok)) == ["j1", "j3"]
     assert names(spool, "done") == ["j1.json", "j3.json"]
     assert sorted(names(spool, "rejected")) == ["j2.json", "j2.json.reason", "later.json", "later.json.reason"]
     assert "invalid JSON" in (spool / "rejected" / "j2.json.reason").read_text()
     assert (spool / "rejected" / "later.json").read_text() == "not json at all"
-    assert status_json(spool) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 0}
+    assert status_json(spool) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     assert_check_clean(spool)
 
 
@@ -476,7 +480,7 @@ def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, pr
     assert runs.read_text() == "run\n"
     job = json.loads((spool / "done" / "full.json").read_bytes())
     assert job["attempts"] == 1 and job["state"] == "completed"
-    assert dir_counts(spool) == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0}
+    assert dir_counts(spool) == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
     assert_check_clean(spool)
 
 

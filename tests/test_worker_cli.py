@@ -47,10 +47,10 @@ def test_seed_walkthrough(spool_dir, tmp_path):
                        "[supervisor] stopped"]
 
     status = lines_of(cli(spool_dir, "status").stdout)
-    assert status[:6] == ["pending:    0", "processing: 0", "completed:  1", "failed:     0", "dead:       0",
-                          "workers:    0"]
+    assert status[:8] == ["pending:    0", "processing: 0", "completed:  1", "failed:     0", "dead:       0",
+                          "held:       0", "cancelled:  0", "workers:    0"]
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
-        {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "workers": 0, "spool": str(spool_dir)}
+        {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
     assert cli(spool_dir, "list").stdout == "job1 - completed - echo Hello from QueueCTL\n"
     assert where(spool_dir) == {"job1": ["done"]}
 
@@ -69,8 +69,8 @@ def test_retry_dead_letter_and_back(spool_dir, tmp_path):
     assert cli(spool_dir, "config", "set", "backoff_max", "0.05").stdout == "backoff_max = 0.05\n"
     cli(spool_dir, "enqueue", "--id", "j", "--max-retries", "2", command)
 
-    r = cli(spool_dir, "worker", "start", "--count", "1", "--burst", timeout=30)
-    assert r.stderr == ""
+    r = cli(spool_dir, "worker", "start", "--count", "1", "--burst", timeout=30, check=False)
+    assert (r.returncode, r.stderr) == (1, "")  # 1: the job ended in dead/
     assert runs.read_text() == "run\n" * 3
     assert lines_of(r.stdout)[2:-1] == [
         f"[worker-0] executing job j: {command}",
@@ -99,7 +99,8 @@ def test_retry_dead_letter_and_back(spool_dir, tmp_path):
     assert cli(spool_dir, "dlq", "list").stdout == ""
 
     # it gets its full retries again
-    r = cli(spool_dir, "worker", "start", "--burst", timeout=30)
+    r = cli(spool_dir, "worker", "start", "--burst", timeout=30, check=False)
+    assert r.returncode == 1
     assert runs.read_text() == "run\n" * 6
     assert "[worker-0] failed j (attempt 1/3, exit 1), retry in 0.050s" in r.stdout
     assert job_file(spool_dir, "dead", "j")["attempts"] == 3
@@ -132,7 +133,7 @@ def test_four_workers_five_hundred_jobs(spool_dir, tmp_path):
     assert os.listdir(spool_dir / "processing") == []
     assert where(spool_dir) == {i: ["done"] for i in ids}
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
-        {"pending": 0, "processing": 0, "completed": 500, "failed": 0, "dead": 0, "workers": 0, "spool": str(spool_dir)}
+        {"pending": 0, "processing": 0, "completed": 500, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
     for i in ("j000", "j499"):
         assert job_file(spool_dir, "done", i)["attempts"] == 1
 

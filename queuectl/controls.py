@@ -1,0 +1,389 @@
+"""Everyday control of jobs: cancel, hold, release, priority, kill, dependencies, wait.
+
+Every change to a waiting job is safe against a worker claiming it at the same
+moment. Like a claim, it locks the job file and renames it: the worker's claim
+locks the file before its own rename, so whichever process locks first wins,
+and the other finds the file gone (or locked) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
+from .fsio import fsync_dir, lock_file, read_fd, space_error, unlink_quietly, write_tmp
+from .index import row_values
+from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
+from .registry import hostname, pid_alive, processes_with_env, read_workers
+
+if TYPE_CHECKING:
+    from .index import Row
+    from .spool import Spool
+
+log = logging.getLogger("queuectl.controls")
+
+LOCK_TRIES = 400      # a worker holds a job's lock only between its lock and its rename
+LOCK_RETRY = 0.005
+RESCAN = 1.0          # `wait` rescans this often even without a watch event
+KILL_FIND = 2.0       # seconds `kill` looks for the processes of a job claimed a moment ago
+WAITING = (JobState.PENDING, JobState.FAILED, JobState.HELD)
+
+# action -> (states it applies to, state it moves the job to)
+MOVES = {
+    "cancel": (WAITING, JobState.CANCELLED),
+    "hold": ((JobState.PENDING, JobState.FAILED), JobState.HELD),
+    "release": ((JobState.HELD,), JobState.PENDING),
+}
+# action -> the states it applies to
+SOURCES = {**{a: m[0] for a, m in MOVES.items()}, "priority": WAITING, "kill": (JobState.PROCESSING,)}
+
+
+def _wrong_state(job_id: str, state: JobState, action: str) -> WrongState:
+    if action == "kill":
+        return WrongState(f"job {job_id} is not running (it is {state.value})")
+    if state is JobState.PROCESSING:
+        if action == "cancel":
+            return WrongState(f"job {job_id} is running: stop it with `queuectl kill {job_id}`")
+        return WrongState(f"job {job_id} is running: only a waiting job can be {_done(action)}")
+    if action == "release":
+        return WrongState(f"job {job_id} is not held (it is {state.value})")
+    if state is JobState.CANCELLED and action == "cancel":
+        return WrongState(f"job {job_id} is already cancelled")
+    if state is JobState.HELD and action == "hold":
+        return WrongState(f"job {job_id} is already held")
+    what = "pending, failed or held" if action in ("cancel", "priority") else "pending or failed"
+    return WrongState(f"job {job_id} is {state.value}: only {what} jobs can be {_done(action)}")
+
+
+def _done(action: str) -> str:
+    return {"cancel": "cancelled", "hold": "held", "release": "released",
+            "priority": "given a new priority"}.get(action, action)
+
+
+def find(spool: "Spool", job_id: str) -> tuple[JobState, str]:
+    """spool.find, looked again before saying "no job": a job claimed from failed/
+    moves to processing/, which find() has already looked in."""
+    for _ in range(2):
+        try:
+            return spool.find(job_id)
+        except JobNotFound:
+            pass
+    return spool.find(job_id)
+
+
+def check_targets(spool: "Spool", job_ids: list[str], action: str) -> list[str]:
+    """The ids as spelled on disk, if every job exists and `action` applies to it now.
+
+    Checked for all before any is changed, so bad input changes nothing.
+    """
+    sources = SOURCES[action]
+    out = []
+    for job_id in job_ids:
+        state, path = find(spool, job_id)
+        if state not in sources:
+            raise _wrong_state(job_id, state, action)
+        out.append(os.path.basename(path)[:-5])
+    return out
+
+
+def _locked(spool: "Spool", job_id: str, sources: tuple[JobState, ...], action: str) -> tuple[int, JobState, str]:
+    """Lock the job's file where it waits: (fd, state, path). The loser of a race raises WrongState."""
+    for _ in range(LOCK_TRIES):
+        state, path = find(spool, job_id)
+        if state not in sources:
+            raise _wrong_state(job_id, state, action)
+        fd = lock_file(path)
+        if fd is not None:
+            return fd, state, path
+        time.sleep(LOCK_RETRY)  # a worker between its lock and its claim rename, or a move under way
+    raise SpoolError(f"job {job_id} stayed locked by another process; try again")
+
+
+def _rewrite(spool: "Spool", job: Job, path: str, state: JobState) -> None:
+    """Write the job's new contents over path (through tmp/, durably) and index it."""
+    job.updated_at = now_iso()
+    data = job.to_json()
+    mtime = job.run_ts if state is JobState.FAILED and job.next_run_at else None  # failed/: mtime = due time
+    tmp, _ = write_tmp(spool.path("tmp"), data, durable=True, mtime=mtime)
+    try:
+        ino = os.stat(tmp).st_ino
+        os.rename(tmp, path)
+        fsync_dir(os.path.dirname(path))
+    except OSError as e:
+        unlink_quietly(tmp)
+        raise space_error(e, f"writing job {job.id}") from None
+    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), ino))
+
+
+def move(spool: "Spool", job_id: str, action: str, *, reason: str | None = None) -> Job:
+    """cancel, hold or release one job: lock, one rename (which decides), then the new contents.
+
+    The rename comes first: once it is done no claim can find the job, so the
+    new contents are written in the job's new directory. A crash in between
+    leaves the job in the right directory with its old state field; the
+    directory is the truth.
+    """
+    sources, target = MOVES[action]
+    fd, state, path = _locked(spool, job_id, sources, action)
+    try:
+        try:
+            job = parse_file(read_fd(fd, spool.config.max_job_size + 1), os.path.basename(path)[:-5])
+        except (OSError, InvalidJob) as e:
+            raise InvalidJob(f"job file {os.path.relpath(path, spool.root)} is not valid: {e}") from None
+        dest = spool.job_path(target, job.id)
+        if os.path.lexists(dest):
+            raise SpoolError(f"cannot {action} {job.id}: {os.path.relpath(dest, spool.root)} already exists "
+                             "(see `queuectl check`)")
+        try:
+            os.rename(path, dest)
+        except OSError as e:
+            raise space_error(e, f"moving job {job.id}") from None
+        event = {"event": _done(action), "at": now_iso(), "from": state.value}
+        if reason:
+            event["reason"] = reason
+        job.history.append(event)
+        job.state = target
+        if target is JobState.CANCELLED:
+            job.last_error = reason or "cancelled by user"
+        _rewrite(spool, job, dest, target)
+    finally:
+        os.close(fd)
+    return job
+
+
+def set_priority(spool: "Spool", job_id: str, priority: int) -> Job:
+    """Give a waiting job a new priority, in place: the next claim already sees it."""
+    check_priority(priority)
+    fd, state, path = _locked(spool, job_id, WAITING, "priority")
+    try:
+        job = parse_file(read_fd(fd, spool.config.max_job_size + 1), os.path.basename(path)[:-5])
+        job.history.append({"event": "priority", "at": now_iso(), "from": job.priority, "to": priority})
+        job.priority = priority
+        # Replacing the locked file ends the lock with it: a worker then claims the new contents.
+        _rewrite(spool, job, path, state)
+    finally:
+        os.close(fd)
+    return job
+
+
+# -- dependencies ---------------------------------------------------------------------
+
+
+def resolve_dependencies(spool: "Spool") -> list[str]:
+    """Cancel waiting jobs whose `after` dependency ended dead or cancelled (or no longer
+    exists), transitively; the lines to tell a person.
+
+    The index proposes, the files decide: each dependency's state is confirmed on disk.
+    """
+    said: list[str] = []
+    if spool.readonly:
+        return said
+    for _ in range(1000):  # one generation of dependents per pass
+        spool.flush_index()
+        progressed = False
+        seen: set[str] = set()
+        for job_id, dep, _state in spool.index.doomed():
+            if job_id in seen:
+                continue
+            try:
+                real, _ = spool.find(dep)
+            except JobNotFound:
+                real = None
+            except InvalidJob:
+                continue
+            if real not in (JobState.DEAD, JobState.CANCELLED, None):
+                continue  # the index was behind the files
+            seen.add(job_id)
+            reason = (f"dependency {dep} ended dead" if real is JobState.DEAD else
+                      f"dependency {dep} was cancelled" if real is JobState.CANCELLED else
+                      f"dependency {dep} no longer exists")
+            try:
+                move(spool, job_id, "cancel", reason=reason)
+            except QueueError:
+                continue  # another process got there first
+            said.append(f"cancelled {job_id}: {reason}")
+            progressed = True
+        if not progressed:
+            break
+    for line in said:
+        log.info("%s", line)
+    return said
+
+
+def state_note(row: "Row", blockers: dict[str, list[tuple[str, str, bool]]], now: float) -> str:
+    """`list`'s state column: the state, and for a waiting job what it waits for."""
+    text = row.state.value
+    waits = blockers.get(row.id)
+    if waits and row.state in WAITING:
+        text += " (waiting for " + ", ".join(dict.fromkeys(f"{d}: {s}" for d, s, _any in waits)) + ")"
+    elif row.state in (JobState.PENDING, JobState.HELD) and row.run_at > now:
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(row.run_at))
+        text += f" (scheduled {when}, in {_span(row.run_at - now)})"
+    return text
+
+
+def _span(secs: float) -> str:
+    secs = int(secs + 0.5)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            rest = secs % size
+            sub = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
+            return f"{secs // size}{unit}" + (f"{rest // sub[1]}{sub[0]}" if rest // sub[1] else "")
+    return f"{secs}s"
+
+
+# -- kill -------------------------------------------------------------------------------
+
+
+def running_groups(spool: "Spool", job_id: str) -> set[int]:
+    """Process groups of this host running the job: from its worker's heartbeat
+    (job_pid + job_start), and from the QUEUECTL_JOB_ID mark every job carries."""
+    groups: set[int] = set()
+    host = hostname()
+    for w in read_workers(spool):
+        pid, start = w.get("job_pid"), w.get("job_start")
+        if w.alive and w.host == host and w.job == job_id and isinstance(pid, int) and pid_alive(pid, start):
+            groups.add(pid)  # a job runs in its own session: its pid is its group
+    for pid in processes_with_env({"QUEUECTL_JOB_ID": job_id, "QUEUECTL_SPOOL": spool.root}):
+        if pid == os.getpid():
+            continue
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+    return groups
+
+
+def kill_path(spool: "Spool", job_id: str) -> str:
+    return spool.path("kill", job_id)
+
+
+def kill(spool: "Spool", job_id: str, sig: int = signal.SIGTERM, *, retry: bool = False) -> tuple[str, set[int]]:
+    """Signal a running job's process groups on this host; (id, groups).
+
+    First a request file kill/<id> (the attempt it is for, and whether to
+    retry) tells the job's worker that the exit it is about to see was a
+    user's kill; then the signal.
+    """
+    state, path = find(spool, job_id)
+    if state is not JobState.PROCESSING:
+        raise _wrong_state(job_id, state, "kill")
+    job = spool.read_job(path)
+    deadline = time.monotonic() + KILL_FIND
+    while not (groups := running_groups(spool, job.id)):
+        # Claimed a moment ago, its command not started yet; or run by another host.
+        if time.monotonic() > deadline:
+            raise WrongState(f"job {job.id} is claimed but none of its processes runs on this host ({hostname()})")
+        time.sleep(0.05)
+        state, _ = find(spool, job_id)
+        if state is not JobState.PROCESSING:
+            raise _wrong_state(job_id, state, "kill")
+    request = {"attempt": job.attempts + 1, "retry": retry, "signal": signal.Signals(sig).name,
+               "at": now_iso(), "by_pid": os.getpid()}
+    spool.write_file(kill_path(spool, job.id), json.dumps(request).encode() + b"\n", durable=False)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return job.id, groups
+
+
+def take_kill_request(spool: "Spool", job_id: str, attempt: int) -> dict | None:
+    """The user's kill request for this attempt of the job, consumed; None if there is none.
+
+    A request for another attempt is stale (the job ended on its own before
+    the signal): it is removed and ignored.
+    """
+    path = kill_path(spool, job_id)
+    try:
+        with open(path, "rb") as f:
+            request = json.loads(f.read(4096))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        request = None
+    unlink_quietly(path)
+    if not isinstance(request, dict) or request.get("attempt") != attempt:
+        return None
+    return request
+
+
+# -- wait -------------------------------------------------------------------------------
+
+
+@dataclass
+class WaitResult:
+    states: dict[str, str]   # id -> state name ("missing" if it vanished)
+    timed_out: bool
+    elapsed: float
+
+    def count(self, *names: str) -> int:
+        return sum(1 for s in self.states.values() if s in names)
+
+    @property
+    def final(self) -> int:
+        return self.count(*(s.value for s in FINAL), "missing")
+
+    @property
+    def failed(self) -> int:
+        return self.count("dead", "cancelled", "missing")
+
+
+def wait_targets(spool: "Spool", job_ids: list[str], label: str | None, all_: bool) -> list[str]:
+    """The jobs to wait for: the named ones (JobNotFound for an unknown id), those
+    with the label, and with all_ every job not final yet."""
+    spool.sync()
+    out: dict[str, None] = {}
+    for job_id in job_ids:
+        _state, path = spool.find(job_id)
+        out[os.path.basename(path)[:-5]] = None
+    idx = spool.index
+    if label is not None:
+        labelled = sorted(idx.ids_labelled(label))
+        if not labelled:
+            raise JobNotFound(f"no job has label {label}")
+        out.update(dict.fromkeys(labelled))
+    if all_:
+        out.update(dict.fromkeys(r.id for r in idx.rows() if r.state not in FINAL))
+    return list(out)
+
+
+def wait_for(spool: "Spool", job_ids: list[str], *, timeout: float | None = None,
+             progress: Callable[[WaitResult], None] | None = None, poll: bool = False) -> WaitResult:
+    """Block until every job is final or the timeout passes.
+
+    Woken by watch events on the directories jobs arrive in, with a rescan
+    every RESCAN seconds in case an event is lost; never a busy loop.
+    """
+    from .watcher import Watcher
+    t0 = time.monotonic()
+    watcher = Watcher([spool.path(d) for d in ("done", "dead", "cancelled", "failed", "pending")], poll=poll)
+    watcher.start()
+    try:
+        while True:
+            spool.sync()
+            resolve_dependencies(spool)  # with no worker running, a doomed dependent ends here
+            idx = spool.index
+            states = {}
+            for job_id in job_ids:
+                row = idx.lookup(job_id)
+                states[job_id] = row.state.value if row is not None else "missing"
+            result = WaitResult(states, False, time.monotonic() - t0)
+            if progress is not None:
+                progress(result)
+            if result.final == len(job_ids):
+                return result
+            left = None if timeout is None else timeout - (time.monotonic() - t0)
+            if left is not None and left <= 0:
+                result.timed_out = True
+                return result
+            watcher.wait(RESCAN if left is None else min(RESCAN, left))
+    finally:
+        watcher.stop()

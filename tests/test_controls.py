@@ -1,0 +1,553 @@
+"""Everyday control of jobs (issue 11): cancel, hold/release, priority, kill, wait,
+delays, dependencies, labels, environment, --lines, and the races with workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from queuectl.errors import InvalidJob
+from queuectl.spool import Spool
+from queuectl.when import parse_at, parse_delay
+
+from support import cli, qc, wait_for, where
+
+pytestmark = []
+
+
+def enq(run, *args) -> str:
+    r = run("enqueue", "--print-id", *args)
+    assert r.exit_code == 0, r.stderr
+    return r.stdout.strip()
+
+
+def counts(run) -> dict:
+    return json.loads(run("status", "--json").stdout)
+
+
+def snapshot(spool_dir) -> dict:
+    """Every job file's bytes, by path: `nothing changed on disk` compares two of these."""
+    out = {}
+    for d in ("pending", "processing", "done", "failed", "dead", "held", "cancelled"):
+        p = spool_dir / d
+        for n in sorted(os.listdir(p)) if p.exists() else []:
+            out[f"{d}/{n}"] = (p / n).read_bytes()
+    return out
+
+
+def burst(spool_dir, *extra):
+    return cli(spool_dir, "worker", "start", "--burst", *extra, check=False, timeout=60)
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+def test_cancel_moves_a_pending_job_to_cancelled(run, spool_dir, read_job):
+    enq(run, "--id", "job1", "echo 1")
+    r = run("cancel", "job1")
+    assert (r.exit_code, r.stdout) == (0, "cancelled job job1\n")
+    assert where(spool_dir) == {"job1": ["cancelled"]}
+    job = read_job("cancelled", "job1")
+    assert job["state"] == "cancelled" and job["last_error"] == "cancelled by user"
+    assert job["history"][-1]["event"] == "cancelled" and job["history"][-1]["from"] == "pending"
+    assert counts(run)["cancelled"] == 1 and counts(run)["pending"] == 0
+    assert run("list").stdout == "job1 - cancelled - echo 1\n"
+    assert "job1 is in cancelled/" in run("show", "job1").stdout
+    assert run("check").exit_code == 0
+    assert run("reindex").stdout.endswith("held 0, cancelled 1\n")
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("completed", "Error: job job1 is completed: only pending, failed or held jobs can be cancelled"),
+    ("dead", "Error: job job1 is dead: only pending, failed or held jobs can be cancelled"),
+    ("cancelled", "Error: job job1 is already cancelled"),
+    ("processing", "Error: job job1 is running: stop it with `queuectl kill job1`"),
+])
+def test_cancel_refuses_jobs_that_are_not_waiting(run, spool_dir, setup, message):
+    enq(run, "--id", "job1", "echo 1")
+    d = {"completed": "done"}.get(setup, setup)
+    os.rename(spool_dir / "pending" / "job1.json", spool_dir / d / "job1.json")
+    before = snapshot(spool_dir)
+    r = run("cancel", "job1")
+    assert r.exit_code == 1 and r.stderr.strip() == message
+    assert snapshot(spool_dir) == before
+
+
+def test_cancel_checks_every_id_before_changing_any(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    before = snapshot(spool_dir)
+    r = run("cancel", "a", "nope")
+    assert r.exit_code == 1 and r.stderr == "Error: no job nope\n"
+    assert snapshot(spool_dir) == before
+    assert run("cancel").exit_code == 2  # neither ids nor --label
+
+
+def test_cancel_failed_and_held_jobs_and_by_label(run, spool_dir):
+    enq(run, "--id", "f1", "--label", "batch", "false")
+    os.rename(spool_dir / "pending" / "f1.json", spool_dir / "failed" / "f1.json")
+    enq(run, "--id", "h1", "--label", "batch", "--hold", "echo h")
+    enq(run, "--id", "p1", "--label", "batch", "echo p")
+    enq(run, "--id", "other", "echo o")
+    r = run("cancel", "--label", "batch")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["cancelled job f1", "cancelled job h1", "cancelled job p1"]
+    assert where(spool_dir) == {"f1": ["cancelled"], "h1": ["cancelled"], "p1": ["cancelled"], "other": ["pending"]}
+    assert run("cancel", "--label", "nosuch").stderr == "Error: no job has label nosuch\n"
+
+
+# -- hold / release -----------------------------------------------------------------------
+
+
+def test_hold_and_release(run, spool_dir, read_job):
+    enq(run, "--id", "job1", "echo 1")
+    assert run("hold", "job1").stdout == "held job job1\n"
+    assert where(spool_dir) == {"job1": ["held"]} and read_job("held", "job1")["state"] == "held"
+    assert run("list").stdout == "job1 - held - echo 1\n"
+    r = run("hold", "job1")
+    assert (r.exit_code, r.stderr) == (1, "Error: job job1 is already held\n")
+    assert run("release", "job1").stdout == "released job job1\n"
+    assert where(spool_dir) == {"job1": ["pending"]} and read_job("pending", "job1")["state"] == "pending"
+    before = snapshot(spool_dir)
+    r = run("release", "job1")
+    assert (r.exit_code, r.stderr) == (1, "Error: job job1 is not held (it is pending)\n")
+    assert snapshot(spool_dir) == before
+    assert [h["event"] for h in read_job("pending", "job1")["history"]] == ["held", "released"]
+
+
+def test_enqueue_hold_is_never_claimed_until_released(run, spool_dir):
+    enq(run, "--id", "h", "--hold", "echo held")
+    assert where(spool_dir) == {"h": ["held"]}
+    r = burst(spool_dir)
+    assert r.returncode == 0 and "executing" not in r.stdout
+    assert "0 jobs remain scheduled for later, 1 held" in r.stdout
+    assert where(spool_dir) == {"h": ["held"]}
+    run("release", "h")
+    assert burst(spool_dir).returncode == 0
+    assert where(spool_dir) == {"h": ["done"]}
+
+
+# -- priority and hand edits ------------------------------------------------------------------
+
+
+def test_priority_takes_effect_at_the_next_claim(run, spool_dir, read_job):
+    for i in (1, 2, 3):
+        enq(run, "--id", f"j{i}", f"echo {i}")
+    r = run("priority", "j3", "10")
+    assert (r.exit_code, r.stdout) == (0, "job j3 priority 10\n")
+    assert run("priority", "j1", "-5").exit_code == 0
+    assert read_job("pending", "j3")["priority"] == 10
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    assert [i for i, _ in spool.index.candidates()] == ["j3", "j2", "j1"]
+    spool.close()
+    assert run("priority", "nope", "1").stderr == "Error: no job nope\n"
+    os.rename(spool_dir / "pending" / "j2.json", spool_dir / "done" / "j2.json")
+    r = run("priority", "j2", "1")
+    assert r.stderr == "Error: job j2 is completed: only pending, failed or held jobs can be given a new priority\n"
+
+
+def test_hand_edit_moved_over_a_pending_file_takes_effect_without_reindex(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "echo b")
+    assert json.loads(run("list", "--json").stdout)[1]["priority"] == 0
+    job = json.loads((spool_dir / "pending" / "b.json").read_bytes())
+    job["priority"] = 7
+    job["command"] = "echo edited"
+    tmp = spool_dir / "tmp" / ".b.tmp"
+    tmp.write_text(json.dumps(job))
+    os.rename(tmp, spool_dir / "pending" / "b.json")  # the README's way: write in tmp/, mv over
+    rec = {r["id"]: r for r in json.loads(run("list", "--json").stdout)}
+    assert rec["b"]["priority"] == 7 and rec["b"]["command"] == "echo edited"
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    assert spool.index.candidates()[0][0] == "b"
+    spool.close()
+    # An edit that breaks the file is quarantined with a reason, never run.
+    (spool_dir / "tmp" / ".a.tmp").write_text('{"id": "a", "command": 5, "state": "pending", "created_at": "x"}')
+    os.rename(spool_dir / "tmp" / ".a.tmp", spool_dir / "pending" / "a.json")
+    run("list")
+    assert "command must be a string" in (spool_dir / "rejected" / "a.json.reason").read_text()
+
+
+# -- delays ------------------------------------------------------------------------------------
+
+
+def test_parse_delay():
+    assert parse_delay("90s") == 90 and parse_delay("90") == 90
+    assert parse_delay("10m") == 600 and parse_delay("2h") == 7200 and parse_delay("1d") == 86400
+    assert parse_delay("1h30m") == 5400 and parse_delay("1.5h") == 5400
+    for bad in ("-5m", "soon", "", "5x", "m"):
+        with pytest.raises(InvalidJob):
+            parse_delay(bad)
+
+
+def test_parse_at_forms():
+    now = datetime(2026, 11, 28, 8, 0, 0).astimezone().timestamp()
+    local = datetime.fromtimestamp(now).astimezone()
+    tomorrow10 = (local + timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    assert parse_at("tomorrow 10:00", now) == tomorrow10.timestamp()
+    assert parse_at("today 18:30", now) == local.replace(hour=18, minute=30).timestamp()
+    # ISO 8601 with an offset, with Z, basic format, and without an offset (local time)
+    assert parse_at("2030-01-02T03:04:05+02:00", now) == datetime(2030, 1, 2, 1, 4, 5, tzinfo=timezone.utc).timestamp()
+    assert parse_at("2030-01-02T03:04:05Z", now) == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    assert parse_at("20300102T030405Z", now) == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    assert parse_at("2030-01-02T03:04", now) == datetime(2030, 1, 2, 3, 4).astimezone().timestamp()
+    assert parse_at("2030-01-02", now) == datetime(2030, 1, 2).astimezone().timestamp()
+    for bad in ("yesterday", "yesterday 10:00", "2020-01-01T00:00Z", "not a time", "today 07:00"):
+        with pytest.raises(InvalidJob):
+            parse_at(bad, now)
+
+
+def test_enqueue_delay_and_at_schedule_the_job(run, spool_dir, read_job):
+    t0 = time.time()
+    enq(run, "--id", "d", "--delay", "90s", "echo d")
+    due = datetime.fromisoformat(read_job("pending", "d")["next_run_at"].replace("Z", "+00:00")).timestamp()
+    assert t0 + 89 <= due <= time.time() + 91
+    enq(run, "--id", "t", "--at", "2099-01-01T00:00:00Z", "echo t")
+    assert read_job("pending", "t")["next_run_at"] == "2099-01-01T00:00:00.000000Z"
+    lines = run("list").stdout.splitlines()
+    assert lines[0].startswith("d - pending (scheduled ") and lines[0].endswith(", in 1m30s) - echo d")
+    assert lines[1].startswith("t - pending (scheduled 2099-01-01 ")
+    r = burst(spool_dir)  # nothing due: a burst worker does not wait for them
+    assert r.returncode == 0 and "[supervisor] 2 jobs remain scheduled for later" in r.stdout
+    assert "executing" not in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--delay", "-5m"], "Error: delay '-5m' is negative: a job cannot run in the past"),
+    (["--at", "yesterday"], "is in the past"),
+    (["--at", "2001-01-01T00:00:00Z"], "is in the past"),
+    (["--at", "someday"], "bad time 'someday'"),
+    (["--delay", "5 parsecs"], "bad delay"),
+    (["--after", "nope"], "Error: after: no job nope"),
+    (["--after-any", "nope"], "Error: after_any: no job nope"),
+    (["--id", "me", "--after", "me"], "Error: job me cannot wait for itself (after)"),
+    (["--label", "bad label"], "label 'bad label' must be"),
+    (["--env", "NOEQUALS"], "expected NAME=VALUE"),
+])
+def test_enqueue_bad_options_change_nothing(run, spool_dir, args, message):
+    enq(run, "--id", "x", "echo x")
+    before = snapshot(spool_dir)
+    r = run("enqueue", *args, "echo y")
+    assert r.exit_code != 0 and message in r.stderr
+    assert r.stderr.count("Error:") == 1
+    assert snapshot(spool_dir) == before
+    assert os.listdir(spool_dir / "tmp") == []
+
+
+# -- labels, env, cwd, --print-id, --lines -----------------------------------------------------------
+
+
+def test_labels_env_cwd_and_print_id(run, spool_dir, tmp_path, read_job):
+    r = run("enqueue", "--print-id", "--label", "a", "--label", "b", "--env", "X=1", "--env", "Y=two=2",
+            "--cwd", str(tmp_path), "echo hi")
+    job_id = r.stdout.strip()
+    assert r.exit_code == 0 and "\n" not in job_id and job_id in where(spool_dir)
+    job = read_job("pending", job_id)
+    assert job["labels"] == ["a", "b"] and job["env"] == {"X": "1", "Y": "two=2"} and job["cwd"] == str(tmp_path)
+    enq(run, "--id", "other", "echo other")
+    assert run("list", "--label", "b").stdout == f"{job_id} - pending - echo hi\n"
+    assert [j["id"] for j in json.loads(run("list", "--label", "a", "--json").stdout)] == [job_id]
+    assert run("list", "--label", "zzz").stdout == ""
+
+
+def test_enqueue_lines(run, spool_dir, tmp_path, read_job):
+    f = tmp_path / "cmds.txt"
+    f.write_text("echo one\n\necho 'two words'\n   \necho three\n")
+    r = run("enqueue", "--lines", str(f), "--label", "batch", "--priority", "3")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3
+    jobs = json.loads(run("list", "--json").stdout)
+    assert [j["command"] for j in jobs] == ["echo one", "echo 'two words'", "echo three"]
+    assert all(j["labels"] == ["batch"] and j["priority"] == 3 for j in jobs)
+    r = run("enqueue", "--lines", "-", "--print-id", "--hold", input="echo a\necho b\n")
+    assert r.exit_code == 0 and len(r.stdout.split()) == 2
+    assert counts(run)["held"] == 2
+    assert run("enqueue", "--lines", "-", input="\n\n").exit_code == 1
+
+
+def test_every_job_sees_its_id_attempt_spool_and_env(run, spool_dir, tmp_path):
+    out = tmp_path / "env.txt"
+    job_id = enq(run, "--env", "EXTRA=yes", "--max-retries", "1",
+                 f'echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT $QUEUECTL_SPOOL $EXTRA" >> {out}; '
+                 f'[ "$QUEUECTL_ATTEMPT" = 2 ]')
+    run("config", "set", "backoff_base", "0")
+    r = burst(spool_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.read_text().splitlines() == [f"{job_id} 1 {spool_dir} yes", f"{job_id} 2 {spool_dir} yes"]
+
+
+# -- dependencies --------------------------------------------------------------------------
+
+
+def test_dependent_waits_and_becomes_claimable_when_its_dependency_completes(run, spool_dir):
+    enq(run, "--id", "a", "--delay", "1h", "echo a")
+    enq(run, "--id", "b", "--after", "a", "echo b")
+    assert run("list").stdout.splitlines()[1] == "b - pending (waiting for a: pending) - echo b"
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    assert spool.index.candidates() == [] and spool.index.next_due() > time.time() + 3000
+    done = json.loads((spool_dir / "pending" / "a.json").read_bytes())
+    done["state"] = "completed"
+    (spool_dir / "done" / "a.json").write_text(json.dumps(done))
+    os.unlink(spool_dir / "pending" / "a.json")
+    spool.sync()  # one scan
+    assert [i for i, _ in spool.index.candidates()] == ["b"]
+    spool.close()
+
+
+def test_a_dependency_that_dies_cancels_its_dependents_transitively(run, spool_dir, read_job):
+    enq(run, "--id", "a", "--max-retries", "0", "exit 3")
+    enq(run, "--id", "b", "--after", "a", "echo b")
+    enq(run, "--id", "c", "--after", "b", "echo c")
+    enq(run, "--id", "d", "--after-any", "a", "echo d")
+    enq(run, "--id", "e", "--after", "a,d", "echo e")
+    r = burst(spool_dir)
+    assert r.returncode == 1, r.stdout + r.stderr  # a job ended in dead/
+    assert where(spool_dir) == {"a": ["dead"], "b": ["cancelled"], "c": ["cancelled"], "d": ["done"],
+                                "e": ["cancelled"]}
+    assert read_job("cancelled", "b")["last_error"] == "dependency a ended dead"
+    assert read_job("cancelled", "c")["last_error"] == "dependency b was cancelled"
+    assert "[worker-0] cancelled b: dependency a ended dead" in r.stdout
+
+
+def test_cancelling_a_dependency_cancels_the_dependents(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "--after", "a", "echo b")
+    r = run("cancel", "a")
+    assert r.stdout == "cancelled job a\ncancelled b: dependency a was cancelled\n"
+    assert where(spool_dir) == {"a": ["cancelled"], "b": ["cancelled"]}
+
+
+def test_after_in_drop_in_files(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    pending = spool_dir / "pending"
+    (pending / "ok.json").write_text('{"command": "echo ok", "after": ["a"], "after_any": "a"}')
+    (pending / "bad1.json").write_text('{"command": "echo x", "after": 5}')
+    (pending / "bad2.json").write_text('{"command": "echo x", "after": ["nope"]}')
+    (pending / "bad3.json").write_text('{"command": "echo x", "after": ["../x"]}')
+    (pending / "bad4.json").write_text('{"command": "echo x", "after": ["bad4"]}')
+    run("list")
+    reasons = {p.name: p.read_text().strip() for p in (spool_dir / "rejected").glob("*.reason")}
+    assert reasons == {
+        "bad1.json.reason": "after must be a list of job ids, not an integer",
+        "bad2.json.reason": "after: no job nope",
+        "bad3.json.reason": "after: id '../x' contains '..'",
+        "bad4.json.reason": "job bad4 cannot wait for itself (after)",
+    }
+    assert run("list").stdout.splitlines()[1] == "ok - pending (waiting for a: pending) - echo ok"
+
+
+# -- worker --burst exit codes ------------------------------------------------------------------
+
+
+def test_burst_exit_status(run, spool_dir):
+    enq(run, "echo fine")
+    r = burst(spool_dir)
+    assert r.returncode == 0 and "remain scheduled" not in r.stdout
+    enq(run, "--max-retries", "0", "exit 1")
+    enq(run, "echo fine again")
+    r = burst(spool_dir, "--count", "2")
+    assert r.returncode == 1, r.stdout
+    assert "status 0 if every job run completed, 1 if one ended in dead/" in " ".join(
+        run("worker", "start", "--help").stdout.split())
+
+
+def test_burst_waits_for_its_own_retry(run, spool_dir, tmp_path):
+    flag = tmp_path / "flag"
+    run("config", "set", "backoff_base", "1.5")
+    enq(run, "--max-retries", "1", f"[ -e {flag} ] || {{ touch {flag}; exit 1; }}")
+    r = burst(spool_dir)
+    assert r.returncode == 0 and r.stdout.count("executing") == 2, r.stdout
+
+
+# -- wait -------------------------------------------------------------------------------------------
+
+
+def test_wait_without_workers_times_out_with_status_2(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    t0 = time.monotonic()
+    r = run("wait", "a", "--timeout", "0.5")
+    assert r.exit_code == 2 and time.monotonic() - t0 < 5
+    assert r.stdout.startswith("timed out after 0.") and "0 of 1 jobs final" in r.stdout and "(a)" in r.stdout
+
+
+def test_wait_errors(run, spool_dir):
+    r = run("wait", "nope")
+    assert (r.exit_code, r.stderr) == (1, "Error: no job nope\n")
+    assert run("wait").exit_code == 2
+    assert run("wait", "--label", "x").stderr == "Error: no job has label x\n"
+
+
+def test_wait_for_final_jobs_returns_at_once(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "echo b")
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "done" / "a.json")
+    assert run("wait", "a").exit_code == 0
+    run("cancel", "b")
+    r = run("wait", "a", "b", "--json")
+    assert r.exit_code == 1
+    # the directory is the truth: a.json was moved to done/ by hand and still says "pending"
+    assert [(j["id"], j["state"]) for j in json.loads(r.stdout)] == [("a", "completed"), ("b", "cancelled")]
+
+
+@pytest.mark.slow
+def test_wait_while_workers_run_in_another_process(run, spool_dir, bg):
+    ids = [enq(run, "--label", "batch", f"sleep 0.{i}") for i in range(4)]
+    dead = enq(run, "--max-retries", "0", "sleep 0.3; exit 1")
+    bg("worker", "start", "--count", "2")
+    r = qc(spool_dir, "wait", *ids, timeout=60)
+    assert r.returncode == 0 and r.stdout == "4 jobs final after " + r.stdout.split("after ")[1]
+    assert "4 completed, 0 dead, 0 cancelled" in r.stdout
+    r = qc(spool_dir, "wait", dead, "--json", timeout=60)
+    assert r.returncode == 1 and json.loads(r.stdout)[0]["state"] == "dead"
+    r = qc(spool_dir, "wait", "--label", "batch", timeout=60)
+    assert r.returncode == 0
+
+
+# -- kill -------------------------------------------------------------------------------------------
+
+
+def test_kill_a_job_that_is_not_running(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    r = run("kill", "a")
+    assert (r.exit_code, r.stderr) == (1, "Error: job a is not running (it is pending)\n")
+    assert run("kill", "nope").stderr == "Error: no job nope\n"
+    assert run("kill", "--signal", "NOPE", "a").exit_code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retry", [False, True])
+def test_kill_a_running_job(run, spool_dir, bg, read_job, retry):
+    run("config", "set", "backoff_base", "100")
+    enq(run, "--id", "long", "--max-retries", "2", "sleep 60")
+    enq(run, "--id", "next", "--after", "long", "echo next")
+    bg("worker", "start")
+    wait_for(lambda: (spool_dir / "processing" / "long.json").exists(), what="job claimed")
+    r = run("kill", "long", *(["--retry"] if retry else []))
+    assert r.exit_code == 0 and r.stdout.startswith("sent SIGTERM to job long (process group "), r.stderr
+    state = "failed" if retry else "dead"
+    wait_for(lambda: where(spool_dir).get("long") == [state], what=f"long in {state}/")
+    job = read_job(state, "long")
+    assert job["last_error"] == "killed by user (SIGTERM)" and job["attempts"] == 1
+    if not retry:
+        wait_for(lambda: where(spool_dir).get("next") == ["cancelled"], what="dependent cancelled")
+    assert os.listdir(spool_dir / "kill") == []
+
+
+# -- races ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action, target", [("cancel", "cancelled"), ("hold", "held")])
+def test_move_races_a_claiming_worker(run, spool_dir, bg, tmp_path, action, target):
+    """Many jobs, each moved the instant a worker may claim it: exactly one side wins,
+    and a job that was cancelled or held never ran."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    bg("worker", "start", "--count", "2")
+    wins = losses = 0
+    for i in range(40):
+        job_id = f"r{i}"
+        enq(run, "--id", job_id, f"touch {ran}/{job_id}")
+        r = run(action, job_id)
+        if r.exit_code == 0:
+            wins += 1
+        else:
+            losses += 1
+            assert "is running" in r.stderr or "is completed" in r.stderr, r.stderr
+    wait_for(lambda: not os.listdir(spool_dir / "pending") and not os.listdir(spool_dir / "processing"),
+             what="every job claimed or moved")
+    found = where(spool_dir)
+    for i in range(40):
+        job_id = f"r{i}"
+        assert len(found[job_id]) == 1, found[job_id]
+        if found[job_id] == [target]:
+            assert not (ran / job_id).exists(), f"{job_id} was {target} and ran"
+        else:
+            assert found[job_id] == ["done"] and (ran / job_id).exists()
+    assert wins + losses == 40
+    assert qc(spool_dir, "check").returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["cancel", "hold"])
+def test_move_and_claim_started_together_exactly_one_wins(spool_dir, action):
+    """The lock-then-rename protocol, raced head on: a worker's claim and a move
+    released by the same barrier, many times. Exactly one succeeds, and the job
+    ends in exactly one directory."""
+    import threading
+    from queuectl.controls import move
+    from queuectl.errors import QueueError
+    from queuectl.job import Job, JobState
+    setup, worker_side, user_side = (Spool(str(spool_dir)) for _ in range(3))
+    outcomes = {"claim": 0, "move": 0}
+    for i in range(150):
+        job_id = f"j{i}"
+        setup.enqueue(Job.from_spec({"id": job_id, "command": "true"}))
+        barrier = threading.Barrier(2)
+        result = {}
+
+        def claim():
+            barrier.wait()
+            c = worker_side.claim(job_id, JobState.PENDING)
+            result["claim"] = c is not None
+            if c is not None:
+                c.release()
+
+        def do_move():
+            barrier.wait()
+            try:
+                move(user_side, job_id, action)
+                result["move"] = True
+            except QueueError as e:
+                assert "is running" in str(e), e
+                result["move"] = False
+
+        threads = [threading.Thread(target=claim), threading.Thread(target=do_move)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert result["claim"] != result["move"], result
+        outcomes["claim" if result["claim"] else "move"] += 1
+        expected = "processing" if result["claim"] else {"cancel": "cancelled", "hold": "held"}[action]
+        assert where(spool_dir)[job_id] == [expected]
+    for s in (setup, worker_side, user_side):
+        s.close()
+    assert sum(outcomes.values()) == 150
+
+
+def test_wait_all(run, spool_dir):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "echo b")
+    run("cancel", "b")
+    r = run("wait", "--all", "--timeout", "0.3")
+    assert r.exit_code == 2 and "0 of 1 jobs final" in r.stdout and "(a)" in r.stdout
+    run("cancel", "a")
+    r = run("wait", "--all")
+    assert (r.exit_code, r.stdout) == (0, "nothing to wait for\n")
+
+
+@pytest.mark.parametrize("command", ["wait", "cancel", "kill", "hold", "release", "priority", "enqueue"])
+def test_every_control_command_has_help_with_an_example(run, command):
+    r = run(command, "--help")
+    assert r.exit_code == 0 and "Example" in r.stdout and f"queuectl {command}" in r.stdout
+
+
+def test_a_purged_dependency(run, spool_dir, read_job):
+    enq(run, "--id", "a", "exit 1")
+    enq(run, "--id", "strict", "--after", "a", "echo strict")
+    enq(run, "--id", "lenient", "--after-any", "a", "echo lenient")
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "dead" / "a.json")
+    assert run("dlq", "purge", "a").exit_code == 0
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    assert [i for i, _ in spool.index.candidates()] == ["lenient"]  # after_any: a deleted job was final
+    from queuectl.controls import resolve_dependencies
+    assert resolve_dependencies(spool) == ["cancelled strict: dependency a no longer exists"]
+    spool.close()
+    assert read_job("cancelled", "strict")["last_error"] == "dependency a no longer exists"
