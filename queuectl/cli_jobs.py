@@ -73,30 +73,28 @@ def cancel(obj: Context, job_ids, label):
     _apply(obj, _targets(obj, job_ids, label, "cancel"), "cancel")
 
 
-@click.command()
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
-@pass_ctx
-def hold(obj: Context, job_ids):
-    """Put pending or failed jobs on hold (held/): no worker claims them until released.
+def _mover(verb: str, help: str) -> click.Command:
+    """hold and release: the same command but for the move it asks for."""
+    @click.command(verb, help=help)
+    @click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+    @pass_ctx
+    def command(obj: Context, job_ids):
+        _apply(obj, _targets(obj, job_ids, None, verb), verb)
+    return command
+
+
+hold = _mover("hold", """Put pending or failed jobs on hold (held/): no worker claims them until released.
 
     \b
     Example:
       queuectl hold job1 && queuectl release job1
-    """
-    _apply(obj, _targets(obj, job_ids, None, "hold"), "hold")
-
-
-@click.command()
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
-@pass_ctx
-def release(obj: Context, job_ids):
-    """Move held jobs back to pending/, where workers claim them.
+    """)
+release = _mover("release", """Move held jobs back to pending/, where workers claim them.
 
     \b
     Example:
       queuectl release job1
-    """
-    _apply(obj, _targets(obj, job_ids, None, "release"), "release")
+    """)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

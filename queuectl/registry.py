@@ -147,19 +147,7 @@ def owner_marker(pid: int, start: str | None) -> str:
 
 def processes_marked(marker: str) -> list[int]:
     """Pids of this host's processes whose environment carries QUEUECTL_OWNER=marker."""
-    needle = b"\0QUEUECTL_OWNER=" + marker.encode() + b"\0"
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = b"\0" + f.read()
-        except OSError:
-            continue  # gone, or another user's
-        if needle in env or env.endswith(needle[:-1]):
-            found.append(int(name))
-    return found
+    return processes_with_env({"QUEUECTL_OWNER": marker})
 
 
 def is_queuectl_process(pid: int) -> bool:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from support import cli
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -40,8 +42,8 @@ def missing() -> str | None:
 
 
 def queuectl(spool: Path, *args: str, timeout: float = 60, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "queuectl", "--spool", str(spool), *map(str, args)],
-                       capture_output=True, text=True, timeout=timeout)
+    """support.cli, with the exit statuses that count as success."""
+    p = cli(spool, *args, timeout=timeout, check=False)
     if p.returncode not in ok:
         raise AssertionError(f"queuectl {' '.join(map(str, args))}: {p.returncode} {p.stderr}")
     return p
