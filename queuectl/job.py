@@ -392,6 +392,21 @@ def loads(data: bytes | str) -> Any:
     return value
 
 
+def _what_to_run(src: dict[str, Any], job_id: Any) -> dict[str, Any]:
+    """The fields a spec and a record share, each validated: how and where the command runs."""
+    return {
+        "priority": check_priority(src.get("priority", 0)),
+        "timeout": check_timeout(src.get("timeout")),
+        "env": check_env(src.get("env")),
+        "cwd": check_cwd(src.get("cwd")),
+        "queue": check_queue(src.get("queue")),
+        "on_finish": check_hook(src.get("on_finish")),
+        "labels": check_labels(src.get("labels")),
+        "after": check_deps("after", src.get("after"), job_id),
+        "after_any": check_deps("after_any", src.get("after_any"), job_id),
+    }
+
+
 @dataclass
 class Job:
     id: str
@@ -441,15 +456,7 @@ class Job:
             id=job_id,
             command=check_command(spec["command"]),
             max_retries=check_max_retries(spec.get("max_retries", default_max_retries)),
-            priority=check_priority(spec.get("priority", 0)),
-            timeout=check_timeout(spec.get("timeout")),
-            env=check_env(spec.get("env")),
-            cwd=check_cwd(spec.get("cwd")),
-            queue=check_queue(spec.get("queue")),
-            on_finish=check_hook(spec.get("on_finish")),
-            labels=check_labels(spec.get("labels")),
-            after=check_deps("after", spec.get("after"), job_id),
-            after_any=check_deps("after_any", spec.get("after_any"), job_id),
+            **_what_to_run(spec, job_id),
             created_at=stamp,
             updated_at=stamp,
             next_run_at=next_run_at,
@@ -480,15 +487,7 @@ class Job:
             state=state,
             attempts=check_attempts(record.get("attempts", 0)),
             max_retries=check_max_retries(record.get("max_retries", 3)),
-            priority=check_priority(record.get("priority", 0)),
-            timeout=check_timeout(record.get("timeout")),
-            env=check_env(record.get("env")),
-            cwd=check_cwd(record.get("cwd")),
-            queue=check_queue(record.get("queue")),
-            on_finish=check_hook(record.get("on_finish")),
-            labels=check_labels(record.get("labels")),
-            after=check_deps("after", record.get("after"), record.get("id")),
-            after_any=check_deps("after_any", record.get("after_any"), record.get("id")),
+            **_what_to_run(record, record.get("id")),
             created_at=check_time_field("created_at", record.get("created_at"), empty=""),
             updated_at=check_time_field("updated_at", record.get("updated_at"), empty=""),
             next_run_at=check_time_field("next_run_at", record.get("next_run_at"), empty=None),
