@@ -14,17 +14,14 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 from .fsio import fsync_dir, lock_file, read_fd, space_error, unlink_quietly, write_tmp
-from .index import row_values
+from .index import Row, row_values
 from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
 from .registry import hostname, pid_alive, processes_with_env, read_workers
-
-if TYPE_CHECKING:
-    from .index import Row
-    from .spool import Spool
+from .spool import Spool
 
 log = logging.getLogger("queuectl.controls")
 
@@ -66,7 +63,7 @@ def _done(action: str) -> str:
             "priority": "given a new priority"}.get(action, action)
 
 
-def find(spool: "Spool", job_id: str) -> tuple[JobState, str]:
+def find(spool: Spool, job_id: str) -> tuple[JobState, str]:
     """spool.find, looked again before saying "no job": a job claimed from failed/
     moves to processing/, which find() has already looked in."""
     for _ in range(2):
@@ -77,7 +74,7 @@ def find(spool: "Spool", job_id: str) -> tuple[JobState, str]:
     return spool.find(job_id)
 
 
-def check_targets(spool: "Spool", job_ids: list[str], action: str) -> list[str]:
+def check_targets(spool: Spool, job_ids: list[str], action: str) -> list[str]:
     """The ids as spelled on disk, if every job exists and `action` applies to it now.
 
     Checked for all before any is changed, so bad input changes nothing.
@@ -92,7 +89,7 @@ def check_targets(spool: "Spool", job_ids: list[str], action: str) -> list[str]:
     return out
 
 
-def _locked(spool: "Spool", job_id: str, sources: tuple[JobState, ...], action: str) -> tuple[int, JobState, str]:
+def _locked(spool: Spool, job_id: str, sources: tuple[JobState, ...], action: str) -> tuple[int, JobState, str]:
     """Lock the job's file where it waits: (fd, state, path). The loser of a race raises WrongState."""
     for _ in range(LOCK_TRIES):
         state, path = find(spool, job_id)
@@ -105,7 +102,7 @@ def _locked(spool: "Spool", job_id: str, sources: tuple[JobState, ...], action: 
     raise SpoolError(f"job {job_id} stayed locked by another process; try again")
 
 
-def _rewrite(spool: "Spool", job: Job, path: str, state: JobState) -> None:
+def _rewrite(spool: Spool, job: Job, path: str, state: JobState) -> None:
     """Write the job's new contents over path (through tmp/, durably) and index it."""
     job.updated_at = now_iso()
     data = job.to_json()
@@ -121,7 +118,7 @@ def _rewrite(spool: "Spool", job: Job, path: str, state: JobState) -> None:
     spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), ino))
 
 
-def move(spool: "Spool", job_id: str, action: str, *, reason: str | None = None) -> Job:
+def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -> Job:
     """cancel, hold or release one job: lock, one rename (which decides), then the new contents.
 
     The rename comes first: once it is done no claim can find the job, so the
@@ -157,7 +154,7 @@ def move(spool: "Spool", job_id: str, action: str, *, reason: str | None = None)
     return job
 
 
-def set_priority(spool: "Spool", job_id: str, priority: int) -> Job:
+def set_priority(spool: Spool, job_id: str, priority: int) -> Job:
     """Give a waiting job a new priority, in place: the next claim already sees it."""
     check_priority(priority)
     fd, state, path = _locked(spool, job_id, WAITING, "priority")
@@ -175,7 +172,7 @@ def set_priority(spool: "Spool", job_id: str, priority: int) -> Job:
 # -- dependencies ---------------------------------------------------------------------
 
 
-def resolve_dependencies(spool: "Spool") -> list[str]:
+def resolve_dependencies(spool: Spool) -> list[str]:
     """Cancel waiting jobs whose `after` dependency ended dead or cancelled (or no longer
     exists), transitively; the lines to tell a person.
 
@@ -216,7 +213,7 @@ def resolve_dependencies(spool: "Spool") -> list[str]:
     return said
 
 
-def state_note(row: "Row", blockers: dict[str, list[tuple[str, str, bool]]], now: float) -> str:
+def state_note(row: Row, blockers: dict[str, list[tuple[str, str, bool]]], now: float) -> str:
     """`list`'s state column: the state, and for a waiting job what it waits for."""
     text = row.state.value
     waits = blockers.get(row.id)
@@ -241,7 +238,7 @@ def _span(secs: float) -> str:
 # -- kill -------------------------------------------------------------------------------
 
 
-def running_groups(spool: "Spool", job_id: str) -> set[int]:
+def running_groups(spool: Spool, job_id: str) -> set[int]:
     """Process groups of this host running the job: from its worker's heartbeat
     (job_pid + job_start), and from the QUEUECTL_JOB_ID mark every job carries."""
     groups: set[int] = set()
@@ -260,11 +257,11 @@ def running_groups(spool: "Spool", job_id: str) -> set[int]:
     return groups
 
 
-def kill_path(spool: "Spool", job_id: str) -> str:
+def kill_path(spool: Spool, job_id: str) -> str:
     return spool.path("kill", job_id)
 
 
-def kill(spool: "Spool", job_id: str, sig: int = signal.SIGTERM, *, retry: bool = False) -> tuple[str, set[int]]:
+def kill(spool: Spool, job_id: str, sig: int = signal.SIGTERM, *, retry: bool = False) -> tuple[str, set[int]]:
     """Signal a running job's process groups on this host; (id, groups).
 
     First a request file kill/<id> (the attempt it is for, and whether to
@@ -295,7 +292,7 @@ def kill(spool: "Spool", job_id: str, sig: int = signal.SIGTERM, *, retry: bool 
     return job.id, groups
 
 
-def take_kill_request(spool: "Spool", job_id: str, attempt: int) -> dict | None:
+def take_kill_request(spool: Spool, job_id: str, attempt: int) -> dict | None:
     """The user's kill request for this attempt of the job, consumed; None if there is none.
 
     A request for another attempt is stale (the job ended on its own before
@@ -336,7 +333,7 @@ class WaitResult:
         return self.count("dead", "cancelled", "missing")
 
 
-def wait_targets(spool: "Spool", job_ids: list[str], label: str | None, all_: bool) -> list[str]:
+def wait_targets(spool: Spool, job_ids: list[str], label: str | None, all_: bool) -> list[str]:
     """The jobs to wait for: the named ones (JobNotFound for an unknown id), those
     with the label, and with all_ every job not final yet."""
     spool.sync()
@@ -355,7 +352,7 @@ def wait_targets(spool: "Spool", job_ids: list[str], label: str | None, all_: bo
     return list(out)
 
 
-def wait_for(spool: "Spool", job_ids: list[str], *, timeout: float | None = None,
+def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
              progress: Callable[[WaitResult], None] | None = None, poll: bool = False) -> WaitResult:
     """Block until every job is final or the timeout passes.
 
