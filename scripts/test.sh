@@ -8,12 +8,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 . scripts/_venv.sh   # defines apt_install_if_missing and venv_setup
 
-# --- Debian packages the tests need. chromium: tests/test_browser.py drives it
-# through Playwright (never `playwright install`: Debian's build is the browser).
-apt_install_if_missing chromium
-# --- Debian packages the tests need: sshd and sshfs for the many-hosts tests
-# (tests/cluster.py: a loopback sshd and three sshfs mounts; skipped without root).
-apt_install_if_missing openssh-server sshfs
+# --- Debian packages the tests need, in one apt-get (one `apt-get update`):
+#   chromium                 tests/test_browser.py drives it through Playwright (never
+#                            `playwright install`: Debian's build is the browser)
+#   openssh-server sshfs     tests/cluster.py: a loopback sshd and three sshfs mounts
+#   systemd                  `systemd-analyze verify` of the shipped units (tests/test_service.py)
+apt_install_if_missing chromium openssh-server sshfs systemd
 
 venv_setup test
 
