@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from typing import ContextManager, Protocol
 
 from .config import Config
@@ -93,7 +92,7 @@ def spool_id(root: str) -> str:
             pass
         except OSError as e:
             raise SpoolError(f"cannot read {path}: {e.strerror or e}") from None
-        tmp, _ = write_tmp(os.path.join(root, "tmp"), (secrets.token_hex(8) + "\n").encode(), durable=True)
+        tmp, _ = write_tmp(os.path.join(root, "tmp"), (os.urandom(8).hex() + "\n").encode(), durable=True)
         try:
             os.link(tmp, path)  # never replaces: two hosts creating it at once agree on the winner's
         except FileExistsError:
