@@ -15,7 +15,10 @@ apt_install_if_missing() {
         return 0
     fi
     echo "==> apt-get install ${missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # A package that cannot be had is not fatal: the tests that need it skip
+    # with the reason (no browser, no sshfs), and the rest still run.
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+        || echo "==> apt-get could not install ${missing[*]}; the tests that need them will skip" >&2
 }
 
 # Make sure .venv exists and holds queuectl (editable) plus the given extras
