@@ -21,7 +21,7 @@ MAX_BACKOFF = 365 * DAY
 MAX_WAIT = DAY                     # kill_grace, dropin_grace, lease
 MAX_JOB_SIZE = 64 * 1024 * 1024
 MAX_KEEP = 100_000_000             # a count of jobs kept
-MAX_LOG_SIZE = 1 << 40
+MAX_LOG_SIZE = 1 << 30  # capping holds the kept head and tail in memory
 MAX_CONCURRENCY = 1024             # slot lock files of one queue
 
 log = logging.getLogger("queuectl.config")

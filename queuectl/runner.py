@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from .errors import SpoolError
+from .fsio import atomic_write, open_nofollow
+
 TICK = 0.25  # how often a running command's caller is ticked (and should_kill polled)
 EXIT_KILLED_BY_STOP = "interrupted by worker stop (not counted as an attempt)"
 
@@ -159,27 +162,21 @@ def cap_log(path: str, limit: int) -> int:
     over, so a reader sees the whole old log or the whole capped one.
     """
     try:
-        size = os.stat(path).st_size
+        fd = open_nofollow(path)
     except OSError:
         return 0
-    if limit <= 0 or size <= limit:
-        return 0
-    marker_room = 120
-    half = max(0, (limit - marker_room) // 2)
-    dropped = size - 2 * half
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            os.fchmod(dst.fileno(), 0o600)
-            dst.write(src.read(half))
-            dst.write(f"\n=== queuectl: {dropped} bytes dropped here (max_log_size {limit}) ===\n".encode())
-            src.seek(size - half)
-            dst.write(src.read(half))
-        os.rename(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return 0
+        size = os.fstat(fd).st_size
+        if limit <= 0 or size <= limit:
+            return 0
+        half = max(0, (limit - 120) // 2)  # 120: room for the marker line
+        dropped = size - 2 * half
+        data = (os.pread(fd, half, 0)
+                + f"\n=== queuectl: {dropped} bytes dropped here (max_log_size {limit}) ===\n".encode()
+                + os.pread(fd, half, size - half))
+        atomic_write(os.path.dirname(path), path, data, durable=False)
+    except (OSError, SpoolError):
+        return 0  # a full disk keeps the whole log for now; the next attempt tries again
+    finally:
+        os.close(fd)
     return dropped
