@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
-from .fsio import fsync_dir, lock_file, read_fd, space_error, unlink_quietly, write_tmp
+from .fsio import fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly, write_tmp
 from .index import Row, row_values
-from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
+from .job import FINAL, Job, JobState, check_priority, loads, now_iso, parse_file
 from .registry import hostname, pid_alive, processes_with_env, read_workers
 from .spool import Spool
 
@@ -300,15 +300,18 @@ def take_kill_request(spool: Spool, job_id: str, attempt: int) -> dict | None:
     """
     path = kill_path(spool, job_id)
     try:
-        with open(path, "rb") as f:
-            request = json.loads(f.read(4096))
+        data, _ = read_nofollow(path, 4096)
+        request = loads(data)  # strict and bounded: deep nesting or bad bytes are an error, not a crash
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except (OSError, InvalidJob):
         request = None
     unlink_quietly(path)
     if not isinstance(request, dict) or request.get("attempt") != attempt:
         return None
+    sig, retry = request.get("signal", "SIGTERM"), request.get("retry", False)
+    if not (isinstance(sig, str) and sig in signal.Signals.__members__) or not isinstance(retry, bool):
+        return None  # not what `queuectl kill` writes: ignored, the outcome stands as it is
     return request
 
 

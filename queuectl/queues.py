@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from .dropins import is_ignored
 from .fsio import atomic_write, unlink_quietly
 from .job import check_queue, now_iso
 from .spool import Spool
@@ -49,7 +50,7 @@ def resume(spool: Spool, queue: str | None = None) -> list[str]:
 def paused(spool: Spool) -> set[str]:
     """The paused queues' names, `ALL` among them when every queue is paused."""
     try:
-        return {n for n in os.listdir(spool.path("paused")) if not n.startswith(".") and not n.endswith(".tmp")}
+        return {n for n in os.listdir(spool.path("paused")) if not is_ignored(n)}
     except FileNotFoundError:
         return set()
 

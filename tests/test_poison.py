@@ -356,3 +356,16 @@ def test_check_reports_a_poison_drop_in_before_the_next_scan(run, spool_dir, run
     assert p.exists()  # check reports; the next scan (or check --repair) rejects it
     assert run("check", "--repair").exit_code == 0
     assert "run_at" in _reason(spool_dir, "bad.json")
+
+
+@pytest.mark.parametrize("request_bytes", [b"[" * 4000, b"\xff\xfe", b'{"attempt": 1, "signal": {"x": [1]}}' + b" " * 5000])
+def test_a_garbage_kill_request_never_crashes_the_worker(run, spool_dir, request_bytes):
+    """kill/<id> is read from disk like any job file: a bad one is dropped, the job's outcome stands."""
+    run("enqueue", "--id", "k", "--max-retries", "0", "exit 3")
+    (spool_dir / "kill" / "k").write_bytes(request_bytes)
+    r = cli(spool_dir, "worker", "start", "--burst", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr  # the job ended dead, as its exit 3 says
+    assert "Traceback" not in r.stderr
+    job = json.loads((spool_dir / "dead" / "k.json").read_bytes())
+    assert job["last_error"] == "exit 3"
+    assert not (spool_dir / "kill" / "k").exists()
