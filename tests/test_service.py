@@ -19,7 +19,6 @@ import pytest
 
 from queuectl import sdnotify
 from queuectl.spool import Spool
-from queuectl.worker import Worker
 
 from support import STAMP_RE, cli, cli_argv, heartbeats, unstamped, wait_for, where
 
