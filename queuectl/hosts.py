@@ -87,6 +87,9 @@ def spool_id(root: str) -> str:
             data, _st = read_nofollow(path, 256)
             text = data.decode("ascii", "replace").strip()
             if text:
+                # It names a directory of the local cache: never a path of its own.
+                if not (len(text) <= 64 and text.replace("-", "").replace("_", "").isalnum() and text.isascii()):
+                    raise SpoolError(f"{path} holds {text[:40]!r}, not a spool id (letters, digits, - and _)")
                 return text
         except FileNotFoundError:
             pass

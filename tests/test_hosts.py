@@ -173,3 +173,14 @@ def test_check_ignores_network_filesystem_leftovers(run, spool_dir):
         (spool_dir / d / ".nfs000000000012345600000001").write_text("x")
     r = run("check")
     assert r.exit_code == 0 and r.stdout.startswith("ok:"), r.stdout
+
+
+@pytest.mark.parametrize("text", ["../../etc", "a/b", "x" * 65, "é"])
+def test_a_spool_id_that_is_not_a_name_is_refused(tmp_path, text):
+    """SPOOL/.id names a directory of the local cache: a path in it must never reach the disk."""
+    from queuectl.errors import SpoolError
+    from queuectl.hosts import spool_id
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / ".id").write_text(text + "\n")
+    with pytest.raises(SpoolError, match="not a spool id"):
+        spool_id(str(tmp_path))
