@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .errors import InvalidJob, SpoolError, WorkerError
-from .fsio import atomic_write, unlink_quietly
+from .fsio import atomic_write, read_nofollow, unlink_quietly
 from .job import now_iso, parse_time
 
 
@@ -292,10 +292,9 @@ def read_workers(spool: Spool) -> list[WorkerInfo]:
             continue
         path = spool.path("workers", name)
         try:
-            with open(path, "rb") as f:
-                data = f.read(1 << 16)
-            info = json.loads(data)
-            mtime = os.stat(path).st_mtime
+            data, st = read_nofollow(path, 1 << 16)
+            info = json.loads(data[:1 << 16])
+            mtime = st.st_mtime
         except (OSError, ValueError, RecursionError):
             continue
         w = _parse(name, info, mtime, lease, me, now)
@@ -329,11 +328,10 @@ CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded
 def read_claim(path: str) -> str | None:
     """The job id a worker's claim record names ("ID CLAIMED_AT", space-padded), or None."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(CLAIM_RECORD + 1)
+        data, _ = read_nofollow(path, CLAIM_RECORD + 1)
     except OSError:
         return None
-    words = data.decode("ascii", "replace").split()
+    words = data[:CLAIM_RECORD + 1].decode("ascii", "replace").split()
     return words[0] if words else None
 
 
