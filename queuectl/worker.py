@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .controls import resolve_dependencies, take_kill_request
+from .dropins import is_ignored
 from .errors import SpoolError
 from .hooks import run_hooks
 from .indexstore import is_busy
@@ -89,13 +90,13 @@ class Worker:
     def _on_stop(self, signum, frame) -> None:  # noqa: ANN001
         self.stopping = True
         if self.watcher is not None:
-            self.watcher.event.set()
+            self.watcher.wake()
 
     def _on_kill(self, signum, frame) -> None:  # noqa: ANN001
         self.stopping = True
         self.kill_jobs = True
         if self.watcher is not None:
-            self.watcher.event.set()
+            self.watcher.wake()
 
     def install_signals(self) -> None:
         # Ctrl-C reaches the whole foreground process group; the supervisor decides.
@@ -121,7 +122,7 @@ class Worker:
             finished = [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
         # inotify sees nothing another host writes: poll a shared spool.
         self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll or spool.multihost,
-                               wake_dirs=finished)
+                               wake_dirs=finished, ignore=is_ignored)
         self.watcher.start()
         self.hb.info["watching"] = True  # the supervisor's READY waits for this
         self.hb.beat(force=True)

@@ -638,23 +638,77 @@ def test_watcher_wakes_on_arrivals_not_departures(tmp_path, poll):
     other = tmp_path / "tmp"
     pending.mkdir()
     other.mkdir()
-    w = Watcher([str(pending)], poll=poll, poll_interval=0.1)
+    w = Watcher([str(pending)], poll=poll, poll_interval=0.1, ignore=lambda name: name.endswith(".tmp"))
     w.start()
     try:
         time.sleep(0.2) if poll else None  # the polling observer's first snapshot
+        assert not w.arrived()
         # renamed in from elsewhere in the spool (a "moved" event)
         (other / "a.json").write_text("{}")
         os.rename(other / "a.json", pending / "a.json")
-        assert w.event.wait(5)
-        w.event.clear()
+        assert w.wait(5)
+        wait_for(w.arrived, 5)
         # written in place (a "created" event)
         (pending / "b.json").write_text("{}")
-        assert w.event.wait(5)
+        assert w.wait(5)
         time.sleep(0.3)  # let the write's own trailing events arrive
-        w.event.clear()
+        w.wait(0)
+        assert w.arrived()
         # a claim renames a file out: no wake-up
         os.rename(pending / "a.json", other / "a.json")
-        assert not w.event.wait(0.5)
+        assert not w.wait(0.5)
+        assert not w.arrived()
+        # a writer's scratch file is no arrival; its rename to the real name is
+        (pending / "c.tmp").write_text("{}")
+        assert not w.wait(0.5)
+        os.rename(pending / "c.tmp", pending / "c.json")
+        assert w.wait(5)
+    finally:
+        w.stop()
+
+
+def test_watcher_wake_ends_a_wait_from_another_thread(tmp_path):
+    w = Watcher([str(tmp_path)])
+    w.start()
+    try:
+        threading.Timer(0.1, w.wake).start()
+        t0 = time.monotonic()
+        assert w.wait(10)
+        assert time.monotonic() - t0 < 5
+        assert not w.wait(0.05)  # one wake-up, answered once
+        w.wake()  # before the wait: that wait returns at once
+        assert w.wait(10)
+    finally:
+        w.stop()
+    assert not w.running
+
+
+def test_watcher_wake_dirs_wake_without_an_arrival(tmp_path):
+    jobs, done = tmp_path / "pending", tmp_path / "done"
+    jobs.mkdir()
+    done.mkdir()
+    w = Watcher([str(jobs)], wake_dirs=[str(done)])
+    w.start()
+    try:
+        (done / "j.json").write_text("{}")
+        assert w.wait(5)
+        assert not w.arrived()
+    finally:
+        w.stop()
+
+
+def test_a_watched_directory_that_moves_away_counts_as_an_arrival(tmp_path):
+    """Events are hints: when the directory goes away (or inotify drops events), only a scan can tell."""
+    jobs = tmp_path / "pending"
+    jobs.mkdir()
+    w = Watcher([str(jobs)])
+    w.start()
+    try:
+        if w._observer is not None:
+            pytest.skip("no inotify here: watchdog's observer watches")
+        jobs.rename(tmp_path / "moved")
+        assert w.wait(5)
+        assert w.arrived()
     finally:
         w.stop()
 
