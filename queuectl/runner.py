@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -69,20 +68,95 @@ def log(fd: int, text: str) -> None:
 # -- running -------------------------------------------------------------------------------
 
 
+class Child:
+    """A started command: its pid, reaped once. (What the runner needs of a Popen, without its cost.)"""
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status (negative: killed by that signal) if it has ended, else None."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+# Dispositions a command must not inherit, since an ignored signal survives exec:
+# Python ignores SIGPIPE and SIGXFSZ (as subprocess's restore_signals knows), and
+# a worker ignores SIGINT (Ctrl-C is for its supervisor). `queuectl kill
+# --signal INT` must reach the command.
+RESTORED_SIGNALS = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
+_home = -1  # this process's own working directory, to come back to after a job's chdir
+
+
 def spawn(command: str, *, log_fd: int, stdin_fd: int, cwd: str | None,
-          env: Mapping[str, str] | None) -> subprocess.Popen:
-    """Start `/bin/sh -c COMMAND` in its own session (so its whole group can be killed)."""
+          env: Mapping[str, str] | None) -> Child:
+    """Start `/bin/sh -c COMMAND` in its own session (so its whole group can be killed).
+
+    posix_spawn (a vfork in glibc) and not subprocess.Popen: Popen's Python side
+    (an error pipe, the environment encoded one entry at a time) cost twice the
+    parent's CPU a job. It closes no descriptors, so a worker keeps every one of
+    its own close-on-exec (`close_inherited_fds`, and Python's default).
+
+    Python 3.11's posix_spawn cannot chdir, so the caller's process changes
+    directory around the spawn, and comes back by descriptor. That is safe
+    only where no other thread uses relative paths: a worker has no other
+    thread (watcher.py reads inotify in its own), and its polling watcher's
+    threads use absolute paths.
+    """
+    global _home
     if cwd and not os.path.isdir(cwd):
         msg = f"cwd does not exist: {cwd}"
         log(log_fd, msg + "\n")
         raise NotStarted(msg)
+    moved = False
     try:
-        return subprocess.Popen(["/bin/sh", "-c", command], stdin=stdin_fd, stdout=log_fd, stderr=log_fd,
-                                cwd=cwd or None, env=env, start_new_session=True, close_fds=True)
+        if cwd:
+            if _home < 0:
+                _home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.chdir(cwd)
+            moved = True
+        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], os.environ if env is None else env,
+                             setsid=True, setsigmask=(), setsigdef=RESTORED_SIGNALS,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, stdin_fd, 0), (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                                           (os.POSIX_SPAWN_DUP2, log_fd, 2)])
     except (OSError, ValueError) as e:
         msg = f"cannot start command: {e}"
         log(log_fd, msg + "\n")
         raise NotStarted(msg) from None
+    finally:
+        if moved:
+            os.fchdir(_home)
+    return Child(pid)
+
+
+def close_inherited_fds() -> None:
+    """Make every descriptor above stderr close-on-exec: commands inherit none of them.
+
+    Python opens its own that way; this catches what the process was started
+    with (a launcher's leaked pipe, a socket systemd passed). Called once when
+    a worker starts, since spawn() does not close descriptors itself.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 1024)
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # closed meanwhile (the listing's own descriptor)
 
 
 def killpg(pid: int, sig: int) -> None:
@@ -92,7 +166,7 @@ def killpg(pid: int, sig: int) -> None:
         pass
 
 
-def wait(proc: subprocess.Popen, deadline: float | None, *, tick: Callable[[], None] | None = None,
+def wait(proc: Child, deadline: float | None, *, tick: Callable[[], None] | None = None,
          should_kill: Callable[[], bool] | None = None) -> int | None:
     """Wait for the process to exit: its status, or None at the deadline or once should_kill()."""
     try:
@@ -112,10 +186,12 @@ def wait(proc: subprocess.Popen, deadline: float | None, *, tick: Callable[[], N
                 if ready:
                     return proc.wait()
             else:
-                try:
-                    return proc.wait(timeout=step)
-                except subprocess.TimeoutExpired:
-                    pass
+                # No pidfd (an old kernel): look every 10 ms.
+                end = time.monotonic() + step
+                while proc.poll() is None and time.monotonic() < end:
+                    time.sleep(0.01)
+                if proc.returncode is not None:
+                    return proc.returncode
             if tick is not None:
                 tick()
     finally:
@@ -123,7 +199,7 @@ def wait(proc: subprocess.Popen, deadline: float | None, *, tick: Callable[[], N
             os.close(pidfd)
 
 
-def supervise(proc: subprocess.Popen, *, timeout: float | None, grace: float, log_fd: int,
+def supervise(proc: Child, *, timeout: float | None, grace: float, log_fd: int,
               tick: Callable[[], None] | None = None,
               should_kill: Callable[[], bool] | None = None) -> Outcome:
     """Wait for a started command; on timeout or should_kill TERM its group, KILL after grace."""

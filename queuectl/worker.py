@@ -24,7 +24,7 @@ from .queues import PAUSE_ALL, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
-from .runner import NotStarted, Outcome, cap_log, log, line_break, open_log, spawn, supervise
+from .runner import NotStarted, Outcome, cap_log, close_inherited_fds, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this
@@ -107,6 +107,7 @@ class Worker:
 
     def run(self) -> int:
         from .watcher import Watcher
+        close_inherited_fds()  # before any job: spawn() closes nothing itself
         self.spool = spool = Spool(self.root, worker=True)
         # The heartbeat's id names host and supervisor: two supervisors on one
         # spool both have a worker-0, and `worker list` must tell them apart.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from queuectl.spool import Spool
 from queuectl.watcher import Watcher
 from queuectl.worker import Worker
 
-from support import job_file, pid_gone, read_pids, wait_for, where
+from support import cli_argv, job_file, pid_gone, read_pids, wait_for, where
 
 HEADER_START = re.compile(r"^=== attempt (\d+)/(\d+) started \S+Z by (worker-\d+) \(\S+ pid \d+\) ===$")
 HEADER_END = re.compile(r"^=== attempt (\d+)/(\d+) finished \S+Z exit (.+) after [\d.]+s ===$")
@@ -246,6 +247,48 @@ def test_missing_cwd_fails_with_the_reason_and_the_worker_goes_on(spool, spool_d
     assert (spool_dir / "logs" / "a.log").read_text().count(reason + "\n") == 2
     assert not marker.exists()
     assert (tmp_path / "marker.b").read_text() == f"{tmp_path}\n"
+
+
+def test_a_job_runs_in_its_cwd_and_the_worker_stays_where_it_was(spool, spool_dir, tmp_path, drain):
+    """The spawn changes directory around each job with a cwd (posix_spawn cannot): it must come back,
+    after a job it could not start as well."""
+    here = os.getcwd()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    add(spool, id="a", command=f"pwd > {tmp_path / 'a'}", cwd=str(locked), max_retries=0)
+    add(spool, id="b", command=f"pwd > {tmp_path / 'b'}", cwd=str(tmp_path), priority=-1)
+    drain(spool_dir)
+    assert os.getcwd() == here
+    if os.geteuid() == 0:
+        assert (tmp_path / "a").read_text() == f"{locked}\n"  # root enters any directory
+    else:
+        assert job_file(spool_dir, "dead", "a")["last_error"].startswith("cannot start command: [Errno 13]")
+    assert (tmp_path / "b").read_text() == f"{tmp_path}\n"
+
+
+def test_commands_inherit_no_descriptors_and_no_ignored_signals(spool_dir, run_proc):
+    """The worker's own descriptors (a job file's lock above all) and the signals a worker
+    ignores stay out of jobs, even a descriptor the worker's launcher leaked to it."""
+    Spool(str(spool_dir)).close()
+    # No redirection in the job's shell: dash would save a descriptor of its own for it.
+    run_proc("enqueue", "--id", "j", "ls /proc/$$/fd; grep -E '^Sig(Ign|Blk)' /proc/$$/status")
+    r, w = os.pipe()
+    os.set_inheritable(w, True)  # what a careless launcher passes down
+    try:
+        p = subprocess.run(cli_argv(spool_dir, "worker", "start", "--burst"), pass_fds=(w,),
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert p.returncode == 0, p.stderr
+    *listed, sig_ign, sig_blk = [line for line in (spool_dir / "logs" / "j.log").read_text().splitlines()
+                                 if not line.startswith("===")]
+    assert sorted(listed) == ["0", "1", "2"], listed
+    masks = dict(line.split(":\t") for line in (sig_ign, sig_blk))
+    ignored, blocked = int(masks["SigIgn"], 16), int(masks["SigBlk"], 16)
+    for sig in (2, 13, 25):  # SIGINT, SIGPIPE, SIGXFSZ
+        assert not ignored & (1 << (sig - 1)), f"signal {sig} ignored in the job: {masks}"
+    assert blocked == 0, masks
 
 
 def test_job_env_reaches_the_command_on_top_of_the_workers(spool, spool_dir, tmp_path, monkeypatch, drain):
