@@ -11,6 +11,7 @@ import fcntl
 import os
 import sqlite3
 import stat
+from typing import TYPE_CHECKING
 
 from . import config as configmod
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
@@ -21,6 +22,9 @@ from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, mov
 from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
+
+if TYPE_CHECKING:
+    from typing import Callable
 
 STATE_DIRS = [s.dirname for s in JobState]
 SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "kill", "paused", "queues"]
@@ -341,17 +345,21 @@ class Spool:
 
     # -- claim, record, recover ----------------------------------------------------
 
-    def claim(self, job_id: str, source: JobState) -> Claim | None:
+    def claim(self, job_id: str, source: JobState, *, announce: Callable[[], None] | None = None) -> Claim | None:
         """Take a job for running, or None if another worker got it first.
 
         The file is flock'ed before the rename, so from the moment it appears in
         processing/ it is locked by its owner; the lock dies with the process.
+        `announce` runs once the lock is held, before the rename (a worker records
+        its claim there): a claim lost to another worker costs no write.
         """
         src = self.job_path(source, job_id)
         fd = lock_file(src)
         if fd is None:
             return None
         try:
+            if announce is not None:
+                announce()
             dest = self.job_path(JobState.PROCESSING, job_id)
             if os.path.lexists(dest):
                 raise FileExistsError(dest)  # a duplicate: `check` reports it, never run twice

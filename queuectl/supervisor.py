@@ -74,13 +74,13 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wake_fds: tuple[int, ...],
-                 queues: tuple[str, ...] | None = None) -> None:
+                 queues: tuple[str, ...] | None = None, lane: tuple[int, int] = (0, 1)) -> None:
     # FORK_BLOCKED is blocked here (start_worker): whatever arrived since the
     # fork is still pending, and is delivered to the worker's own handlers.
     signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not this process's
     for fd in wake_fds:
         os.close(fd)
-    w = Worker(root, name, burst=burst, poll=poll, queues=queues)
+    w = Worker(root, name, burst=burst, poll=poll, queues=queues, lane=lane)
     w.install_signals()
     _die_with_parent()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
@@ -155,7 +155,7 @@ class Supervisor:
         self.spool.close()  # never share a SQLite connection across fork
         p = self.ctx.Process(target=_worker_main, name=f"worker-{i}", daemon=False,
                              args=(self.root, f"worker-{i}", self.burst, self.poll, os.getpid(), self.wake_fds,
-                                   self.queues))
+                                   self.queues, (i, self.count)))
         old = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             p.start()

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import time
 from dataclasses import dataclass
+from zlib import crc32
 
 from .controls import resolve_dependencies, take_kill_request
 from .dropins import is_ignored
@@ -27,11 +28,13 @@ from .retention import apply_settings
 from .runner import NotStarted, Outcome, cap_log, close_inherited_fds, log, line_break, open_log, spawn, supervise
 from .spool import Claim, Spool
 
-RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this
+RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this (idle worker)
+BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in the index
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+CANDIDATES = 16            # jobs a worker takes from one index query (times its sibling workers)
 SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
 RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
@@ -58,7 +61,7 @@ class Worker:
     """One worker loop. Lives in its own process; owns its Spool (and SQLite connection)."""
 
     def __init__(self, root: str, name: str, *, burst: bool = False, poll: bool = False,
-                 queues: tuple[str, ...] | None = None):
+                 queues: tuple[str, ...] | None = None, lane: tuple[int, int] = (0, 1)):
         self.root = root
         self.name = name
         # Copied once: os.environ decodes every entry on each read, which cost
@@ -68,6 +71,7 @@ class Worker:
         self.burst = burst
         self.poll = poll
         self.queues = queues      # None: every queue
+        self.lane, self.lanes = lane  # this worker's index among its supervisor's, and their number
         self.pauses: set[str] = set()
         self.last_retention = 0.0
         self.stopping = False     # no new claims
@@ -149,13 +153,22 @@ class Worker:
 
     def _loop(self) -> None:
         spool = self.spool
-        last_scan = last_recover = 0.0
+        last_scan = last_recover = last_refresh = 0.0
+        ran = False  # did the last turn run a job?
+        # A busy worker finds its next jobs in the index; the timed scan is only a
+        # safety net for a lost event, and each one lists pending/ and done/ whole
+        # (our own moves change their mtimes): on a 20,000-job queue once a second
+        # was a cost that grew with the queue. Other hosts' moves are seen by scans only.
+        busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
             now = time.monotonic()
             waiting = 0
             busy = False
-            if now - last_scan >= RESCAN_INTERVAL or self.watcher.arrived():
-                self.refresh()
+            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else RESCAN_INTERVAL)
+            if scan or now - last_refresh >= RESCAN_INTERVAL:
+                self.refresh()  # `pause`, `config set`: before the next arrival, and within a second
+                last_refresh = now
+            if scan:
                 report = spool.sync()
                 waiting, busy = report.waiting, report.busy
                 # Dependents of a job that ended dead or cancelled are cancelled here,
@@ -173,7 +186,8 @@ class Worker:
                 apply_settings(spool)
             if self.stopping:
                 break
-            if self.claim_and_run():
+            ran = self.claim_and_run()
+            if ran:
                 continue
             spool.flush_index()
             if os.getppid() != self.parent:
@@ -267,8 +281,18 @@ class Worker:
                 if PAUSE_ALL in self.pauses:
                     return None
                 spool.flush_index()  # or the query returns jobs this worker already ran
-                self.candidates = spool.index.claimable(16, queues=self.queues, paused=self.pauses | full)
-                self.candidates.reverse()
+                found = spool.index.claimable(min(CANDIDATES * self.lanes, 256), queues=self.queues,
+                                              paused=self.pauses | full)
+                if self.lanes > 1:
+                    # Sibling workers would all race for the best job, and each one's
+                    # index lags the others' batched writes, listing jobs they already
+                    # ran: over half the claims failed, and the list ran dry twice as
+                    # often. Each tries its own share of the list first (by a hash of
+                    # the id, the same in every worker and every query), then the rest
+                    # in order: a job another worker leaves waits at most one list.
+                    mine = [c for c in found if crc32(c[0].encode()) % self.lanes == self.lane]
+                    found = mine + [c for c in found if crc32(c[0].encode()) % self.lanes != self.lane]
+                self.candidates = found[::-1]  # popped from the end: best first
                 if spool.multihost:
                     # Hosts that all take the best job first collide on it, and the
                     # fastest lister wins most races: spread among the top few.
@@ -285,13 +309,16 @@ class Worker:
                 if slot is False:
                     full.add(queue)
                     continue
-                self.hb.claiming(job_id)  # before the rename: the owner is known from the first instant
-                claim = spool.claim(job_id, state)
+                # announce: the claim record, written before the rename, so the owner
+                # is known from the first instant the job is in processing/
+                announced = []
+                claim = spool.claim(job_id, state, announce=lambda: announced.append(self.hb.claiming(job_id)))
                 if claim is not None:
                     self.slot = slot
                     return claim
                 release_slot(slot)
-                self.hb.claiming(None)
+                if announced:
+                    self.hb.claiming(None)  # the rename failed after all: claim nothing
         if full:
             self.slot_wait = True  # due jobs wait for a slot: look again soon, not at once
         return None

@@ -291,6 +291,22 @@ def test_commands_inherit_no_descriptors_and_no_ignored_signals(spool_dir, run_p
     assert blocked == 0, masks
 
 
+def test_sibling_workers_try_their_own_share_of_the_queue_first(spool, spool_dir, drain):
+    """Each of N workers first takes the jobs whose id hashes to its lane (best first), then the
+    rest in order: siblings do not all race for the same best job, and nothing is left behind."""
+    from zlib import crc32
+    ids = [f"j{i}" for i in range(10)]
+    for rank, job_id in enumerate(ids):
+        add(spool, id=job_id, command="true", priority=100 - rank)
+    lines = drain(spool_dir, lane=(1, 2))
+    ran = [line.split()[-2].rstrip(":") for line in lines if "executing job" in line]
+    mine = [j for j in ids if crc32(j.encode()) % 2 == 1]
+    assert 0 < len(mine) < len(ids)  # the test means something only if the hash splits them
+    assert ran == mine + [j for j in ids if j not in mine]
+    assert ran != ids
+    assert [line.split()[-2].rstrip(":") for line in drain(spool_dir) if "executing job" in line] == []
+
+
 def test_job_env_reaches_the_command_on_top_of_the_workers(spool, spool_dir, tmp_path, monkeypatch, drain):
     monkeypatch.setenv("QCTL_FROM_WORKER", "inherited")
     monkeypatch.setenv("QCTL_OVERRIDDEN", "worker value")
