@@ -20,9 +20,10 @@ from .config import Config
 from .dropins import is_ignored
 from .errors import InvalidJob
 from .fsio import lock_file
-from .job import Job, JobState, now_iso
+from .job import Job, JobState, check_id, now_iso
 from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
-                       owner_marker, processes_marked, read_workers, signal_process)
+                       owner_marker, processes_marked, read_claim, read_workers, signal_process)
+from .runner import salvage_output
 
 from .spool import Claim, Spool
 
@@ -197,7 +198,26 @@ def prune_dead_workers(spool: Spool) -> None:
                     os.killpg(os.getpgid(leftover), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+        if w.role == "worker":
+            _salvage_output(spool, w)
         forget(spool, w)
+
+
+def _salvage_output(spool: Spool, w: WorkerInfo) -> None:
+    """A dead worker's command may have written into its scratch file (runner.CommandLog):
+    that output becomes the log of the job its claim record names."""
+    scratch = spool.path("workers", w.file[:-5] + ".out")
+    try:
+        if os.lstat(scratch).st_size == 0:
+            return
+    except OSError:
+        return
+    job_id = read_claim(spool.path("workers", w.file[:-5] + ".claim"))
+    try:
+        check_id(job_id or "")
+    except InvalidJob:
+        return  # a record from disk that names no job: nothing to attach the output to
+    salvage_output(scratch, spool.log_path(job_id))
 
 
 def recover_all(spool: Spool, by: str) -> list[str]:

@@ -320,6 +320,7 @@ def count_live_workers(spool: Spool) -> int:
 def forget(spool: Spool, w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
+    unlink_quietly(spool.path("workers", w.file[:-5] + ".out"))  # a scratch log (runner.CommandLog)
 
 
 CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .errors import SpoolError
-from .fsio import atomic_write, open_nofollow
+from .fsio import atomic_write, open_nofollow, unlink_quietly
 
 TICK = 0.25  # how often a running command's caller is ticked (and should_kill polled)
 EXIT_KILLED_BY_STOP = "interrupted by worker stop (not counted as an attempt)"
@@ -63,6 +63,128 @@ def log(fd: int, text: str) -> None:
         os.write(fd, text.encode("utf-8", "replace"))
     except OSError:
         pass  # a full disk loses log lines, never the job
+
+
+class CommandLog:
+    """Where one worker's commands write: the job's log, made only if the command writes.
+
+    Creating a file is the dearest thing a job does on some disks (ext4 took up
+    to a millisecond an inode here, longer than running `true`), and most jobs
+    print nothing. So a command whose job has no log yet writes into the
+    worker's scratch file, which starts with the attempt's header. A successful
+    attempt that wrote nothing is truncated away (the job's history keeps its
+    times and exit status); one that wrote or failed is linked into place as the
+    job's log, and the next job gets a new scratch file. A command still running at its first tick
+    is linked at once, so a long job's log can be followed as it grows. If the
+    worker dies mid-job, recovery moves the scratch file to the job's log
+    (`salvage_output`). An attempt whose job already has a log appends to it.
+    """
+
+    def __init__(self, scratch: str | None):
+        self.scratch = scratch  # None: every attempt opens its log directly
+        self.fd = -1            # the scratch file, kept open between jobs
+        self.log_path = ""
+        self.using = False      # this attempt writes into the scratch file
+        self.linked = False     # ... which is already the job's log too
+        self.header = 0
+        self.kept = True
+
+    def open(self, log_path: str) -> int:
+        """The descriptor the attempt's header and command write to."""
+        self.log_path, self.using, self.linked, self.header, self.kept = log_path, False, False, 0, True
+        if self.scratch is None:
+            return open_log(log_path)
+        try:
+            return os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return open_log(log_path)
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.scratch, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return open_log(log_path)
+        self.using = True
+        return self.fd
+
+    def started(self) -> None:
+        """The header is written: an attempt that leaves the scratch file this size wrote nothing."""
+        if self.using:
+            self.header = os.fstat(self.fd).st_size
+
+    def publish(self) -> None:
+        """Make the running attempt's output visible as the job's log now."""
+        if self.using and not self.linked:
+            self.linked = self._link()
+
+    def keeps(self, fd: int, failed: bool) -> bool:
+        """Does this attempt leave a log (and so a footer)? Always if it failed or wrote something."""
+        self.kept = failed or not self.using or self.linked or os.fstat(fd).st_size > self.header
+        return self.kept
+
+    def close(self, fd: int) -> None:
+        """The attempt is over (keeps() said what to keep): ready the scratch file for the next."""
+        if not self.using:
+            os.close(fd)
+            return
+        if not self.kept:
+            os.ftruncate(fd, 0)
+            return
+        if not self.linked and not self._link():
+            # The log appeared meanwhile (a hook, a person): append instead.
+            salvage_output(self.scratch, self.log_path)
+            os.ftruncate(fd, 0)
+            return
+        # The scratch file is the job's log now; the next job gets a new one.
+        unlink_quietly(self.scratch)
+        os.close(fd)
+        self.fd = -1
+
+    def _link(self) -> bool:
+        try:
+            os.link(self.scratch, self.log_path)
+            return True
+        except OSError:
+            return False
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.scratch is not None:
+            unlink_quietly(self.scratch)
+
+
+def salvage_output(scratch: str, log_path: str) -> None:
+    """Keep what a scratch file holds as (the end of) a job's log: linked if there is no log yet."""
+    try:
+        os.link(scratch, log_path)
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return
+    try:
+        if os.path.samefile(scratch, log_path):
+            return  # linked already (the worker died after publishing it)
+        src = open_nofollow(scratch)
+    except OSError:
+        return
+    try:
+        dst = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        os.close(src)
+        return
+    try:
+        while chunk := os.read(src, 1 << 20):
+            os.write(dst, chunk)
+    except OSError:
+        pass  # a full disk loses log lines, never the job
+    finally:
+        os.close(src)
+        os.close(dst)
 
 
 # -- running -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import fcntl
 import os
 import sqlite3
 import stat
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from . import config as configmod
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
@@ -22,9 +22,6 @@ from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, mov
 from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
-
-if TYPE_CHECKING:
-    from typing import Callable
 
 STATE_DIRS = [s.dirname for s in JobState]
 SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "kill", "paused", "queues"]
@@ -350,8 +347,7 @@ class Spool:
 
         The file is flock'ed before the rename, so from the moment it appears in
         processing/ it is locked by its owner; the lock dies with the process.
-        `announce` runs once the lock is held, before the rename (a worker records
-        its claim there): a claim lost to another worker costs no write.
+        `announce` runs once the lock is held, before the rename: a worker's claim record.
         """
         src = self.job_path(source, job_id)
         fd = lock_file(src)

@@ -12,12 +12,14 @@ import random
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
 
 from .controls import resolve_dependencies, take_kill_request
 from .dropins import is_ignored
 from .errors import SpoolError
+from .fsio import disk_full
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
@@ -25,7 +27,8 @@ from .queues import PAUSE_ALL, paused, release_slot, take_slot
 from .recovery import apply_outcome, fmt_secs, recover_all
 from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
-from .runner import NotStarted, Outcome, cap_log, close_inherited_fds, log, line_break, open_log, spawn, supervise
+from .runner import (CommandLog, NotStarted, Outcome, cap_log, close_inherited_fds, log, line_break, spawn,
+                     supervise)
 from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this (idle worker)
@@ -82,6 +85,7 @@ class Worker:
         self.candidates: list[tuple[str, JobState, str]] = []
         self.running: Job | None = None
         self.devnull = -1
+        self.output = CommandLog(None)
         self.job_pid = 0
         self.ticks = 0
         self.retry_due = float("inf")  # earliest retry this worker scheduled
@@ -118,6 +122,8 @@ class Worker:
         self.hb = Heartbeat(spool, "worker", f"{self.name}@{node_name()}:{self.parent}",
                             supervisor_pid=self.parent)
         self.marker = owner_marker(os.getpid(), self.hb.info["pid_start"])
+        # Another host's recovery could not salvage a scratch file: there each log is made at once.
+        self.output = CommandLog(None if spool.multihost else self.hb.path[:-5] + ".out")
         self.hb.beat(force=True)
         log_.info("started PID=%d", os.getpid())
         finished = []
@@ -136,20 +142,31 @@ class Worker:
             self.loop()
         finally:
             self.watcher.stop()
+            self.output.discard()
             self.hb.remove()
             spool.close()
         return EXIT_JOB_DIED if self.burst and self.died else 0
 
     def loop(self) -> None:
-        """_loop(); an index that breaks under the worker is rebuilt, never fatal."""
+        """_loop(); an index that breaks under the worker is rebuilt, and a full disk waited out."""
+        warned = False
         while True:
             try:
-                return self._loop()
-            except sqlite3.DatabaseError as e:
-                if is_busy(e):
+                try:
+                    return self._loop()
+                except sqlite3.DatabaseError as e:
+                    if is_busy(e):
+                        raise
+                    self.spool.indexes.discard(e)
+            except SpoolError as e:
+                # index.db cannot grow: the files are the truth, nothing is lost. Wait for room.
+                if self.kill_jobs or not disk_full(self.spool.root):
                     raise
-                self.spool.indexes.discard(e)
-                self.candidates = []
+                if not warned:
+                    log_.warning("%s; retrying", e)
+                    warned = True
+                self.watcher.wait(RECORD_RETRY)
+            self.candidates = []
 
     def _loop(self) -> None:
         spool = self.spool
@@ -280,32 +297,14 @@ class Worker:
             if not self.candidates:
                 if PAUSE_ALL in self.pauses:
                     return None
-                spool.flush_index()  # or the query returns jobs this worker already ran
-                found = spool.index.claimable(min(CANDIDATES * self.lanes, 256), queues=self.queues,
-                                              paused=self.pauses | full)
-                if self.lanes > 1:
-                    # Sibling workers would all race for the best job, and each one's
-                    # index lags the others' batched writes, listing jobs they already
-                    # ran: over half the claims failed, and the list ran dry twice as
-                    # often. Each tries its own share of the list first (by a hash of
-                    # the id, the same in every worker and every query), then the rest
-                    # in order: a job another worker leaves waits at most one list.
-                    mine = [c for c in found if crc32(c[0].encode()) % self.lanes == self.lane]
-                    found = mine + [c for c in found if crc32(c[0].encode()) % self.lanes != self.lane]
-                self.candidates = found[::-1]  # popped from the end: best first
-                if spool.multihost:
-                    # Hosts that all take the best job first collide on it, and the
-                    # fastest lister wins most races: spread among the top few.
-                    head = self.candidates[-SPREAD:]
-                    random.shuffle(head)
-                    self.candidates[-SPREAD:] = head
+                self.candidates = candidates(spool, self.queues, self.pauses | full, self.lane, self.lanes)
             while self.candidates:
                 if self.stopping:
                     return None
                 job_id, state, queue = self.candidates.pop()
                 if queue in full:
                     continue
-                slot = self._slot(queue)
+                slot = queue_slot(spool, queue)
                 if slot is False:
                     full.add(queue)
                     continue
@@ -323,25 +322,15 @@ class Worker:
             self.slot_wait = True  # due jobs wait for a slot: look again soon, not at once
         return None
 
-    def _slot(self, queue: str):
-        """None for a queue without a limit, a held slot lock's fd, or False if all are held.
-
-        Taken before the claim: a job is never claimed only to wait for a slot.
-        """
-        limit = self.spool.config.limit(queue)
-        if limit is None:
-            return None
-        fd = take_slot(self.spool, queue, limit)
-        return False if fd is None else fd
-
     def _tick(self) -> None:
         """Called while a command runs: first make a long job visible, then keep beating."""
         self.ticks += 1
         if self.ticks > 1:
             self.hb.beat()
             return
-        # Short jobs skip these two writes; the index then briefly shows them as
+        # Short jobs skip these writes; the index then briefly shows them as
         # pending, which the next sync corrects.
+        self.output.publish()
         if self.running is not None:
             self.spool.mark_running(self.running)
         if self.job_pid:
@@ -375,12 +364,13 @@ class Worker:
         """Log the attempt's header and start its command."""
         job = claim.job
         run = _Run(claim, job.attempts + 1, job.max_retries + 1, now_iso(), time.monotonic(),
-                   open_log(self.spool.log_path(job.id)))
+                   self.output.open(self.spool.log_path(job.id)))
         self.running = job
         self.hb.set_job(job.id)
         log_.info("executing job %s: %s", job.id, job.command)
         log(run.log_fd, f"=== attempt {run.attempt}/{run.total} started {run.started} by {self.name} "
                         f"({node_name()} pid {os.getpid()}) ===\n")
+        self.output.started()
         if self.devnull < 0:
             self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         env = {**self.base_env, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
@@ -397,11 +387,15 @@ class Worker:
         """Wait for the command (timeout, stop) and log the attempt's footer."""
         try:
             outcome = run.failed if run.proc is None else self._supervise(run)
-            log(run.log_fd, line_break(run.log_fd) + f"=== attempt {run.attempt}/{run.total} finished "
-                            f"{now_iso()} exit {outcome.describe()} "
-                            f"after {time.monotonic() - run.t0:.3f}s ===\n")
+            if self.output.keeps(run.log_fd, failed=outcome.exit_code != 0 or outcome.error is not None):
+                log(run.log_fd, line_break(run.log_fd) + f"=== attempt {run.attempt}/{run.total} finished "
+                                f"{now_iso()} exit {outcome.describe()} "
+                                f"after {time.monotonic() - run.t0:.3f}s ===\n")
         finally:
-            os.close(run.log_fd)
+            try:
+                self.output.close(run.log_fd)
+            except OSError:
+                self.output.discard()  # never let one attempt's bytes reach the next job's log
         return outcome
 
     def _supervise(self, run: _Run) -> Outcome:
@@ -434,13 +428,13 @@ class Worker:
             entry["counted"] = False
             job.history.append(entry)
             job.state, job.next_run_at = JobState.PENDING, None
-            self._record(claim, job)
+            record_until_it_fits(spool, claim, job, lambda: self.kill_jobs)
             log_.info("interrupted %s: back to pending", job.id)
             return
         delay = apply_outcome(job, entry, spool.config)
         if request is not None and not request.get("retry") and job.state is JobState.FAILED:
             job.state, job.next_run_at, delay = JobState.DEAD, None, 0.0  # killed: no retry unless --retry
-        self._record(claim, job)
+        record_until_it_fits(spool, claim, job, lambda: self.kill_jobs)
         if job.state is JobState.FAILED:
             self.retry_due = min(self.retry_due, job.run_ts)
         elif job.state is JobState.DEAD:
@@ -458,22 +452,61 @@ class Worker:
             spool.flush_index()
             self.flushed = time.monotonic()
 
-    def _record(self, claim: Claim, job: Job) -> None:
-        """Record the outcome; on a full disk keep the claim and retry until it fits.
 
-        Giving up would leave the job in processing/ with a live lock; the
-        retry loop keeps it owned, and if this process dies instead, recovery
-        counts the attempt. Nothing is lost either way.
-        """
-        warned = False
-        while True:
-            try:
-                self.spool.record(claim, job)
-                return
-            except SpoolError as e:
-                if not warned:
-                    log_.warning("cannot record %s: %s; retrying", job.id, e)
-                    warned = True
-                if self.kill_jobs:
-                    raise
-                time.sleep(RECORD_RETRY)
+def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lane: int,
+               lanes: int) -> list[tuple[str, JobState, str]]:
+    """The jobs to try next, in the order to try them, last first (the caller pops).
+
+    Sibling workers would all race for the best job, and each one's index lags
+    the others' batched writes, listing jobs they already ran: over half the
+    claims failed, and the list ran dry twice as often. Each tries its own
+    share of the list first (by a hash of the id, the same in every worker and
+    every query), then the rest in order: a job another worker leaves waits at
+    most one list.
+    """
+    spool.flush_index()  # or the query returns jobs this worker already ran
+    found = spool.index.claimable(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
+    if lanes > 1:
+        mine = [c for c in found if crc32(c[0].encode()) % lanes == lane]
+        found = mine + [c for c in found if crc32(c[0].encode()) % lanes != lane]
+    found.reverse()
+    if spool.multihost:
+        # Hosts that all take the best job first collide on it, and the
+        # fastest lister wins most races: spread among the top few.
+        head = found[-SPREAD:]
+        random.shuffle(head)
+        found[-SPREAD:] = head
+    return found
+
+
+def queue_slot(spool: Spool, queue: str):
+    """None for a queue without a limit, a held slot lock's fd, or False if all are held.
+
+    Taken before the claim: a job is never claimed only to wait for a slot.
+    """
+    limit = spool.config.limit(queue)
+    if limit is None:
+        return None
+    fd = take_slot(spool, queue, limit)
+    return False if fd is None else fd
+
+
+def record_until_it_fits(spool: Spool, claim: Claim, job: Job, give_up: Callable[[], bool]) -> None:
+    """Record the outcome; on a full disk keep the claim and retry until it fits.
+
+    Giving up would leave the job in processing/ with a live lock; the
+    retry loop keeps it owned, and if this process dies instead, recovery
+    counts the attempt. Nothing is lost either way.
+    """
+    warned = False
+    while True:
+        try:
+            spool.record(claim, job)
+            return
+        except SpoolError as e:
+            if not warned:
+                log_.warning("cannot record %s: %s; retrying", job.id, e)
+                warned = True
+            if give_up():
+                raise
+            time.sleep(RECORD_RETRY)

@@ -53,6 +53,20 @@ def test_a_job_that_kills_its_worker_at_once_never_runs_beside_its_retry(spool_d
 
 
 @pytest.mark.slow
+def test_output_of_an_attempt_whose_worker_died_is_kept_in_the_log(spool_dir, bg):
+    """The command writes into its worker's scratch file until the attempt proves worth a log;
+    a worker killed before that must not take the output with it: recovery makes it the log."""
+    cli(spool_dir, "config", "set", "backoff_max", "0.05")
+    cli(spool_dir, "enqueue", "--id", "k", "--max-retries", "0", "echo said before dying; kill -9 $PPID; sleep 1")
+    bg("worker", "start", "--count", "1")
+    wait_for(lambda: where(spool_dir).get("k") == ["dead"], 30)
+    log = (spool_dir / "logs" / "k.log").read_text()
+    assert log.startswith("=== attempt 1/1 started ") and "\nsaid before dying\n" in log, log
+    wait_for(lambda: not any(p.name.endswith(".out") and p.stat().st_size
+                             for p in (spool_dir / "workers").iterdir()), 10, what="the scratch file emptied")
+
+
+@pytest.mark.slow
 def test_sed_i_on_a_running_job_does_not_make_another_worker_run_it(spool_dir, tmp_path, bg):
     """Item 4: an edit in place replaces the claimed inode; the claim record still names the owner."""
     runs = tmp_path / "runs"

@@ -253,7 +253,7 @@ def test_clean_refuses_without_a_filter_and_bad_values(spool_dir):
 def test_workers_apply_keep_done_in_the_background(spool_dir, age):
     _done_jobs(spool_dir, 5, age)
     cli(spool_dir, "config", "set", "keep_done", "2")
-    enqueue(spool_dir, "--id", "new", "true")
+    enqueue(spool_dir, "--id", "new", "echo new")  # it prints: a silent success keeps no log
     drain(spool_dir)  # a worker's first pass applies the settings, then it runs `new`
     assert sorted(os.listdir(spool_dir / "done")) == ["j3.json", "j4.json", "new.json"]
     assert sorted(os.listdir(spool_dir / "logs")) == ["j3.log", "j4.log", "new.log"]

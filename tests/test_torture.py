@@ -452,13 +452,15 @@ def test_enqueue_on_a_full_disk_fails_cleanly(small_fs):
     assert status_json(spool)["pending"] == 301
 
 
-def _job_that_waits_for_go(small_fs: Path, tmp_path: Path):
+def _job_that_waits_for_go(small_fs: Path, tmp_path: Path, *, silent: bool = False):
     """A spool on the small filesystem with job `full`: it counts its runs in
-    `runs`, touches `started`, then waits until `go` exists."""
+    `runs`, touches `started`, then waits until `go` exists. It prints a line
+    unless silent: a silent success truncates the worker's scratch log, which
+    frees the block its header took, room enough for the job's record."""
     spool = small_fs / "spool"
     configure(spool, backoff_max=0.05)
     started, go, runs = tmp_path / "started", tmp_path / "go", tmp_path / "runs"
-    cmd = (f"echo run >> {runs}; touch {started}; "
+    cmd = (f"{'' if silent else 'echo started; '}echo run >> {runs}; touch {started}; "
            f"while [ ! -e {go} ]; do sleep 0.02; done")
     assert qc(spool, "enqueue", "--id", "full", cmd).returncode == 0
     return spool, started, go, runs
@@ -481,6 +483,25 @@ def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, pr
     job = json.loads((spool / "done" / "full.json").read_bytes())
     assert job["attempts"] == 1 and job["state"] == "completed"
     assert dir_counts(spool) == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0}
+    assert_check_clean(spool)
+
+
+def test_a_worker_waits_out_a_full_disk_wherever_it_strikes(small_fs, tmp_path, procs):
+    """Whether the record or the index is the write that finds no room, the worker neither
+    crashes nor loses the job: it says so once, waits, and carries on when there is room."""
+    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path, silent=True)
+    sup = procs.start(spool, "worker", "start", "--burst", name="worker")
+    wait_for(lambda: started.exists(), what="job started")
+    ballast = _fill(small_fs)
+    go.touch()
+    wait_for(lambda: "no space left on device" in procs.output(sup), what="worker noticed the full disk")
+    time.sleep(1.0)
+    assert sup.poll() is None
+    ballast.unlink()
+    assert wait_exit(sup, 30, procs) == 0, procs.output(sup)
+    assert "Traceback" not in procs.output(sup) and "exited with code" not in procs.output(sup)
+    assert runs.read_text() == "run\n"
+    assert dir_counts(spool)["completed"] == 1
     assert_check_clean(spool)
 
 

@@ -307,6 +307,50 @@ def test_sibling_workers_try_their_own_share_of_the_queue_first(spool, spool_dir
     assert [line.split()[-2].rstrip(":") for line in drain(spool_dir) if "executing job" in line] == []
 
 
+def test_a_log_is_kept_for_attempts_that_wrote_or_failed_only(spool, spool_dir, tmp_path, drain):
+    """A file create is the dearest thing a job does on some disks: a silent success makes none.
+    Its history keeps when it ran and how it ended."""
+    fast_retries(spool)
+    add(spool, id="quiet", command="true")
+    add(spool, id="talks", command="echo hello")
+    add(spool, id="fails", command="exit 3", max_retries=0)
+    add(spool, id="quiet-retry", command=f"test -e {tmp_path / 'second'} || {{ touch {tmp_path / 'second'}; exit 1; }}")
+    drain(spool_dir)
+    logs = spool_dir / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["fails.log", "quiet-retry.log", "talks.log"]
+    talks = (logs / "talks.log").read_text().splitlines()
+    assert talks[0].startswith("=== attempt 1/4 started ") and talks[1] == "hello"
+    assert talks[2].startswith("=== attempt 1/4 finished ") and " exit 0 after " in talks[2] and len(talks) == 3
+    assert " exit 3 after " in (logs / "fails.log").read_text()
+    # The silent second attempt of a job that already has a log is appended to it, as always.
+    retry = (logs / "quiet-retry.log").read_text()
+    assert retry.count("started") == 2 and " exit 1 after " in retry and " exit 0 after " in retry
+    quiet = job_file(spool_dir, "done", "quiet")
+    assert [(h["attempt"], h["exit_code"]) for h in quiet["history"]] == [(1, 0)]
+    assert quiet["history"][0]["started_at"] and quiet["history"][0]["finished_at"]
+    # The worker's scratch file is gone with the worker.
+    assert [p.name for p in (spool_dir / "workers").iterdir()] == []
+
+
+def test_a_long_jobs_log_can_be_followed_while_it_runs(spool, spool_dir, tmp_path):
+    go = tmp_path / "go"
+    add(spool, id="long", command=f"echo first line; while [ ! -e {go} ]; do sleep 0.05; done; echo last line")
+    w = Worker(str(spool_dir), "worker-0", burst=True)
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+        log = spool_dir / "logs" / "long.log"
+        wait_for(lambda: log.exists() and "first line" in log.read_text(), 10, what="the live log")
+        assert (spool_dir / "processing" / "long.json").exists()
+    finally:
+        go.touch()
+        t.join(20)
+    assert not t.is_alive()
+    lines = log.read_text().splitlines()
+    assert lines[1:3] == ["first line", "last line"] and lines[3].startswith("=== attempt 1/4 finished ")
+    assert [p.name for p in (spool_dir / "workers").iterdir()] == []
+
+
 def test_job_env_reaches_the_command_on_top_of_the_workers(spool, spool_dir, tmp_path, monkeypatch, drain):
     monkeypatch.setenv("QCTL_FROM_WORKER", "inherited")
     monkeypatch.setenv("QCTL_OVERRIDDEN", "worker value")
