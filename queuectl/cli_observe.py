@@ -7,12 +7,13 @@ so no other command pays for them at start-up.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
 
-log = logging.getLogger("queuectl.cli_observe")
+from . import lazylog
+
+log = lazylog.get("queuectl.cli_observe")
 
 
 @click.command()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
 from typing import Any, Callable, NamedTuple
 
+from . import lazylog
 from .errors import ConfigError, InvalidJob
 from .job import MAX_TIMEOUT, loads, show
 
@@ -24,7 +24,7 @@ MAX_KEEP = 100_000_000             # a count of jobs kept
 MAX_LOG_SIZE = 1 << 30  # capping holds the kept head and tail in memory
 MAX_CONCURRENCY = 1024             # slot lock files of one queue
 
-log = logging.getLogger("queuectl.config")
+log = lazylog.get("queuectl.config")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

@@ -9,13 +9,13 @@ and the other finds the file gone (or locked) and says so.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import lazylog
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 from .fsio import fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly, write_tmp
 from .index import Row, row_values
@@ -23,7 +23,7 @@ from .job import FINAL, Job, JobState, check_priority, loads, now_iso, parse_fil
 from .registry import hostname, pid_alive, processes_with_env, read_workers
 from .spool import Spool
 
-log = logging.getLogger("queuectl.controls")
+log = lazylog.get("queuectl.controls")
 
 LOCK_TRIES = 400      # a worker holds a job's lock only between its lock and its rename
 LOCK_RETRY = 0.005

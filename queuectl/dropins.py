@@ -10,12 +10,12 @@ being written.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import stat
 import time
 from typing import Any, Container, ContextManager, NamedTuple, Protocol
 
+from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .config import Config
@@ -23,7 +23,7 @@ from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
 
-log = logging.getLogger("queuectl.dropins")
+log = lazylog.get("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
 
 

@@ -7,16 +7,16 @@ seconds, and its output goes to the job's log between marker lines.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Callable, Mapping
 
+from . import lazylog
 from .config import Config
 from .job import Job, JobState, now_iso
 from .runner import NotStarted, line_break, log, open_log, spawn, supervise
 
-log_ = logging.getLogger("queuectl.hooks")
+log_ = lazylog.get("queuectl.hooks")
 
 
 def hook_env(job: Job, state: str, base: Mapping[str, str]) -> dict[str, str]:

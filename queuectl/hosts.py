@@ -10,10 +10,10 @@ its own index on local disk, built from the directories like any index.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import ContextManager, Protocol
 
+from . import lazylog
 from .config import Config
 from .errors import ConfigError, InvalidJob, SpoolError
 from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
@@ -37,7 +37,7 @@ class Spool(Protocol):
     def lock(self) -> ContextManager[bool]: ...
     def has_jobs(self) -> bool: ...
 
-log = logging.getLogger("queuectl.hosts")
+log = lazylog.get("queuectl.hosts")
 
 SPOOL_ID_FILE = ".id"  # SPOOL/.id: a random id, made once, names the spool's local indexes
 # Filesystem types (as /proc/self/mountinfo names them) where the spool is

@@ -7,16 +7,16 @@ from them; a full disk is not a broken index.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 from typing import Callable, ContextManager
 
+from . import lazylog
 from .errors import SpoolError
 from .fsio import disk_full as fsio_disk_full, unlink_quietly
 from .index import Index, IndexCorrupt
 
-log = logging.getLogger("queuectl.indexstore")
+log = lazylog.get("queuectl.indexstore")
 
 
 def is_busy(e: BaseException) -> bool:

@@ -9,11 +9,11 @@ JSON views use snapshot() without it.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
 
+from . import lazylog
 from .fsio import atomic_write
 from .job import JobState
 # Heartbeats: the only import of the worker registry in the observe code
@@ -21,7 +21,7 @@ from .job import JobState
 from .registry import hostname, read_workers
 from .spool import Spool
 
-log = logging.getLogger("queuectl.metrics")
+log = lazylog.get("queuectl.metrics")
 
 # Upper bounds in seconds: from `true` (a few ms) to hour-long batch jobs.
 RUN_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]

@@ -10,14 +10,14 @@ that queue. A flock dies with its process, so a killed worker frees its slot.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
+from . import lazylog
 from .dropins import is_ignored
 from .fsio import atomic_write, unlink_quietly
 from .job import check_queue, now_iso
 from .spool import Spool
 
-log = logging.getLogger("queuectl.queues")
+log = lazylog.get("queuectl.queues")
 
 PAUSE_ALL = "ALL"  # the pause file of every queue; no queue may be named so (job.check_queue)
 

@@ -9,13 +9,13 @@ queue.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import signal
 import time
 from typing import Iterator
 
+from . import lazylog
 from .config import Config
 from .dropins import is_ignored
 from .errors import InvalidJob
@@ -27,7 +27,7 @@ from .runner import salvage_output
 
 from .spool import Claim, Spool
 
-log = logging.getLogger("queuectl.recovery")
+log = lazylog.get("queuectl.recovery")
 
 
 def backoff_delay(attempts: int, base: float, cap: float, jitter: float) -> float:

@@ -9,18 +9,18 @@ time, so a busy spool stays bounded without a pause.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import time
 from typing import Iterator
 
+from . import lazylog
 from .config import Retention
 from .dropins import is_ignored
 from .errors import ConfigError
 from .job import JobState
 from .spool import Spool
 
-log = logging.getLogger("queuectl.retention")
+log = lazylog.get("queuectl.retention")
 
 BATCH = 500  # deletions per background pass: a worker is never busy cleaning for long
 # States a job never leaves by itself. `cancelled` joins them where this queuectl has it.

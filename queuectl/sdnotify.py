@@ -8,11 +8,12 @@ went away must not stop the workers.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
-log = logging.getLogger("queuectl.sdnotify")
+from . import lazylog
+
+log = lazylog.get("queuectl.sdnotify")
 
 
 def socket_address() -> str | bytes | None:

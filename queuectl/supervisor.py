@@ -15,7 +15,6 @@ crash in a row, so a worker that cannot start does not burn a core.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from . import lazylog
 from .errors import WorkerError
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues
@@ -32,7 +32,7 @@ from .sdnotify import notify
 from .spool import Spool
 from .worker import EXIT_JOB_DIED, Worker
 
-log = logging.getLogger("queuectl.supervisor")
+log = lazylog.get("queuectl.supervisor")
 WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 # Blocked from just before a fork until the new worker has its own handlers:
@@ -391,7 +391,7 @@ def detach(spool: Spool, argv: list[str]) -> tuple[int, str]:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         # QUEUECTL_LOG_FILE: every process of the tree reopens the file once
-        # logrotate has moved it (cli_base.WorkerLines), so no signal is needed.
+        # logrotate has moved it (cli_lines.WorkerLines), so no signal is needed.
         proc = subprocess.Popen([sys.executable, "-m", "queuectl", *argv], stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True, close_fds=True,
                                 env={**os.environ, "QUEUECTL_LOG_FILE": log_path})

@@ -9,18 +9,18 @@ directories are listed (rejected/ shown a page at a time).
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import time
 
+from . import lazylog
 from .errors import InvalidJob, JobNotFound
 from .index import parse_tags
 from .job import JobState, check_id, parse_time
 from .metrics import snapshot, throughput
 from .spool import Spool
 
-log = logging.getLogger("queuectl.views")
+log = lazylog.get("queuectl.views")
 
 PER_PAGE = 50
 LOG_TAIL = 64 * 1024

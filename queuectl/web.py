@@ -25,12 +25,13 @@ from urllib.parse import urlencode
 
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, url_for
 
+from . import lazylog
 from . import views
 from .errors import InvalidJob, JobNotFound, QueueError
 from .metrics import render as render_metrics
 from .spool import Spool
 
-log = logging.getLogger("queuectl.web")
+log = lazylog.get("queuectl.web")
 
 TOKEN_COOKIE = "queuectl_token"
 SYNC_INTERVAL = 2.0

@@ -6,7 +6,6 @@ job. SIGUSR1: kill the running job too; it goes back to pending/ uncounted.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import signal
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import crc32
 
+from . import lazylog
 from .controls import resolve_dependencies, take_kill_request
 from .dropins import is_ignored
 from .errors import SpoolError
@@ -43,7 +43,7 @@ SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free sl
 RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
 EXIT_JOB_DIED = 4          # a burst worker's exit status when a job it ran ended in dead/ (3: stopped)
 
-log_ = logging.getLogger("queuectl.worker")
+log_ = lazylog.get("queuectl.worker")
 
 
 @dataclass
