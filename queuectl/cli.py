@@ -480,11 +480,33 @@ def config_set(obj: Context, key, value):
     click.echo(f"{name} = {_fmt(parsed)}")
 
 
-
-
 main.add_command(metrics)
 main.add_command(web)
 
 
+def run() -> None:
+    """The `queuectl` program: main(), then exit without tearing the interpreter down.
+
+    By the time main() returns, every command has closed what it opened (the
+    index connection, on click's context close; job files are written, and
+    fsynced where promised, before a command reports). What remains is Python
+    freeing a hundred modules one object at a time, which took as long as an
+    enqueue's own work: 8-9 ms of 55.
+    """
+    try:
+        main(prog_name="queuectl")
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            sys.stderr.write(e.code + "\n")
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # the reader went away (`queuectl list | head`): as Python itself exits then
+        code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

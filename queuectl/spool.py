@@ -289,18 +289,18 @@ class Spool:
 
     # -- reconcile the index with the directories ------------------------------------------
 
-    def sync(self, *, force: bool = False) -> SyncReport:
-        """Bring the index in line with the directories and accept drop-ins.
+    def sync(self, *, force: bool = False, dirs: tuple[str, ...] = tuple(STATE_DIRS)) -> SyncReport:
+        """Bring the index in line with the directories (`dirs`) and accept drop-ins.
 
         An index that turns out corrupt mid-way is discarded and rebuilt.
         """
         try:
-            return self._sync(force=force)
+            return self._sync(force=force, dirs=dirs)
         except sqlite3.DatabaseError as e:
             self.indexes.discard(e)
-            return self._sync(force=force)
+            return self._sync(force=force, dirs=dirs)
 
-    def _sync(self, *, force: bool = False) -> SyncReport:
+    def _sync(self, *, force: bool, dirs: tuple[str, ...]) -> SyncReport:
         """Cheap when nothing changed: one stat per state directory. A directory
         whose mtime moved since it was last listed is listed again and diffed
         against the index."""
@@ -312,7 +312,7 @@ class Spool:
         idx = self.index
         marks = idx.dirmarks()
         changed = []
-        for d in STATE_DIRS:
+        for d in dirs:
             st = os.stat(self.path(d))
             mark = marks.get(d)
             if (force or self.multihost or mark is None or mark[0] != st.st_mtime_ns

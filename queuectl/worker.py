@@ -33,6 +33,12 @@ from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this (idle worker)
 BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in the index
+# What a worker's scans list: where jobs to run arrive, and what is running. Final
+# states reach the index with each worker's record; a listing of done/ (20,000
+# files after a big burst) only finds hand moves, which a full scan with the
+# retention pass (once a minute) and every command's own sync pick up. On a shared
+# spool other hosts' outcomes reach this node's index only by listings: all of them.
+WORK_DIRS = (JobState.PENDING.dirname, JobState.FAILED.dirname, JobState.PROCESSING.dirname)
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
@@ -93,6 +99,7 @@ class Worker:
         self.slot_wait = False
         self.died = False  # a job this worker ran ended in dead/
         self.flushed = 0.0
+        self.scan_dirs = WORK_DIRS
 
     # signal handlers only set flags (and wake the loop)
     def _on_stop(self, signum, frame) -> None:  # noqa: ANN001
@@ -166,6 +173,7 @@ class Worker:
                     log_.warning("%s; retrying", e)
                     warned = True
                 self.watcher.wait(RECORD_RETRY)
+                self.last_retention = 0.0  # then a full scan: rows lost with the failed write come back
             self.candidates = []
 
     def _loop(self) -> None:
@@ -177,6 +185,7 @@ class Worker:
         # (our own moves change their mtimes): on a 20,000-job queue once a second
         # was a cost that grew with the queue. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
+        self.scan_dirs = tuple(s.dirname for s in JobState) if spool.multihost else WORK_DIRS
         while not self.stopping:
             now = time.monotonic()
             waiting = 0
@@ -186,7 +195,7 @@ class Worker:
                 self.refresh()  # `pause`, `config set`: before the next arrival, and within a second
                 last_refresh = now
             if scan:
-                report = spool.sync()
+                report = spool.sync(dirs=self.scan_dirs)
                 waiting, busy = report.waiting, report.busy
                 # Dependents of a job that ended dead or cancelled are cancelled here,
                 # at most one scan after it ended (whichever worker ran it).
@@ -200,6 +209,7 @@ class Worker:
                 # Between jobs too, not only when idle: a spool that is never
                 # idle must stay bounded as well. One batch keeps the pause short.
                 self.last_retention = now
+                spool.sync()  # every directory, hand moves into done/ and dead/ included
                 apply_settings(spool)
             if self.stopping:
                 break
@@ -267,9 +277,9 @@ class Worker:
             return idx.retries_of(hostname(), (os.getpid(), self.parent)) == 0
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
-        if spool.sync().waiting or not empty():
+        if spool.sync(dirs=self.scan_dirs).waiting or not empty():
             return False
-        return spool.sync(force=True).waiting == 0 and empty()
+        return spool.sync(force=True, dirs=self.scan_dirs).waiting == 0 and empty()
 
     def claim_and_run(self) -> bool:
         """Claim and run one job; False if there was nothing to claim.
