@@ -19,7 +19,6 @@ from .errors import ConfigError, InvalidJob, SpoolError
 from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
 from .indexstore import IndexStore
 from .job import parse_file
-from .registry import node_name
 
 
 
@@ -110,6 +109,12 @@ def spool_id(root: str) -> str:
     raise SpoolError(f"{path} is empty")
 
 
+def _node_name() -> str:
+    # Imported only here: registry's dataclasses cost every command on a local disk ~2 ms.
+    from .registry import node_name
+    return node_name()
+
+
 def local_index_path(root: str, node: str) -> str:
     """$XDG_CACHE_HOME/queuectl/<spool id>-<node>/index.db: this node's own index of a shared spool."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -135,7 +140,7 @@ def index_store(spool: Spool, *, defer: bool) -> IndexStore:
     if spool.index_path is None:
         chosen = setting(spool, "index", None)
         spool.index_path = os.path.abspath(os.path.expanduser(chosen)) if chosen else (
-            local_index_path(spool.root, node_name()) if spool.network else spool.path("index.db"))
+            local_index_path(spool.root, _node_name()) if spool.network else spool.path("index.db"))
     path = spool.index_path
     if path == spool.path("index.db"):
         return IndexStore(path, spool.lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
