@@ -227,26 +227,20 @@ class SpoolLock:
     def lock(self) -> Iterator[bool]:
         """The spool-wide lock for cold paths (config writes, reindex, index repair).
 
-        filelock's Unix lock is flock(2) on SPOOL/.lock, the same lock hot_lock()
-        takes, so the two exclude each other between processes; within this
-        Spool either one nests inside the other instead of deadlocking.
+        The same blocking flock(2) on SPOOL/.lock as hot_lock(): filelock's
+        Unix lock was that flock too, but polled every 50 ms and cost a new
+        spool's first enqueue its 14 ms import.
         """
-        if self._depth:
-            with self._held():
-                yield True
-            return
-        from filelock import FileLock
-        with FileLock(self.path, mode=0o600), self._held():
-            yield True
+        with self.hot_lock() as held:
+            yield held
 
     @contextlib.contextmanager
     def hot_lock(self, *, wait: bool = True) -> Iterator[bool]:
         """The same spool-wide lock for hot paths (enqueue, drop-in acceptance).
 
         A bare flock(2): a waiter is woken by the kernel the moment the lock is
-        free, where filelock polls every 50 ms, and a CLI is spared filelock's
-        14 ms import. With wait=False it yields False, without the lock, if
-        another process holds it.
+        free. With wait=False it yields False, without the lock, if another
+        process holds it.
         """
         if self._depth:
             with self._held():
