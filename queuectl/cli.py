@@ -14,8 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_base import STATE_NAMES, Context, QueueGroup, dump, json_option, one_line, pass_ctx, Lines
-from .cli_observe import complete_job_ids, metrics, web
+from .cli_base import STATE_NAMES, Context, QueueGroup, complete_job_ids, dump, json_option, one_line, pass_ctx, Lines
 from .errors import InvalidJob
 
 
@@ -49,6 +48,7 @@ def main(ctx: click.Context, spool_dir: str | None, index: str | None) -> None:
 main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "logs"),
              "dlq": (".cli_workers", "dlq"), "pause": (".cli_service", "pause"),
              "resume": (".cli_service", "resume"), "clean": (".cli_service", "clean"),
+             "metrics": (".cli_observe", "metrics"), "web": (".cli_observe", "web"),
              "systemd-unit": (".cli_service", "systemd_unit"),
              **{name: (".cli_jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority")}}
 
@@ -478,10 +478,6 @@ def config_set(obj: Context, key, value):
     """
     name, parsed = obj.spool.set_config(key, value)
     click.echo(f"{name} = {_fmt(parsed)}")
-
-
-main.add_command(metrics)
-main.add_command(web)
 
 
 def run() -> None:

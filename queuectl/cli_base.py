@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from typing import Any
 
 import click
@@ -122,3 +123,33 @@ def json_option(help: str):
 
 def one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Job ids from the index for the shell; never raises, never creates a spool."""
+    try:
+        return _job_ids(ctx, incomplete, None)
+    except Exception:  # a broken completion must not break the user's shell
+        return []
+
+
+def complete_dead_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        from .job import JobState
+        return _job_ids(ctx, incomplete, JobState.DEAD)
+    except Exception:
+        return []
+
+
+def _job_ids(ctx: click.Context, incomplete: str, state) -> list[str]:
+    from .index import Index
+    from .spool import default_spool
+    root = ctx.find_root().params.get("spool_dir") or default_spool()
+    path = os.path.join(root, "index.db")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return []
+    idx = Index(path)
+    try:
+        return idx.ids_with_prefix(incomplete, state)
+    finally:
+        idx.close()

@@ -1,4 +1,4 @@
-"""The observe commands (`metrics`, `web`) and shell completion of job ids.
+"""The observe commands (`metrics`, `web`), loaded only when one of them runs.
 
 Kept apart from cli.py, which registers them: same rules (parse, call the
 core, print). prometheus_client and Flask are imported inside the commands,
@@ -76,33 +76,3 @@ def web(obj, bind, port, token, allow_actions):
     root = spool.root
     obj.close()  # the server opens the index per request and per thread
     serve(root, bind=bind, port=port, token=token, allow_actions=allow_actions, ready=ready)
-
-
-def complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    """Job ids from the index for the shell; never raises, never creates a spool."""
-    try:
-        return _job_ids(ctx, incomplete, None)
-    except Exception:  # a broken completion must not break the user's shell
-        return []
-
-
-def complete_dead_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    try:
-        from .job import JobState
-        return _job_ids(ctx, incomplete, JobState.DEAD)
-    except Exception:
-        return []
-
-
-def _job_ids(ctx: click.Context, incomplete: str, state) -> list[str]:
-    from .index import Index
-    from .spool import default_spool
-    root = ctx.find_root().params.get("spool_dir") or default_spool()
-    path = os.path.join(root, "index.db")
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return []
-    idx = Index(path)
-    try:
-        return idx.ids_with_prefix(incomplete, state)
-    finally:
-        idx.close()

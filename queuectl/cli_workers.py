@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from .cli_base import Context, Lines, dump, json_option, one_line, pass_ctx
-from .cli_observe import complete_dead_ids, complete_job_ids
+from .cli_base import Context, Lines, complete_dead_ids, complete_job_ids, dump, json_option, one_line, pass_ctx
 
 # -- workers -------------------------------------------------------------------
 
