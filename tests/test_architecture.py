@@ -111,25 +111,3 @@ def test_the_checker_finds_what_it_is_meant_to_find():
     tree = ast.parse("from .spool import _x\nif TYPE_CHECKING:\n    from .worker import Worker\n")
     assert _imports(tree) == [("spool", ["_x"])]
 
-
-def test_enqueue_and_version_load_no_more_than_they_need(tmp_path):
-    """Start-up is what a small command costs: logging, the worker and the dashboard stay unloaded
-    (dataclasses is the one heavy module left: job.Job is one)."""
-    import subprocess
-    import sys
-    spool = str(tmp_path / "spool")
-    code = ("import sys\n"
-            "from queuectl.cli import main\n"
-            "for argv in (['--version'], ['--spool', sys.argv[1], 'enqueue', 'true']):\n"
-            "    try:\n"
-            "        main(argv, prog_name='queuectl')\n"
-            "    except SystemExit as e:\n"
-            "        assert not e.code, e.code\n"
-            "print(' '.join(sorted(m for m in ('logging', 'dataclasses', 'multiprocessing', 'queuectl.worker',\n"
-            "                                   'queuectl.supervisor', 'queuectl.metrics', 'flask', 'prometheus_client')\n"
-            "                      if m in sys.modules)))\n")
-    for _ in range(2):  # the first one makes the spool (and its index): only the second is a plain enqueue
-        r = subprocess.run([sys.executable, "-c", code, spool], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-    *_, loaded = r.stdout.splitlines()
-    assert set(loaded.split()) <= {"dataclasses"}, loaded
