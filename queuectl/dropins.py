@@ -154,8 +154,9 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
     try:
         for a in batch:
             tmps.append(None if a.data is None else write_tmp(spool.path("tmp"), a.data, durable=False)[0])
-        if any(tmps):
-            syncfs(spool.path("tmp"))
+        # Also when every file is kept as it is: its writer may never have
+        # fsynced it, and an accepted job must survive a power cut.
+        syncfs(spool.path("tmp"))
         rows = []
         for a, tmp in zip(batch, tmps):
             ino = a.ino if tmp is None else os.stat(tmp).st_ino  # the file the index row now stands for

@@ -436,3 +436,18 @@ def test_dropin_in_canonical_form_without_max_retries_takes_the_config_value(run
     assert run("list").stdout == "moved - pending - true\n"
     rec = read_job("pending", "moved")
     assert (rec["max_retries"], rec["created_at"]) == (7, "2026-01-01T00:00:00.000000Z")
+
+
+def test_canonical_dropin_kept_as_is_is_still_made_durable(run, spool, tmp_path, read_job, monkeypatch):
+    from queuectl import dropins
+    other = tmp_path / "other"
+    run("enqueue", "--id", "kept", "echo x", spool=other)
+    data = (other / "pending" / "kept.json").read_bytes()
+    path = drop(spool, "kept.json", data)
+    ino = path.stat().st_ino
+    synced: list[str] = []
+    real = dropins.syncfs
+    monkeypatch.setattr(dropins, "syncfs", lambda p: (synced.append(p), real(p)))
+    assert ids(run) == ["kept"]
+    assert path.stat().st_ino == ino and path.read_bytes() == data  # not rewritten
+    assert synced, "a drop-in kept without rewrite was never synced"
