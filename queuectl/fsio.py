@@ -134,9 +134,23 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
+_prefix: str | None = None  # ".PID.RANDOM", made once a process: not a getpid and getrandom a file
+
+
+def _forget_prefix() -> None:
+    global _prefix
+    _prefix = None
+
+
+os.register_at_fork(after_in_child=_forget_prefix)
+
+
 def tmp_name(tmp_dir: str) -> str:
     """A scratch name no other writer uses: dot-prefixed, .tmp-suffixed (ignored by every scan)."""
-    return os.path.join(tmp_dir, f".{os.getpid()}.{next(_counter)}.{os.urandom(3).hex()}.tmp")
+    global _prefix
+    if _prefix is None:
+        _prefix = f".{os.getpid()}.{os.urandom(3).hex()}"
+    return os.path.join(tmp_dir, f"{_prefix}.{next(_counter)}.tmp")
 
 
 def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None = None,

@@ -396,3 +396,21 @@ def test_enqueue_while_another_process_lists(start_proc, run, spool_dir):
         assert p.returncode == 0 and "Traceback" not in err, err
         assert 0 <= json.loads(out)["pending"] <= 80
     _check_consistent(run, spool_dir, [f"w{k}-{i}" for k in range(2) for i in range(40)])
+
+
+def test_tmp_names_are_unique_and_differ_after_fork(tmp_path):
+    from queuectl import fsio
+    names = {fsio.tmp_name(str(tmp_path)) for _ in range(100)}
+    assert len(names) == 100
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.write(w, fsio.tmp_name(str(tmp_path)).encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 4096).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert f".{pid}." in child and child not in names
+    assert os.path.basename(child).startswith(".") and child.endswith(".tmp")
