@@ -304,7 +304,7 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
     known = idx.inodes_in(state)
     gone = known.keys() - on_disk
     if gone:
-        idx.delete(gone)
+        idx.delete(gone, state)
         report.removed += len(gone)
     dropins = None
     if state is JobState.PENDING and not spool.readonly:

@@ -223,6 +223,10 @@ _UPSERT = """INSERT INTO jobs
         run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs,
         tags = excluded.tags, ino = excluded.ino, queue = excluded.queue"""
 
+# A new job's first row: a worker that saw the file before its enqueuer wrote
+# this (and indexed it, ran it, recorded it) has the newer row.
+_INSERT_NEW = _UPSERT[:_UPSERT.index("ON CONFLICT")] + "ON CONFLICT (id) DO NOTHING"
+
 # A job is blocked while one of its dependencies is not done: `after` needs
 # completed, `after_any` any final state. An `after` dependency with no row
 # blocks too (controls.resolve_dependencies decides, from the files, what that
@@ -299,12 +303,18 @@ class Index:
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
         self.db.executemany(_UPSERT, (row_values(j, s) for j, s in jobs))
 
-    def upsert_rows(self, rows: Iterable[tuple]) -> None:
-        """Rows made by row_values()."""
-        self.db.executemany(_UPSERT, rows)
+    def upsert_rows(self, rows: Iterable[tuple], *, new: bool = False) -> None:
+        """Rows made by row_values(). new=True: rows of jobs just enqueued, which
+        never replace a row (a worker may have indexed and run the job already)."""
+        self.db.executemany(_INSERT_NEW if new else _UPSERT, rows)
 
-    def delete(self, job_ids: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in job_ids))
+    def delete(self, job_ids: Iterable[str], state: JobState | None = None) -> None:
+        """With a state: only rows still in it (a listing's verdict on one directory
+        holds for nothing another process has recorded since)."""
+        if state is None:
+            self.db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in job_ids))
+        else:
+            self.db.executemany("DELETE FROM jobs WHERE id = ? AND state = ?", ((i, state.value) for i in job_ids))
 
     def clear(self) -> None:
         self.db.execute("DELETE FROM jobs")

@@ -207,11 +207,11 @@ class IndexStore:
         if not self.defer:
             self.flush()
 
-    def add_rows(self, rows: list[tuple]) -> None:
-        """Rows written now, in one transaction."""
+    def add_rows(self, rows: list[tuple], *, new: bool = False) -> None:
+        """Rows written now, in one transaction (new: see Index.upsert_rows)."""
         idx = self.index
         idx.begin()
-        idx.upsert_rows(rows)
+        idx.upsert_rows(rows, new=new)
         idx.commit()
 
     def flush(self) -> None:
@@ -226,11 +226,16 @@ class IndexStore:
                 idx.begin()
                 idx.upsert_rows(rows)
                 idx.commit()
-        except sqlite3.Error:
+        except sqlite3.Error as e:
             try:
                 idx.rollback()
             except sqlite3.Error:
                 pass
+            if is_busy(e):
+                # Another process held the index: these rows are the only record
+                # of outcomes (scans that could restore them skip done/), so
+                # they wait for the next flush instead of being dropped.
+                self._deferred = rows + self._deferred
 
     def delete(self, job_id: str) -> None:
         self.flush()

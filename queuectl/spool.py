@@ -514,7 +514,7 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
                 if e.placed or done:
                     for state in {j.state for j in jobs}:
                         spool.fsync_state_dir(state)
-                    spool.indexes.add_rows(e.rows[:e.placed])
+                    spool.indexes.add_rows(e.rows[:e.placed], new=True)
                     err = e.error
                     if isinstance(err, (SpoolError, DuplicateJob)):
                         raise type(err)(f"{err} (after {done + e.placed} of {len(jobs)} jobs "
@@ -522,7 +522,7 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
                 raise e.error from None
             for state in {j.state for j in part}:  # pending/, and held/ for enqueue --hold
                 spool.fsync_state_dir(state)
-            spool.indexes.add_rows(placed)
+            spool.indexes.add_rows(placed, new=True)
             done += len(part)
     return jobs
 

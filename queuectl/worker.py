@@ -147,6 +147,10 @@ class Worker:
         self.pauses = paused(spool)
         try:
             self.loop()
+            try:
+                spool.sync()  # scans skip done/ (WORK_DIRS): leave an index that agrees with every directory
+            except (SpoolError, sqlite3.Error, OSError):
+                pass  # a cache: the next command's own sync repairs it
         finally:
             self.watcher.stop()
             self.output.discard()
@@ -180,10 +184,9 @@ class Worker:
         spool = self.spool
         last_scan = last_recover = last_refresh = 0.0
         ran = False  # did the last turn run a job?
-        # A busy worker finds its next jobs in the index; the timed scan is only a
-        # safety net for a lost event, and each one lists pending/ and done/ whole
-        # (our own moves change their mtimes): on a 20,000-job queue once a second
-        # was a cost that grew with the queue. Other hosts' moves are seen by scans only.
+        # A busy worker finds its next jobs in the index; the timed scan is a safety net
+        # for a lost event, and relisting big directories once a second cost a 20,000-job
+        # queue a share that grew with it. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
         self.scan_dirs = tuple(s.dirname for s in JobState) if spool.multihost else WORK_DIRS
         while not self.stopping:
@@ -279,7 +282,9 @@ class Worker:
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync(dirs=self.scan_dirs).waiting or not empty():
             return False
-        return spool.sync(force=True, dirs=self.scan_dirs).waiting == 0 and empty()
+        # The confirming look lists every directory, once a burst: a row a scan dropped
+        # while another worker's record was batched comes back before the burst reports.
+        return spool.sync(force=True).waiting == 0 and empty()
 
     def claim_and_run(self) -> bool:
         """Claim and run one job; False if there was nothing to claim.
