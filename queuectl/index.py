@@ -432,9 +432,17 @@ class Index:
         paused queue and not blocked by a dependency: highest priority first, then oldest."""
         now = time.time() if now is None else now
         where, args = _queue_filter(queues, paused)
-        return [(i, JobState(s), q) for i, s, q in self.db.execute(
-            "SELECT id, state, queue FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ?"
-            + where + f" AND NOT {_BLOCKED} ORDER BY priority DESC, created, id LIMIT ?", (now, *args, limit))]
+        # One query a state, merged here: with `state IN (...)` SQLite sorted every
+        # waiting row to return the first few (3 ms a query at 20,000 pending), where
+        # the (state, priority, created, id) index hands each state's rows in order.
+        rows = []
+        for state in ("pending", "failed"):
+            rows += self.db.execute(
+                "SELECT priority, created, id, state, queue FROM jobs WHERE state = ? AND run_at <= ?"
+                + where + f" AND NOT {_BLOCKED} ORDER BY priority DESC, created, id LIMIT ?",
+                (state, now, *args, limit)).fetchall()
+        rows.sort(key=lambda r: (-r[0], r[1], r[2].lower()))  # the same order (ids collate NOCASE)
+        return [(i, JobState(s), q) for _, _, i, s, q in rows[:limit]]
 
     def next_due(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> float | None:
         """The earliest run_at among waiting jobs (pending or failed, not blocked), or None.

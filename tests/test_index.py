@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from queuectl.index import Index
+from queuectl.index import Index, row_values
 from queuectl.job import Job, JobState
 from queuectl.spool import Spool
 
@@ -194,3 +194,22 @@ def test_index_api(tmp_path):
     assert not again.created
     assert again.counts()["pending"] == 2
     again.close()
+
+
+def test_claimable_merges_pending_and_failed_in_one_order(tmp_path):
+    """Priority first, then age, then id ignoring case, across both states: the index is asked
+    once a state (each in its own index order) and the two lists are merged."""
+    idx = Index(str(tmp_path / "index.db"))
+    try:
+        for job_id, state, priority, created in [("p1", JobState.PENDING, 0, 100.0), ("F1", JobState.FAILED, 5, 200.0),
+                                                 ("p2", JobState.PENDING, 5, 100.0), ("f2", JobState.FAILED, 0, 50.0),
+                                                 ("a3", JobState.PENDING, 0, 100.0), ("B3", JobState.FAILED, 0, 100.0)]:
+            job = Job(id=job_id, command="true", state=state, priority=priority)
+            job.created_at = job.updated_at = "1970-01-01T00:00:00.000000Z"
+            row = list(row_values(job, state))
+            row[4] = created  # the created column, in epoch seconds
+            idx.upsert_rows([tuple(row)])
+        assert [i for i, _, _ in idx.claimable(10, now=1e9)] == ["p2", "F1", "f2", "a3", "B3", "p1"]
+        assert [i for i, _, _ in idx.claimable(2, now=1e9)] == ["p2", "F1"]
+    finally:
+        idx.close()
