@@ -395,28 +395,15 @@ def e2e_queuectl_bulk(env: Env, n: int, jsonl: str) -> float:
         rm_spool(spool)
 
 
-def e2e_queuectl_dropin(env: Env, n: int, loop_times: list[float]) -> float:
+def e2e_queuectl_dropin(env: Env, n: int, drop: Callable[[str], object],
+                        drop_times: list[float] | None = None) -> float:
+    """drop(spool) writes n drop-ins into pending/, then a burst accepts and runs them; all timed."""
     spool = new_spool(env)
     try:
         t0 = time.perf_counter()
-        run(["sh", "-c", drop_loop_script(spool, n)], timeout=600)
-        loop_times.append(time.perf_counter() - t0)
-        burst(spool, n)
-        dt = time.perf_counter() - t0
-        expect_counts(spool, completed=n, pending=0)
-        if os.listdir(os.path.join(spool, "rejected")):
-            raise HarnessError("drop-in jobs were rejected")
-        return dt
-    finally:
-        rm_spool(spool)
-
-
-def e2e_queuectl_dropin_one_process(env: Env, n: int) -> float:
-    """Drop-ins written by one process (tmp, then rename; no process a file), then a burst."""
-    spool = new_spool(env)
-    try:
-        t0 = time.perf_counter()
-        write_dropins(spool, n)
+        drop(spool)
+        if drop_times is not None:
+            drop_times.append(time.perf_counter() - t0)
         burst(spool, n)
         dt = time.perf_counter() - t0
         expect_counts(spool, completed=n, pending=0)
@@ -533,10 +520,13 @@ def w_e2e(env: Env, res: Results, n: int, rounds: int) -> None:
     contenders: list[tuple[str, Callable[[], float] | None, str]] = [
         ("queuectl, bulk enqueue + burst", (lambda: e2e_queuectl_bulk(env, n, jsonl)) if env.worker else None,
          env.worker_note),
-        ("queuectl, shell-loop drop-ins + burst", (lambda: e2e_queuectl_dropin(env, n, loop_times)) if env.worker else None,
-         env.worker_note),
+        ("queuectl, shell-loop drop-ins + burst",
+         (lambda: e2e_queuectl_dropin(env, n, lambda s: run(["sh", "-c", drop_loop_script(s, n)], timeout=600),
+                                      loop_times)) if env.worker else None, env.worker_note),
+        # The same files written by one process (tmp, then rename; no process a file).
         ("queuectl, one-process drop-ins + burst",
-         (lambda: e2e_queuectl_dropin_one_process(env, n)) if env.worker else None, env.worker_note),
+         (lambda: e2e_queuectl_dropin(env, n, lambda s: write_dropins(s, n))) if env.worker else None,
+         env.worker_note),
         ("task-spooler `tsp -S 2`", (lambda: e2e_tsp(env, n)) if env.tsp else None, env.tsp_note),
         ("huey SqliteHuey, 2 processes", (lambda: e2e_huey(env, n)) if env.huey else None, env.huey_note),
     ]

@@ -124,6 +124,7 @@ class Worker:
         from .watcher import Watcher
         close_inherited_fds()  # before any job: spawn() closes nothing itself
         self.spool = spool = Spool(self.root, worker=True)
+        self.scan_dirs = tuple(s.dirname for s in JobState) if spool.multihost else WORK_DIRS
         # The heartbeat's id names host and supervisor: two supervisors on one
         # spool both have a worker-0, and `worker list` must tell them apart.
         self.hb = Heartbeat(spool, "worker", f"{self.name}@{node_name()}:{self.parent}",
@@ -188,7 +189,6 @@ class Worker:
         # for a lost event, and relisting big directories once a second cost a 20,000-job
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
-        self.scan_dirs = tuple(s.dirname for s in JobState) if spool.multihost else WORK_DIRS
         while not self.stopping:
             now = time.monotonic()
             waiting = 0
@@ -482,8 +482,8 @@ def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lan
     spool.flush_index()  # or the query returns jobs this worker already ran
     found = spool.index.claimable(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
     if lanes > 1:
-        mine = [c for c in found if crc32(c[0].encode()) % lanes == lane]
-        found = mine + [c for c in found if crc32(c[0].encode()) % lanes != lane]
+        ours = [crc32(c[0].encode()) % lanes == lane for c in found]
+        found = [c for c, o in zip(found, ours) if o] + [c for c, o in zip(found, ours) if not o]
     found.reverse()
     if spool.multihost:
         # Hosts that all take the best job first collide on it, and the

@@ -466,14 +466,21 @@ def _job_that_waits_for_go(small_fs: Path, tmp_path: Path, *, silent: bool = Fal
     return spool, started, go, runs
 
 
-def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, procs):
-    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path)
+def _disk_fills_mid_job(small_fs: Path, tmp_path: Path, procs, notice: str, *, silent: bool = False):
+    """A burst worker runs job `full`; the disk fills, then the job ends: (spool, supervisor,
+    ballast, runs) once the worker has said `notice` and had a second more."""
+    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path, silent=silent)
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
     wait_for(lambda: started.exists(), what="job started")
     ballast = _fill(small_fs)
     go.touch()
-    wait_for(lambda: "cannot record full" in procs.output(sup), what="worker noticed the full disk")
+    wait_for(lambda: notice in procs.output(sup), what="worker noticed the full disk")
     time.sleep(1.0)
+    return spool, sup, ballast, runs
+
+
+def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, procs):
+    spool, sup, ballast, runs = _disk_fills_mid_job(small_fs, tmp_path, procs, "cannot record full")
     # not lost, not moved on, not run again: still claimed by its live worker
     assert names(spool, "processing") == ["full.json"]
     assert sup.poll() is None
@@ -489,13 +496,8 @@ def test_worker_that_cannot_record_a_result_keeps_the_job(small_fs, tmp_path, pr
 def test_a_worker_waits_out_a_full_disk_wherever_it_strikes(small_fs, tmp_path, procs):
     """Whether the record or the index is the write that finds no room, the worker neither
     crashes nor loses the job: it says so once, waits, and carries on when there is room."""
-    spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path, silent=True)
-    sup = procs.start(spool, "worker", "start", "--burst", name="worker")
-    wait_for(lambda: started.exists(), what="job started")
-    ballast = _fill(small_fs)
-    go.touch()
-    wait_for(lambda: "no space left on device" in procs.output(sup), what="worker noticed the full disk")
-    time.sleep(1.0)
+    spool, sup, ballast, runs = _disk_fills_mid_job(small_fs, tmp_path, procs, "no space left on device",
+                                                    silent=True)
     assert sup.poll() is None
     ballast.unlink()
     assert wait_exit(sup, 30, procs) == 0, procs.output(sup)
