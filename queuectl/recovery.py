@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import time
 from typing import Iterator
 
@@ -208,9 +209,12 @@ def _salvage_output(spool: Spool, w: WorkerInfo) -> None:
     that output becomes the log of the job its claim record names."""
     scratch = spool.path("workers", w.file[:-5] + ".out")
     try:
-        if os.lstat(scratch).st_size == 0:
-            return
+        st = os.lstat(scratch)
     except OSError:
+        return
+    # Read from disk like any file: a link put there must not become a job's log (os.link
+    # links the symlink itself), and an empty scratch file holds no output.
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
         return
     job_id = read_claim(spool.path("workers", w.file[:-5] + ".claim"))
     try:

@@ -194,3 +194,25 @@ def test_two_dlq_retry_all_at_once_both_finish(spool_dir, tmp_path):
     requeued = [line for r in results for line in r.stdout.splitlines()]
     assert sorted(requeued) == sorted(f"requeued job d{i}" for i in range(n))
     assert len(os.listdir(spool_dir / "pending")) == n
+
+
+def test_a_planted_link_in_place_of_a_scratch_log_is_not_salvaged(spool_dir, tmp_path):
+    """A dead worker's scratch file is read from disk: a symlink there never becomes a job's log."""
+    from queuectl.recovery import prune_dead_workers
+    from queuectl.registry import node_name
+    from queuectl.spool import Spool
+    spool = Spool(str(spool_dir))
+    try:
+        secret = tmp_path / "secret"
+        secret.write_text("not a job's output\n")
+        dead = 2 ** 22 + 12345  # above any pid this machine hands out
+        key = f"{node_name()}.{dead}"
+        (spool_dir / "workers" / f"{key}.json").write_text(
+            '{"id": "worker-0", "role": "worker", "node": "%s", "pid": %d}' % (node_name(), dead))
+        (spool_dir / "workers" / f"{key}.claim").write_text("victim 1.0".ljust(160))
+        os.symlink(secret, spool_dir / "workers" / f"{key}.out")
+        prune_dead_workers(spool)
+        assert not os.path.lexists(spool_dir / "workers" / f"{key}.json")  # judged dead, and forgotten
+        assert not os.path.lexists(spool_dir / "logs" / "victim.log")
+    finally:
+        spool.close()
