@@ -1,4 +1,4 @@
-"""Everyday control of jobs: cancel, hold, release, priority, kill, dependencies, wait.
+"""Everyday control of jobs: cancel, hold, release, priority, kill, requeue, remove, dependencies, wait.
 
 Every change to a waiting job is safe against a worker claiming it at the same
 moment. Like a claim, it locks the job file and renames it: the worker's claim
@@ -38,12 +38,17 @@ MOVES = {
     "release": ((JobState.HELD,), JobState.PENDING),
 }
 # action -> the states it applies to
-SOURCES = {**{a: m[0] for a, m in MOVES.items()}, "priority": WAITING, "kill": (JobState.PROCESSING,)}
+FINISHED = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+SOURCES = {**{a: m[0] for a, m in MOVES.items()}, "priority": WAITING, "kill": (JobState.PROCESSING,),
+           "requeue": FINISHED, "remove": FINISHED}
 
 
 def _wrong_state(job_id: str, state: JobState, action: str) -> WrongState:
     if action == "kill":
         return WrongState(f"job {job_id} is not running (it is {state.value})")
+    if action in ("requeue", "remove"):
+        what = "running" if state is JobState.PROCESSING else state.value
+        return WrongState(f"job {job_id} is {what}: only completed, dead or cancelled jobs can be {_done(action)}")
     if state is JobState.PROCESSING:
         if action == "cancel":
             return WrongState(f"job {job_id} is running: stop it with `queuectl kill {job_id}`")
@@ -60,7 +65,7 @@ def _wrong_state(job_id: str, state: JobState, action: str) -> WrongState:
 
 def _done(action: str) -> str:
     return {"cancel": "cancelled", "hold": "held", "release": "released",
-            "priority": "given a new priority"}.get(action, action)
+            "priority": "given a new priority", "requeue": "requeued", "remove": "removed"}.get(action, action)
 
 
 def find(spool: Spool, job_id: str) -> tuple[JobState, str]:
@@ -167,6 +172,33 @@ def set_priority(spool: Spool, job_id: str, priority: int) -> Job:
     finally:
         os.close(fd)
     return job
+
+
+def requeue(spool: Spool, job_ids: list[str]) -> list[Job]:
+    """Move finished jobs (completed, dead or cancelled) back to pending/ with attempts 0,
+    their history kept. Every id is checked first: one that is not final changes nothing."""
+    out = []
+    for job_id in check_targets(spool, job_ids, "requeue"):
+        state, _ = find(spool, job_id)
+        if state not in FINISHED:  # moved on since the check (another requeue)
+            raise _wrong_state(job_id, state, "requeue")
+        job = spool.requeue(job_id, state)
+        if job is not None:  # always, without missing_ok
+            out.append(job)
+    return out
+
+
+def remove(spool: Spool, job_ids: list[str]) -> list[str]:
+    """Delete finished jobs (completed, dead or cancelled) and their logs; their ids can be
+    used again. Every id is checked first: one that is not final changes nothing."""
+    out = []
+    for job_id in check_targets(spool, job_ids, "remove"):
+        state, _ = find(spool, job_id)
+        if state not in FINISHED:
+            raise _wrong_state(job_id, state, "remove")
+        spool.purge(job_id, state)
+        out.append(job_id)
+    return out
 
 
 # -- dependencies ---------------------------------------------------------------------

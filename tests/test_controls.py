@@ -551,3 +551,65 @@ def test_a_purged_dependency(run, spool_dir, read_job):
     assert resolve_dependencies(spool) == ["cancelled strict: dependency a no longer exists"]
     spool.close()
     assert read_job("cancelled", "strict")["last_error"] == "dependency a no longer exists"
+
+
+# -- requeue and remove (the core functions `queuectl requeue` / `rm` call) ----------------
+
+
+def _finished_spool(spool_dir, run) -> Spool:
+    enq(run, "--id", "ok1", "echo fine")
+    enq(run, "--id", "bad1", "--max-retries", "0", "echo oops >&2; exit 3")
+    enq(run, "--id", "later", "--delay", "1h", "true")
+    enq(run, "--id", "gone", "--delay", "1h", "true")
+    assert run("cancel", "gone").exit_code == 0
+    burst(spool_dir)
+    return Spool(str(spool_dir))
+
+
+def test_requeue_moves_final_jobs_back_to_pending_with_history(run, spool_dir, read_job):
+    from queuectl import controls
+    sp = _finished_spool(spool_dir, run)
+    try:
+        jobs = controls.requeue(sp, ["ok1", "BAD1", "gone"])
+    finally:
+        sp.close()
+    assert [j.id for j in jobs] == ["ok1", "bad1", "gone"]
+    assert where(spool_dir) == {"ok1": ["pending"], "bad1": ["pending"], "gone": ["pending"], "later": ["pending"]}
+    job = read_job("pending", "bad1")
+    assert job["attempts"] == 0 and job["state"] == "pending"
+    assert job["history"][0]["exit_code"] == 3  # the failed attempt is kept
+    assert job["history"][-1]["event"] == "requeued from dead/"
+    assert counts(run)["pending"] == 4 and counts(run)["dead"] == 0
+
+
+def test_requeue_and_remove_check_every_id_before_changing_anything(run, spool_dir):
+    from queuectl import controls
+    from queuectl.errors import JobNotFound, WrongState
+    sp = _finished_spool(spool_dir, run)
+    before = snapshot(spool_dir)
+    try:
+        with pytest.raises(WrongState, match="job later is pending: only completed, dead or cancelled jobs "
+                                             "can be requeued"):
+            controls.requeue(sp, ["ok1", "later"])
+        with pytest.raises(WrongState, match="can be removed"):
+            controls.remove(sp, ["bad1", "later"])
+        with pytest.raises(JobNotFound):
+            controls.remove(sp, ["ok1", "nosuch"])
+    finally:
+        sp.close()
+    assert snapshot(spool_dir) == before
+
+
+def test_remove_deletes_final_jobs_and_logs_and_frees_the_id(run, spool_dir):
+    from queuectl import controls
+    sp = _finished_spool(spool_dir, run)
+    assert (spool_dir / "logs" / "bad1.log").exists()
+    try:
+        assert controls.remove(sp, ["bad1", "ok1", "gone"]) == ["bad1", "ok1", "gone"]
+    finally:
+        sp.close()
+    assert where(spool_dir) == {"later": ["pending"]}
+    assert not (spool_dir / "logs" / "bad1.log").exists()
+    assert counts(run)["dead"] == 0 and counts(run)["completed"] == 0
+    enq(run, "--id", "ok1", "true")  # the id is free again
+    assert where(spool_dir)["ok1"] == ["pending"]
