@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import time
 from typing import Any, Callable, NamedTuple
 
 from . import lazylog
@@ -23,6 +24,8 @@ MAX_JOB_SIZE = 64 * 1024 * 1024
 MAX_KEEP = 100_000_000             # a count of jobs kept
 MAX_LOG_SIZE = 1 << 30  # capping holds the kept head and tail in memory
 MAX_CONCURRENCY = 1024             # slot lock files of one queue
+MAX_CONFIG_SIZE = 1 << 20          # config.json is read whole: a bigger one is not valid JSON here
+EMPTY_WAIT = 0.5                   # seconds an empty config.json is read again (a rewrite in place)
 
 log = lazylog.get("queuectl.config")
 
@@ -290,20 +293,40 @@ def _ident(path: str) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def load(path: str) -> Config:
+def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            return from_bytes(f.read())
+            data = f.read(MAX_CONFIG_SIZE + 1)
     except FileNotFoundError:
-        return defaults()
+        return None
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigError(f"config.json is over {MAX_CONFIG_SIZE} bytes: not a settings file")
+    return data
+
+
+def load(path: str) -> Config:
+    """The settings in the file at path; defaults if there is none.
+
+    queuectl itself replaces config.json in one rename, but an editor or a
+    script may truncate it and write it again: an empty file is read again
+    for a moment before it is taken for "no settings" (a `touch`).
+    """
+    data = _read(path)
+    deadline = time.monotonic() + EMPTY_WAIT
+    while data is not None and not data.strip() and time.monotonic() < deadline:
+        time.sleep(EMPTY_WAIT / 10)
+        data = _read(path)
+    return defaults() if data is None else from_bytes(data)
 
 
 class ConfigFile:
     """SPOOL/config.json, read once and cached; refresh() rereads it if it changed.
 
     A long-lived worker calls refresh() once per scan, so `config set` takes
-    effect without a restart; a file edited into garbage keeps the last good
-    settings (with a warning) instead of stopping the workers.
+    effect without a restart; a file edited into garbage, or empty (caught
+    between an editor's truncation and its write), keeps the last good
+    settings (with a warning) instead of stopping the workers or dropping
+    queue limits and hooks.
     """
 
     def __init__(self, path: str):
@@ -330,7 +353,12 @@ class ConfigFile:
             return False
         self.ident = ident
         try:
-            self.value = load(self.path)
+            data = _read(self.path)
+            if data is not None and not data.strip():
+                # Caught between a truncation and the write that follows it: taken
+                # for defaults, queue limits and hooks would vanish for a scan.
+                raise ConfigError("the file is empty")
+            self.value = defaults() if data is None else from_bytes(data)
         except ConfigError as e:
             log.warning("config.json changed but is not valid (%s); keeping the previous settings", e)
             return False

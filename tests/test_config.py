@@ -185,3 +185,52 @@ def test_job_without_max_retries_takes_config_value_at_accept_time(run, spool_di
     assert read_job("pending", "own")["max_retries"] == 1
     assert read_job("pending", "filejob")["max_retries"] == 5
     assert read_job("pending", "dropped")["max_retries"] == 5
+
+
+def test_an_empty_config_json_keeps_the_last_good_settings(tmp_path, collect_lines):
+    """An editor truncates config.json, then writes it: a worker that rereads it in
+    between must keep its queue limits and hooks, not fall back to the defaults."""
+    from queuectl.spool import Spool
+    spool = Spool(str(tmp_path / "s"))
+    spool.set_config("queue.one.concurrency", 1)
+    spool.set_config("on_finish", "echo done")
+    path = tmp_path / "s" / "config.json"
+    written = path.read_bytes()
+    lines = collect_lines("w")
+    path.write_bytes(b"")  # caught mid-rewrite
+    assert spool.configfile.refresh() is False
+    assert spool.config.limit("one") == 1
+    assert spool.config.on_finish == "echo done"
+    assert any("config.json changed but is not valid (the file is empty); keeping the previous settings" in x
+               for x in lines)
+    path.write_bytes(written.replace(b'"echo done"', b'"echo finished"'))  # the rewrite completes
+    assert spool.configfile.refresh() is True
+    assert spool.config.on_finish == "echo finished" and spool.config.limit("one") == 1
+    spool.close()
+
+
+def test_config_set_replaces_config_json_in_one_rename(run, spool_dir):
+    """A reader sees the old file or the new one: `config set` writes a new inode through tmp/."""
+    run("config", "set", "max_retries", "4")
+    before = (spool_dir / "config.json").stat().st_ino
+    run("config", "set", "max_retries", "5")
+    assert (spool_dir / "config.json").stat().st_ino != before
+    assert json.loads((spool_dir / "config.json").read_text())["max_retries"] == 5
+    assert list((spool_dir / "tmp").iterdir()) == []
+
+
+def test_an_empty_config_json_being_rewritten_is_read_again(spool_dir, run):
+    """A command starting while config.json is empty waits a moment for its writer."""
+    import threading
+    run("config", "set", "max_retries", "7")
+    path = spool_dir / "config.json"
+    written = path.read_bytes()
+    path.write_bytes(b"")
+    t = threading.Timer(0.1, path.write_bytes, (written,))
+    t.start()
+    try:
+        assert configmod.load(str(path)).max_retries == 7
+    finally:
+        t.join()
+    path.write_bytes(b"")
+    assert configmod.load(str(path)) == configmod.defaults()  # still empty: no settings (a `touch`)
