@@ -30,7 +30,7 @@ from .spool import STATE_DIRS, SUBDIRS, Spool, unsafe_dirs
 
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
-TOP_LEVEL = {*SUBDIRS, "config.json", "index.db", "index.db-wal", "index.db-shm",
+TOP_LEVEL = {*SUBDIRS, "config.json", "counters.json", "index.db", "index.db-wal", "index.db-shm",
              "index.db-journal", ".lock", SPOOL_ID_FILE}
 REREADS = 2           # on a shared filesystem, reads of a file before it is called invalid...
 REREAD_DELAY = 0.2    # ...this many seconds apart

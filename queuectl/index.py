@@ -13,14 +13,15 @@ import sqlite3
 import time
 from typing import Iterable, Iterator, NamedTuple
 
+from . import counters
 from .errors import InvalidJob
 from .job import DEFAULT_QUEUE, Job, JobState, parse_time
 
 # 4: timing columns (started, finished, run_seconds, waited, runs) and tags for
 # metrics and the dashboard; 5: ino, and the deps table (issue 11); 6: the queue
-# column (named queues, issue 12). A different
-# version is rebuilt from the directories.
-SCHEMA_VERSION = 6
+# column (named queues, issue 12); 7: the removed table (counters.py, issue 21).
+# A different version is rebuilt from the directories.
+SCHEMA_VERSION = 7
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -234,6 +235,7 @@ _INSERT_NEW = _UPSERT[:_UPSERT.index("ON CONFLICT")] + "ON CONFLICT (id) DO NOTH
 _BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHERE d.job = jobs.id AND
     ((p.state IS NULL AND d.any = 0) OR (d.any = 0 AND p.state != 'completed')
      OR (d.any = 1 AND p.state NOT IN ('completed', 'dead', 'cancelled'))))"""
+BLOCKED = _BLOCKED  # for the metrics' queries
 
 
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
@@ -263,7 +265,7 @@ class Index:
             self.db.execute("PRAGMA temp_store=MEMORY")
             if version == 0:
                 self.created = True
-                self.db.executescript(_SCHEMA)
+                self.db.executescript(_SCHEMA + counters.SCHEMA)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             else:
                 # Catches a damaged file whose header still looks like SQLite.
@@ -317,7 +319,9 @@ class Index:
             self.db.executemany("DELETE FROM jobs WHERE id = ? AND state = ?", ((i, state.value) for i in job_ids))
 
     def clear(self) -> None:
+        removed = counters.keep_removed(self.db)
         self.db.execute("DELETE FROM jobs")
+        counters.restore_removed(self.db, removed)
         self.db.execute("DELETE FROM counts")
         self.db.execute("DELETE FROM deps")
         self.db.execute("DELETE FROM dirmarks")
@@ -551,12 +555,13 @@ class Index:
             lower = upper
         return counts, n, total
 
-    def finished_per_minute(self, since: float, minutes: int) -> list[int]:
-        """Jobs that reached done/ or dead/ in each minute from `since` (jobs_finished index)."""
+    def finished_per_minute(self, since: float, minutes: int, state: JobState | None = None) -> list[int]:
+        """Jobs that reached done/ or dead/ (or only `state`) in each minute from `since` (jobs_finished index)."""
         out = [0] * minutes
+        only = "" if state is None else f" AND state = '{state.value}'"
         for m, n in self.db.execute(
                 "SELECT CAST((finished - ?) / 60 AS INTEGER) AS m, count(*) FROM jobs "
-                "WHERE finished >= ? AND finished < ? GROUP BY m", (since, since, since + 60 * minutes)):
+                "WHERE finished >= ? AND finished < ?" + only + " GROUP BY m", (since, since, since + 60 * minutes)):
             if 0 <= m < minutes:
                 out[m] += n
         return out

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from . import lazylog
 from .fsio import atomic_write
-from .job import JobState
-# Heartbeats: the only import of the worker registry in the observe code
-# (it moves to queuectl.registry in the core refactor).
-from .registry import hostname, read_workers
+from .index import BLOCKED
+from .job import DEFAULT_QUEUE, JobState
+from .queues import PAUSE_ALL, is_paused
+from .registry import node_name, read_workers
 from .spool import Spool
 
 log = lazylog.get("queuectl.metrics")
@@ -50,24 +50,30 @@ class Snapshot:
     spool: str
     at: float
     counts: dict[str, int]
-    attempts: int
+    attempts: int   # never lower than an earlier snapshot's (counters.py)
     retries: int
     run: Histogram
     wait: Histogram
-    oldest_pending: float | None  # epoch of the oldest pending job's creation
-    workers: list[dict] = field(default_factory=list)  # live heartbeats of role "worker"
+    queues: dict[str, dict[str, int]] = field(default_factory=dict)   # queue -> state -> jobs
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)   # queue -> counters.SERIES
+    waiting: dict[str, dict[str, float]] = field(default_factory=dict)  # queue -> oldest_due, scheduled, blocked
+    paused: set[str] = field(default_factory=set)
+    limits: dict[str, int] = field(default_factory=dict)
+    workers: list = field(default_factory=list)  # live heartbeats (WorkerInfo) of role "worker"
     rejected: int = 0
 
-    @property
-    def oldest_pending_age(self) -> float:
-        return 0.0 if self.oldest_pending is None else max(0.0, self.at - self.oldest_pending)
+    def oldest_due_age(self, queue: str) -> float:
+        """Seconds the longest-waiting due, unblocked job of the queue has been claimable (0: none)."""
+        due = self.waiting.get(queue, {}).get("oldest_due")
+        return 0.0 if due is None else max(0.0, self.at - due)
 
     def nodes(self) -> dict[str, tuple[int, int]]:
-        """host -> (live workers, busy workers)."""
+        """node -> (live workers, busy workers)."""
         out: dict[str, tuple[int, int]] = {}
         for w in self.workers:
-            live, busy = out.get(str(w.get("host")), (0, 0))
-            out[str(w.get("host"))] = (live + 1, busy + (1 if w.get("job") else 0))
+            node = str(w.get("node") or w.get("host"))
+            live, busy = out.get(node, (0, 0))
+            out[node] = (live + 1, busy + (1 if w.get("job") else 0))
         return out
 
 
@@ -75,7 +81,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def live_workers(spool: Spool) -> list[dict]:
+def live_workers(spool: Spool) -> list:
     """Live workers (not supervisors), from their heartbeats."""
     return [w for w in read_workers(spool) if w.alive and w.role == "worker"]
 
@@ -89,25 +95,58 @@ def count_rejected(spool: Spool) -> int:
         return 0
 
 
+def waiting(spool: Spool, now: float) -> dict[str, dict[str, float]]:
+    """queue -> {oldest_due, scheduled, blocked} of waiting jobs.
+
+    oldest_due: the earliest moment a job of the queue became claimable
+    (pending or failed, due, no unmet dependency), max(created, run_at), so a
+    job delayed by a day does not look stuck the moment it is due, and one not
+    due yet not at all. scheduled: pending jobs due later (and not blocked);
+    blocked: pending or failed jobs with an unmet dependency.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for queue, oldest, scheduled, blocked in spool.index.db.execute(
+            f"SELECT queue, min(CASE WHEN run_at <= :now AND NOT b THEN max(created, run_at) END), "
+            f"sum(state = 'pending' AND run_at > :now AND NOT b), sum(b) FROM "
+            f"(SELECT queue, created, run_at, state, {BLOCKED} AS b FROM jobs "
+            f"WHERE state IN ('pending', 'failed')) GROUP BY queue", {"now": now}):
+        out[queue] = {"oldest_due": oldest, "scheduled": scheduled or 0, "blocked": blocked or 0}
+    return out
+
+
 def snapshot(spool: Spool, *, now: float | None = None) -> Snapshot:
     """The numbers of the queue now. The caller syncs the spool first if it must be current."""
+    from . import counters
+    from .queues import paused
     idx = spool.index
     now = time.time() if now is None else now
-    attempts, retries = idx.attempt_totals()
+    totals = counters.totals(spool)
     finished = (JobState.COMPLETED, JobState.DEAD)
     run = Histogram(RUN_BUCKETS, *idx.histogram("run_seconds", RUN_BUCKETS, finished))
     wait = Histogram(WAIT_BUCKETS, *idx.histogram("waited", WAIT_BUCKETS))
-    return Snapshot(spool=spool.root, at=now, counts=idx.counts(), attempts=attempts, retries=retries,
-                    run=run, wait=wait, oldest_pending=idx.oldest_created(JobState.PENDING),
-                    workers=live_workers(spool), rejected=count_rejected(spool))
+    states = [s.value for s in JobState]
+    pauses = paused(spool)
+    limits = dict(spool.config.concurrency)
+    names = set(idx.queue_counts()) | set(totals) | set(limits) | (pauses - {PAUSE_ALL}) | {DEFAULT_QUEUE}
+    per_queue = idx.queue_counts()
+    queues = {q: {s: per_queue.get(q, {}).get(s, 0) for s in states} for q in sorted(names)}
+    return Snapshot(spool=spool.root, at=now, counts=idx.counts(),
+                    attempts=sum(t["attempts"] for t in totals.values()),
+                    retries=sum(t["retries"] for t in totals.values()),
+                    run=run, wait=wait, queues=queues, totals=totals, waiting=waiting(spool, now),
+                    paused=pauses, limits=limits, workers=live_workers(spool), rejected=count_rejected(spool))
 
 
 def throughput(spool: Spool, *, minutes: int = 60, now: float | None = None) -> dict:
-    """Jobs finished (done or dead) in each of the last `minutes` minutes, oldest minute first."""
+    """Jobs completed and dead in each of the last `minutes` minutes, oldest minute first
+    (`finished` is their sum)."""
     now = time.time() if now is None else now
     end = (int(now) // 60 + 1) * 60  # the current minute is the last bucket
     since = end - 60 * minutes
-    return {"since": since, "minute": 60, "finished": spool.index.finished_per_minute(since, minutes)}
+    completed = spool.index.finished_per_minute(since, minutes, JobState.COMPLETED)
+    dead = spool.index.finished_per_minute(since, minutes, JobState.DEAD)
+    return {"since": since, "minute": 60, "completed": completed, "dead": dead,
+            "finished": [a + b for a, b in zip(completed, dead)]}
 
 
 class SpoolCollector:
@@ -119,42 +158,72 @@ class SpoolCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         s = snapshot(self.spool)
-        jobs = GaugeMetricFamily("queuectl_jobs", "Jobs in each state directory.", labels=["state"])
-        for state, n in s.counts.items():
-            jobs.add_metric([state], n)
+        jobs = GaugeMetricFamily("queuectl_jobs", "Jobs in each state directory, per queue.",
+                                 labels=["queue", "state"])
+        for queue, per_state in s.queues.items():
+            for state, n in per_state.items():
+                jobs.add_metric([queue, state], n)
         yield jobs
-        done = CounterMetricFamily("queuectl_jobs_finished", "Jobs that finished, by outcome "
-                                   "(jobs now in done/ and dead/; purge and dlq retry lower it).",
-                                   labels=["outcome"])
-        done.add_metric(["completed"], s.counts["completed"])
-        done.add_metric(["dead"], s.counts["dead"])
+        done = CounterMetricFamily("queuectl_jobs_finished", "Jobs that finished, by queue and outcome; "
+                                   "kept across clean, retention, rm and requeue (never goes down).",
+                                   labels=["queue", "outcome"])
+        attempts = CounterMetricFamily("queuectl_attempts", "Attempts run, per queue (never goes down).",
+                                       labels=["queue"])
+        retries = CounterMetricFamily("queuectl_retries", "Attempts after a job's first one, per queue.",
+                                      labels=["queue"])
+        for queue in s.queues:
+            t = s.totals.get(queue, {})
+            done.add_metric([queue, "completed"], t.get("completed", 0))
+            done.add_metric([queue, "dead"], t.get("dead", 0))
+            attempts.add_metric([queue], t.get("attempts", 0))
+            retries.add_metric([queue], t.get("retries", 0))
         yield done
-        yield CounterMetricFamily("queuectl_attempts", "Attempts run, from the job histories.",
-                                  value=s.attempts)
-        yield CounterMetricFamily("queuectl_retries", "Attempts after a job's first one.", value=s.retries)
+        yield attempts
+        yield retries
         yield HistogramMetricFamily("queuectl_job_run_seconds",
                                     "Run time of the last attempt of each finished job (done/, dead/).",
                                     buckets=s.run.cumulative(), sum_value=s.run.sum)
         yield HistogramMetricFamily("queuectl_job_queue_wait_seconds",
                                     "Time from enqueue to the first start, of each job that has started.",
                                     buckets=s.wait.cumulative(), sum_value=s.wait.sum)
-        yield GaugeMetricFamily("queuectl_oldest_pending_age_seconds",
-                                "Age of the oldest job in pending/ (0 when there is none).",
-                                value=s.oldest_pending_age)
-        live = GaugeMetricFamily("queuectl_workers", "Live workers, per node.", labels=["host"])
+        oldest = GaugeMetricFamily("queuectl_oldest_pending_age_seconds",
+                                   "Seconds the longest-waiting job that could run now (due, no unmet "
+                                   "dependency) has waited since it became due; 0 when there is none.",
+                                   labels=["queue"])
+        scheduled = GaugeMetricFamily("queuectl_jobs_scheduled", "Pending jobs not due yet (--delay, --at).",
+                                      labels=["queue"])
+        blocked = GaugeMetricFamily("queuectl_jobs_blocked", "Waiting jobs with an unmet dependency.",
+                                    labels=["queue"])
+        paused_ = GaugeMetricFamily("queuectl_queue_paused", "1 when the queue's claims are paused.",
+                                    labels=["queue"])
+        for queue in s.queues:
+            w = s.waiting.get(queue, {})
+            oldest.add_metric([queue], s.oldest_due_age(queue))
+            scheduled.add_metric([queue], w.get("scheduled", 0))
+            blocked.add_metric([queue], w.get("blocked", 0))
+            paused_.add_metric([queue], 1 if is_paused(queue, s.paused) else 0)
+        yield oldest
+        yield scheduled
+        yield blocked
+        yield paused_
+        if s.limits:
+            limit = GaugeMetricFamily("queuectl_queue_limit", "Running jobs a queue may have at once "
+                                      "(queues with a limit only).", labels=["queue"])
+            for queue, n in sorted(s.limits.items()):
+                limit.add_metric([queue], n)
+            yield limit
+        live = GaugeMetricFamily("queuectl_workers", "Live workers, per node.", labels=["node"])
         busy = GaugeMetricFamily("queuectl_workers_busy", "Live workers running a job, per node.",
-                                 labels=["host"])
+                                 labels=["node"])
         nodes = s.nodes()
         # This node always has a sample, so "no workers" is a 0 an alert can
         # match rather than a series that vanished.
-        nodes.setdefault(hostname(), (0, 0))
-        for host, (n_live, n_busy) in sorted(nodes.items()):
-            live.add_metric([host], n_live)
-            busy.add_metric([host], n_busy)
+        nodes.setdefault(node_name(), (0, 0))
+        for node, (n_live, n_busy) in sorted(nodes.items()):
+            live.add_metric([node], n_live)
+            busy.add_metric([node], n_busy)
         yield live
         yield busy
-        yield GaugeMetricFamily("queuectl_dead_letter_jobs", "Jobs in the dead letter queue (dead/).",
-                                value=s.counts["dead"])
         yield GaugeMetricFamily("queuectl_rejected_files", "Drop-ins quarantined in rejected/.",
                                 value=s.rejected)
 

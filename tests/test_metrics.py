@@ -14,7 +14,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from queuectl.registry import proc_start
+from queuectl.registry import node_name, proc_start
 
 from queuectl.index import timing
 from queuectl.job import JobState, parse_time
@@ -59,18 +59,19 @@ def _last_run(rec: dict) -> float:
 def test_metrics_match_the_spool_after_a_run(run, ran, spool_dir):
     fams = metrics(run)
     jobs = samples(fams["queuectl_jobs"])
-    assert jobs == {frozenset({("state", s)}): v for s, v in
+    assert jobs == {frozenset({("queue", "default"), ("state", s)}): v for s, v in
                     [("pending", 0), ("processing", 0), ("completed", 2), ("failed", 0), ("dead", 1),
                      ("held", 0), ("cancelled", 0)]}
-    assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="completed") == 2
-    assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="dead") == 1
-    assert value(fams, "queuectl_attempts", "queuectl_attempts_total") == 4  # 1 + 1 + 2
-    assert value(fams, "queuectl_retries", "queuectl_retries_total") == 1
-    assert value(fams, "queuectl_dead_letter_jobs") == 1
+    q = {"queue": "default"}
+    assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="completed", **q) == 2
+    assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", outcome="dead", **q) == 1
+    assert value(fams, "queuectl_attempts", "queuectl_attempts_total", **q) == 4  # 1 + 1 + 2
+    assert value(fams, "queuectl_retries", "queuectl_retries_total", **q) == 1
+    assert "queuectl_dead_letter_jobs" not in fams  # a copy of queuectl_jobs{state="dead"}
     assert value(fams, "queuectl_rejected_files") == 0
-    assert value(fams, "queuectl_oldest_pending_age_seconds") == 0
+    assert value(fams, "queuectl_oldest_pending_age_seconds", **q) == 0
     # the burst workers are gone; this node still has a sample, 0
-    assert samples(fams["queuectl_workers"]) == {frozenset({("host", socket.gethostname())}): 0}
+    assert samples(fams["queuectl_workers"]) == {frozenset({("node", node_name())}): 0}
 
     # The run-time histogram holds the last attempt of each finished job, and
     # its buckets agree with the run times recorded in the job files.
@@ -100,13 +101,15 @@ def test_metrics_follow_later_changes(run, ran, spool_dir):
     assert run("enqueue", "--id", "later", "true").exit_code == 0
     (spool_dir / "pending" / "junk.json").write_text("[1, 2]")
     fams = metrics(run)  # syncs first: the drop-in is rejected
-    assert value(fams, "queuectl_jobs", state="pending") == 1
+    assert value(fams, "queuectl_jobs", queue="default", state="pending") == 1
     assert value(fams, "queuectl_rejected_files") == 1  # junk.json, not junk.json.reason
-    assert 0 <= value(fams, "queuectl_oldest_pending_age_seconds") < 60
+    assert 0 <= value(fams, "queuectl_oldest_pending_age_seconds", queue="default") < 60
     assert run("dlq", "retry", "bad").exit_code == 0
     fams = metrics(run)
-    assert value(fams, "queuectl_dead_letter_jobs") == 0
-    assert value(fams, "queuectl_attempts", "queuectl_attempts_total") == 4  # the history is kept
+    assert value(fams, "queuectl_jobs", queue="default", state="dead") == 0
+    assert value(fams, "queuectl_attempts", "queuectl_attempts_total", queue="default") == 4  # the history is kept
+    # its finish happened: the counter keeps it
+    assert value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", queue="default", outcome="dead") == 1
 
 
 def test_live_and_busy_workers_per_node(run, spool_dir):
@@ -120,8 +123,11 @@ def test_live_and_busy_workers_per_node(run, spool_dir):
         {"id": "w9", "role": "worker", "host": "elsewhere", "pid": 1, "job": None}))
     os.utime(spool_dir / "workers" / "gone.json", (time.time() - 3600,) * 2)  # lease ran out
     fams = metrics(run)
-    assert samples(fams["queuectl_workers"]) == {frozenset({("host", host)}): 2}  # not w9 (lease ran out)
-    assert samples(fams["queuectl_workers_busy"]) == {frozenset({("host", host)}): 1}
+    # labelled by node id: these heartbeats name no node, so their host stands for it (as for older workers)
+    assert samples(fams["queuectl_workers"]) == {frozenset({("node", host)}): 2,
+                                                 frozenset({("node", node_name())}): 0} if host != node_name() \
+        else {frozenset({("node", host)}): 2}  # not w9 (lease ran out)
+    assert samples(fams["queuectl_workers_busy"])[frozenset({("node", host)})] == 1
 
 
 def test_textfile_is_written_whole(run, spool_dir, tmp_path):
@@ -131,7 +137,7 @@ def test_textfile_is_written_whole(run, spool_dir, tmp_path):
     r = run("metrics", "--textfile", out)
     assert (r.exit_code, r.stdout, r.stderr) == (0, "", "")
     assert os.listdir(out) == ["queuectl.prom"]  # no temporary file left behind
-    assert value(families((out / "queuectl.prom").read_text()), "queuectl_jobs", state="pending") == 1
+    assert value(families((out / "queuectl.prom").read_text()), "queuectl_jobs", queue="default", state="pending") == 1
     r = run("metrics", "--textfile", tmp_path / "nowhere")
     assert r.exit_code == 1 and r.stderr.splitlines() == [f"Error: no directory {tmp_path / 'nowhere'}"]
 
@@ -142,9 +148,9 @@ def test_an_index_of_the_old_schema_is_rebuilt(run, ran, spool_dir):
     db.close()
     r = run("metrics")
     assert r.exit_code == 0
-    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 6)")
+    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 7)")
     fams = families(r.stdout)
-    assert value(fams, "queuectl_jobs", state="completed") == 2
+    assert value(fams, "queuectl_jobs", queue="default", state="completed") == 2
     assert value(fams, "queuectl_job_run_seconds", "queuectl_job_run_seconds_count") == 3
     assert run("metrics").stderr == ""
 
@@ -258,3 +264,103 @@ def test_completion_never_fails_nor_creates_a_spool(tmp_path):
     (broken / "index.db").write_text("garbage")
     p = _complete(broken, f"queuectl --spool {broken} show ")
     assert (p.returncode, p.stdout.strip()) == (0, "")
+
+
+# -- issue 21: counters that never go down, due-only ages, queue and node labels ----------
+
+
+def finished(fams, outcome: str, queue: str = "default") -> float:
+    return value(fams, "queuectl_jobs_finished", "queuectl_jobs_finished_total", queue=queue, outcome=outcome)
+
+
+def attempts(fams, queue: str = "default") -> float:
+    return value(fams, "queuectl_attempts", "queuectl_attempts_total", queue=queue)
+
+
+def test_counters_survive_clean_rm_requeue_and_an_index_rebuild(run, ran, spool_dir):
+    fams = metrics(run)
+    assert (finished(fams, "completed"), finished(fams, "dead"), attempts(fams)) == (2, 1, 4)
+    assert run("clean", "--all").exit_code == 0
+    assert sorted(os.listdir(spool_dir / "done")) == [] and os.listdir(spool_dir / "dead") == []
+    fams = metrics(run)
+    # They fell to 0 before: rate() reads that as a counter reset.
+    assert (finished(fams, "completed"), finished(fams, "dead"), attempts(fams)) == (2, 1, 4)
+    assert value(fams, "queuectl_retries", "queuectl_retries_total", queue="default") == 1
+    assert value(fams, "queuectl_jobs", queue="default", state="completed") == 0  # the gauge does fall
+    # New work adds to the kept counts.
+    assert run("enqueue", "--id", "again", "true").exit_code == 0
+    assert cli_burst(spool_dir) == 0
+    fams = metrics(run)
+    assert (finished(fams, "completed"), attempts(fams)) == (3, 5)
+    # The index is a cache: rebuilt from the directories, it is seeded from counters.json.
+    os.unlink(spool_dir / "index.db")
+    fams = metrics(run)
+    assert (finished(fams, "completed"), finished(fams, "dead"), attempts(fams)) == (3, 1, 5)
+    assert run("enqueue", "--id", "more", "true").exit_code == 0
+    assert cli_burst(spool_dir) == 0
+    fams = metrics(run)
+    assert (finished(fams, "completed"), attempts(fams)) == (4, 6)  # counting on from there
+    # A hand deletion (no clean, no rm) does not lower them either.
+    os.unlink(spool_dir / "done" / "more.json")
+    fams = metrics(run)
+    assert (finished(fams, "completed"), attempts(fams)) == (4, 6)
+    saved = json.loads((spool_dir / "counters.json").read_text())
+    assert saved["exported"]["default"] == {"completed": 4, "dead": 1, "attempts": 6, "retries": 1}
+    assert run("check").exit_code == 0  # counters.json is a known file of the spool
+
+
+def cli_burst(spool_dir) -> int:
+    from support import cli
+    return cli(spool_dir, "worker", "start", "--burst", check=False, timeout=60).returncode
+
+
+def test_a_bad_counters_file_is_ignored(run, ran, spool_dir):
+    for junk in ("[", '{"exported": {"default": {"completed": 1e400, "dead": -5, "attempts": "x"}, '
+                      '"../x": {"completed": 99}}}', '{"exported": [1]}'):
+        (spool_dir / "counters.json").write_text(junk)
+        fams = metrics(run)
+        assert (finished(fams, "completed"), finished(fams, "dead"), attempts(fams)) == (2, 1, 4)
+        assert "../x" not in {dict(k).get("queue") for k in samples(fams["queuectl_jobs"])}
+
+
+def test_oldest_pending_age_counts_only_due_unblocked_jobs(run, spool_dir):
+    assert run("enqueue", "--id", "tomorrow", "--delay", "1d", "true").exit_code == 0
+    assert run("enqueue", "--id", "first", "--hold", "true").exit_code == 0
+    assert run("enqueue", "--id", "blocked", "--after", "first", "true").exit_code == 0
+    db = sqlite3.connect(spool_dir / "index.db")
+    db.execute("UPDATE jobs SET created = created - 3600")  # all of them enqueued an hour ago
+    db.commit()
+    db.close()
+    fams = metrics(run)
+    q = {"queue": "default"}
+    # It grew from the delayed job's enqueue before and would have paged someone.
+    assert value(fams, "queuectl_oldest_pending_age_seconds", **q) == 0
+    assert value(fams, "queuectl_jobs_scheduled", **q) == 1
+    assert value(fams, "queuectl_jobs_blocked", **q) == 1
+    assert run("enqueue", "--id", "due", "true").exit_code == 0
+    time.sleep(0.05)
+    age = value(metrics(run), "queuectl_oldest_pending_age_seconds", **q)
+    assert 0 < age < 60
+
+
+def test_queue_labels_and_the_pause_gauge(run, spool_dir):
+    assert run("enqueue", "--queue", "gpu", "--id", "g1", "true").exit_code == 0
+    assert run("enqueue", "--queue", "gpu", "--id", "g2", "--max-retries", "0", "false").exit_code == 0
+    assert run("enqueue", "--id", "d1", "true").exit_code == 0
+    assert run("config", "set", "queue.gpu.concurrency", "2").exit_code == 0
+    cli_burst(spool_dir)
+    assert run("enqueue", "--queue", "gpu", "--id", "g3", "true").exit_code == 0
+    assert run("pause", "--queue", "gpu").exit_code == 0
+    fams = metrics(run)
+    assert value(fams, "queuectl_jobs", queue="gpu", state="completed") == 1
+    assert value(fams, "queuectl_jobs", queue="gpu", state="dead") == 1
+    assert value(fams, "queuectl_jobs", queue="gpu", state="pending") == 1
+    assert value(fams, "queuectl_jobs", queue="default", state="completed") == 1
+    assert finished(fams, "dead", "gpu") == 1 and finished(fams, "dead") == 0
+    assert attempts(fams, "gpu") == 2 and attempts(fams) == 1
+    assert value(fams, "queuectl_queue_paused", queue="gpu") == 1
+    assert value(fams, "queuectl_queue_paused", queue="default") == 0
+    assert value(fams, "queuectl_queue_limit", queue="gpu") == 2
+    assert run("clean", "--all").exit_code == 0
+    fams = metrics(run)
+    assert finished(fams, "dead", "gpu") == 1 and attempts(fams, "gpu") == 2
