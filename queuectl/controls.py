@@ -398,6 +398,8 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
     t0 = time.monotonic()
     watcher = Watcher([spool.path(d) for d in ("done", "dead", "cancelled", "failed", "pending")], poll=poll)
     watcher.start()
+    final: dict[str, str] = {}  # a job seen final stays final for this wait, even once it is cleaned
+    finals = {s.value for s in FINAL}
     try:
         while True:
             spool.sync()
@@ -405,8 +407,13 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
             idx = spool.index
             states = {}
             for job_id in job_ids:
+                if job_id in final:
+                    states[job_id] = final[job_id]
+                    continue
                 row = idx.lookup(job_id)
-                states[job_id] = row.state.value if row is not None else "missing"
+                states[job_id] = row.state.value if row is not None else _on_disk(spool, job_id)
+                if states[job_id] in finals:
+                    final[job_id] = states[job_id]
             result = WaitResult(states, False, time.monotonic() - t0)
             if progress is not None:
                 progress(result)
@@ -419,3 +426,12 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
             watcher.wait(RESCAN if left is None else min(RESCAN, left))
     finally:
         watcher.stop()
+
+
+def _on_disk(spool: Spool, job_id: str) -> str:
+    """The state of a job the index has no row for, by its file: "missing" only if
+    no state directory holds it (a job between two directories is looked for twice)."""
+    try:
+        return find(spool, job_id)[0].value
+    except (JobNotFound, InvalidJob):
+        return "missing"

@@ -291,6 +291,29 @@ def _linked_from_tmp(spool: SpoolView, ino: int) -> bool:
         return False
 
 
+# Where a job that left a directory most likely went, looked at in this order.
+_NEXT = (JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED, JobState.PENDING, JobState.DEAD,
+         JobState.CANCELLED, JobState.HELD)
+
+
+def moved_on(spool: SpoolView, idx: Index, state: JobState, ids: set[str]) -> set[str]:
+    """The ids, no longer in `state`'s directory, whose file is now in another one.
+
+    A sync lists one directory after another: a job claimed from failed/ after
+    processing/ was listed is in neither listing. Its row is kept (a `wait`
+    must not see it vanish) and the directory it is in now is listed again by
+    the next sync, which reads the file there.
+    """
+    found = set()
+    for job_id in ids:
+        for other in _NEXT:
+            if other is not state and os.path.lexists(spool.job_path(other, job_id)):
+                found.add(job_id)
+                idx.set_dirmark(other.dirname, 0, 0)
+                break
+    return found
+
+
 def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) -> list[str] | None:
     """Diff one state directory against the index (Spool.sync's step); for pending/,
     the names still to admit."""
@@ -303,6 +326,8 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
     on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
     known = idx.inodes_in(state)
     gone = known.keys() - on_disk
+    if gone:
+        gone -= moved_on(spool, idx, state, gone)
     if gone:
         idx.delete(gone, state)
         report.removed += len(gone)

@@ -408,6 +408,75 @@ def test_wait_while_workers_run_in_another_process(run, spool_dir, bg):
     assert r.returncode == 0
 
 
+def test_a_sync_never_drops_a_job_moving_between_two_directories(run, spool_dir):
+    """A sync lists processing/ before failed/: a retry claimed in between is in
+    neither listing, and its row must survive (wait said "1 missing")."""
+    from queuectl.dropins import SyncReport, sync_dir
+    from queuectl.job import JobState
+    enq(run, "--id", "r", "exit 1")
+    os.rename(spool_dir / "pending" / "r.json", spool_dir / "failed" / "r.json")
+    spool = Spool(str(spool_dir))
+    spool.sync(force=True)
+    idx = spool.index
+    assert idx.lookup("r").state is JobState.FAILED
+    idx.begin()
+    sync_dir(spool, idx, JobState.PROCESSING, SyncReport())  # r is not there yet
+    os.rename(spool_dir / "failed" / "r.json", spool_dir / "processing" / "r.json")  # the claim
+    sync_dir(spool, idx, JobState.FAILED, SyncReport())  # r is not there any more
+    idx.commit()
+    assert idx.lookup("r") is not None
+    spool.sync()  # the next sync lists processing/ again and reads the file there
+    assert idx.lookup("r").state is JobState.PROCESSING
+    assert spool.reindex() == idx.counts() and idx.lookup("r").state is JobState.PROCESSING
+    spool.close()
+
+
+def test_wait_tells_a_job_in_flight_from_a_job_gone_by_the_files(run, spool_dir):
+    """With no index row, `wait` looks for the job's file before it calls it missing."""
+    from queuectl.controls import wait_for
+    enq(run, "--id", "r", "exit 1")
+    spool = Spool(str(spool_dir))
+    seen = []
+
+    def progress(result):
+        seen.append(result.states["r"])
+        if len(seen) == 1:
+            os.rename(spool_dir / "pending" / "r.json", spool_dir / "processing" / "r.json")
+            spool.sync()
+            spool.index.delete(["r"])  # the row a racing sync dropped
+            for d in ("pending", "processing"):  # and its listings trusted: no relisting brings it back
+                mtime = os.stat(spool_dir / d).st_mtime_ns
+                spool.index.set_dirmark(d, mtime, mtime + 10**10)
+        elif len(seen) == 2:
+            os.rename(spool_dir / "processing" / "r.json", spool_dir / "done" / "r.json")
+
+    result = wait_for(spool, ["r"], timeout=30, progress=progress)
+    assert seen[:2] == ["pending", "processing"] and result.states == {"r": "completed"}
+    assert not result.timed_out and result.failed == 0
+    spool.close()
+
+
+def test_a_job_seen_final_stays_final_when_it_is_cleaned_during_the_wait(run, spool_dir):
+    from queuectl.controls import wait_for
+    from queuectl.job import JobState
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "echo b")
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "done" / "a.json")
+    spool = Spool(str(spool_dir))
+    calls = []
+
+    def progress(result):
+        calls.append(dict(result.states))
+        if len(calls) == 1:
+            assert result.states == {"a": "completed", "b": "pending"}
+            assert spool.purge("a", JobState.COMPLETED)  # `clean` (or keep_done) removes it
+            os.rename(spool_dir / "pending" / "b.json", spool_dir / "done" / "b.json")
+
+    result = wait_for(spool, ["a", "b"], timeout=30, progress=progress)
+    assert result.states == {"a": "completed", "b": "completed"} and result.failed == 0
+    spool.close()
+
+
 # -- kill -------------------------------------------------------------------------------------------
 
 
