@@ -434,6 +434,11 @@ class Index:
                   paused: Iterable[str] = ()) -> list[tuple[str, JobState, str]]:
         """(id, state, queue) of jobs that may run now, in `queues` (None: all), not in a
         paused queue and not blocked by a dependency: highest priority first, then oldest."""
+        return [(i, s, q) for i, s, q, _p in self.ranked(limit, now, queues, paused)]
+
+    def ranked(self, limit: int = 32, now: float | None = None, queues: Iterable[str] | None = None,
+               paused: Iterable[str] = ()) -> list[tuple[str, JobState, str, int]]:
+        """claimable(), each with its priority: (id, state, queue, priority)."""
         now = time.time() if now is None else now
         where, args = _queue_filter(queues, paused)
         # One query a state, merged here: with `state IN (...)` SQLite sorted every
@@ -446,7 +451,7 @@ class Index:
                 + where + f" AND NOT {_BLOCKED} ORDER BY priority DESC, created, id LIMIT ?",
                 (state, now, *args, limit)).fetchall()
         rows.sort(key=lambda r: (-r[0], r[1], r[2].lower()))  # the same order (ids collate NOCASE)
-        return [(i, JobState(s), q) for _, _, i, s, q in rows[:limit]]
+        return [(i, JobState(s), q, p) for p, _, i, s, q in rows[:limit]]
 
     def next_due(self, queues: Iterable[str] | None = None, paused: Iterable[str] = ()) -> float | None:
         """The earliest run_at among waiting jobs (pending or failed, not blocked), or None.

@@ -474,16 +474,20 @@ def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lan
 
     Sibling workers would all race for the best job, and each one's index lags
     the others' batched writes, listing jobs they already ran: over half the
-    claims failed, and the list ran dry twice as often. Each tries its own
-    share of the list first (by a hash of the id, the same in every worker and
-    every query), then the rest in order: a job another worker leaves waits at
-    most one list.
+    claims failed, and the list ran dry twice as often. Among jobs of equal
+    priority each tries its own share first (by a hash of the id, the same in
+    every worker and every query), then the rest in order. Lanes only order
+    equals: a job of higher priority comes first whoever's share it is, or an
+    idle worker would run its own low-priority jobs while a better one waits
+    for its busy sibling.
     """
     spool.flush_index()  # or the query returns jobs this worker already ran
-    found = spool.index.claimable(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
+    ranked = spool.index.ranked(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
     if lanes > 1:
-        ours = [crc32(c[0].encode()) % lanes == lane for c in found]
-        found = [c for c, o in zip(found, ours) if o] + [c for c, o in zip(found, ours) if not o]
+        # Sorted by priority already: a stable sort on (priority, not ours) moves each
+        # worker's share ahead within its priority and nowhere else.
+        ranked.sort(key=lambda c: (-c[3], crc32(c[0].encode()) % lanes != lane))
+    found = [(i, s, q) for i, s, q, _p in ranked]
     found.reverse()
     if spool.multihost:
         # Hosts that all take the best job first collide on it, and the

@@ -293,12 +293,13 @@ def test_commands_inherit_no_descriptors_and_no_ignored_signals(spool_dir, run_p
 
 
 def test_sibling_workers_try_their_own_share_of_the_queue_first(spool, spool_dir, drain):
-    """Each of N workers first takes the jobs whose id hashes to its lane (best first), then the
-    rest in order: siblings do not all race for the same best job, and nothing is left behind."""
+    """Among jobs of equal priority each of N workers first takes the jobs whose id hashes to its
+    lane (oldest first), then the rest in order: siblings do not all race for the same best job,
+    and nothing is left behind."""
     from zlib import crc32
     ids = [f"j{i}" for i in range(10)]
-    for rank, job_id in enumerate(ids):
-        add(spool, id=job_id, command="true", priority=100 - rank)
+    for job_id in ids:
+        add(spool, id=job_id, command="true")
     lines = drain(spool_dir, lane=(1, 2))
     ran = [line.split()[-2].rstrip(":") for line in lines if "executing job" in line]
     mine = [j for j in ids if crc32(j.encode()) % 2 == 1]
@@ -306,6 +307,24 @@ def test_sibling_workers_try_their_own_share_of_the_queue_first(spool, spool_dir
     assert ran == mine + [j for j in ids if j not in mine]
     assert ran != ids
     assert [line.split()[-2].rstrip(":") for line in drain(spool_dir) if "executing job" in line] == []
+
+
+def test_lanes_order_equals_but_never_outrank_priority(spool, spool_dir, drain):
+    """An idle worker whose share holds only low-priority jobs still runs a better job of its busy
+    sibling's share first: lanes break ties, priority decides."""
+    from zlib import crc32
+    low = [f"low{i:02}" for i in range(20)]  # one query (CANDIDATES * 2) holds them all
+    high = [f"high{i}" for i in range(40) if crc32(f"high{i}".encode()) % 2 == 0][:2]
+    mine = [j for j in low if crc32(j.encode()) % 2 == 1]
+    assert len(high) == 2 and mine  # the test means something only if the hash splits them so
+    for job_id in low:
+        add(spool, id=job_id, command="true")
+    add(spool, id=high[0], command="true", priority=50)
+    add(spool, id=high[1], command="true", priority=10)
+    lines = drain(spool_dir, lane=(1, 2))  # worker 1 of 2; its sibling (lane 0) is busy elsewhere
+    ran = [line.split()[-2].rstrip(":") for line in lines if "executing job" in line]
+    assert ran[:2] == high, ran[:5]
+    assert ran[2:] == mine + [j for j in low if j not in mine]
 
 
 def test_a_log_is_kept_for_attempts_that_wrote_or_failed_only(spool, spool_dir, tmp_path, drain):
