@@ -13,7 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #                            `playwright install`: Debian's build is the browser)
 #   openssh-server sshfs     tests/cluster.py: a loopback sshd and three sshfs mounts
 #   systemd                  `systemd-analyze verify` of the shipped units (tests/test_service.py)
-apt_install_if_missing chromium openssh-server sshfs systemd
+#   prometheus               tests/test_prometheus.py: a real server scrapes `queuectl web` on
+#   prometheus-node-exporter loopback, and the textfile through node_exporter; promtool checks
+#                            contrib/prometheus/alerts.yml
+apt_install_if_missing chromium openssh-server sshfs systemd prometheus prometheus-node-exporter
 
 venv_setup test
 
