@@ -4,7 +4,14 @@ Both are files, so they hold across every supervisor on the spool and survive
 restarts: `SPOOL/paused/<queue>` (or `paused/ALL`) stops the claims of that
 queue, and a limit of N running jobs is N lock files `SPOOL/queues/<queue>/slot.<k>`
 of which a worker must hold one (a non-blocking flock) while it runs a job of
-that queue. A flock dies with its process, so a killed worker frees its slot.
+that queue.
+
+The job's command inherits the locked descriptor, and a flock lives until
+every descriptor of it is closed: a worker killed with kill -9 frees its slot
+only once the command it started (and whatever that command left running with
+the descriptor) is gone too, which recovery sees to. Its command cannot run on
+beside the queue's next job. A worker that records an outcome unlocks the slot
+explicitly, so a finished job's leftover background process holds nothing.
 """
 
 from __future__ import annotations
@@ -88,5 +95,9 @@ def take_slot(spool: Spool, queue: str, limit: int) -> int | None:
 
 
 def release_slot(fd: int | None) -> None:
+    """Free a slot now, even if a process the job left behind still holds the descriptor."""
     if fd is not None and fd >= 0:
-        os.close(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -222,7 +222,7 @@ _home = -1  # this process's own working directory, to come back to after a job'
 
 
 def spawn(command: str, *, log_fd: int, stdin_fd: int, cwd: str | None,
-          env: Mapping[str, str] | None) -> Child:
+          env: Mapping[str, str] | None, inherit: tuple[int, ...] = ()) -> Child:
     """Start `/bin/sh -c COMMAND` in its own session (so its whole group can be killed).
 
     posix_spawn (a vfork in glibc) and not subprocess.Popen: Popen's Python side
@@ -235,6 +235,11 @@ def spawn(command: str, *, log_fd: int, stdin_fd: int, cwd: str | None,
     only where no other thread uses relative paths: a worker has no other
     thread (watcher.py reads inotify in its own), and its polling watcher's
     threads use absolute paths.
+
+    `inherit`: descriptors the command keeps open under their own numbers (a
+    queue slot's lock, so the lock lives as long as the command does). They are
+    inheritable only for the moment of the spawn: nothing else the worker
+    starts (hooks) gets them.
     """
     global _home
     if cwd and not os.path.isdir(cwd):
@@ -242,6 +247,8 @@ def spawn(command: str, *, log_fd: int, stdin_fd: int, cwd: str | None,
         log(log_fd, msg + "\n")
         raise NotStarted(msg)
     moved = False
+    for fd in inherit:
+        os.set_inheritable(fd, True)
     try:
         if cwd:
             if _home < 0:
@@ -257,6 +264,8 @@ def spawn(command: str, *, log_fd: int, stdin_fd: int, cwd: str | None,
         log(log_fd, msg + "\n")
         raise NotStarted(msg) from None
     finally:
+        for fd in inherit:
+            os.set_inheritable(fd, False)
         if moved:
             os.fchdir(_home)
     return Child(pid)

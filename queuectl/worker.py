@@ -358,8 +358,7 @@ class Worker:
 
     def execute(self, claim: Claim) -> None:
         """Run one claimed job to its recorded outcome."""
-        run = self._start(claim)
-        run.slot, self.slot = self.slot, None
+        run, self.slot = self._start(claim, self.slot), None
         outcome = self._finish(run)
         try:
             self._conclude(run, outcome)
@@ -375,11 +374,11 @@ class Worker:
                       tick=self.hb.beat)
         cap_log(self.spool.log_path(claim.job.id), self.spool.config.max_log_size)
 
-    def _start(self, claim: Claim) -> _Run:
-        """Log the attempt's header and start its command."""
+    def _start(self, claim: Claim, slot: int | None) -> _Run:
+        """Log the attempt's header and start its command (holding the queue's slot, if any)."""
         job = claim.job
         run = _Run(claim, job.attempts + 1, job.max_retries + 1, now_iso(), time.monotonic(),
-                   self.output.open(self.spool.log_path(job.id)))
+                   self.output.open(self.spool.log_path(job.id)), slot=slot)
         self.running = job
         self.hb.set_job(job.id)
         log_.info("executing job %s: %s", job.id, job.command)
@@ -392,7 +391,8 @@ class Worker:
                "QUEUECTL_ATTEMPT": str(run.attempt), "QUEUECTL_SPOOL": self.spool.root,
                "QUEUECTL_OWNER": self.marker}
         try:
-            run.proc = spawn(job.command, log_fd=run.log_fd, stdin_fd=self.devnull, cwd=job.cwd, env=env)
+            run.proc = spawn(job.command, log_fd=run.log_fd, stdin_fd=self.devnull, cwd=job.cwd, env=env,
+                             inherit=() if slot is None else (slot,))  # its lock lives with the command
             self.job_pid = run.proc.pid
         except NotStarted as e:
             run.failed = Outcome(None, str(e))

@@ -72,6 +72,31 @@ def test_kill_9_worker_mid_job_is_recovered_and_completes(spool_dir, tmp_path, b
     assert sup.stderr() == ""
 
 
+def test_a_killed_workers_command_keeps_its_queue_slot_until_it_is_gone(spool_dir, tmp_path, bg, strays):
+    """queue.gpu.concurrency 1: after a kill -9 of the worker running a gpu job, its command runs on
+    until recovery kills it, and the queue's next job must not start beside it. Each job holds a
+    probe lock while it runs; a job that finds it taken ran at the same time as another."""
+    cli(spool_dir, "config", "set", "backoff_max", "0.05")
+    cli(spool_dir, "config", "set", "queue.gpu.concurrency", "1")
+    probe, started, overlaps = tmp_path / "probe", tmp_path / "started", tmp_path / "overlaps"
+    job = (f"echo $$ >> {strays}; flock -n {probe} -c 'echo $QUEUECTL_JOB_ID >> {started}; sleep 1.5' "
+           f"|| echo $QUEUECTL_JOB_ID >> {overlaps}")
+    cli(spool_dir, "enqueue", "--queue", "gpu", "--id", "g1", job)
+    sup = bg("worker", "start", "--count", "2")
+    wait_for(lambda: lines_in(started) == ["g1"], 15, what="g1 started")
+    cli(spool_dir, "enqueue", "--queue", "gpu", "--id", "g2", job)
+    [victim] = wait_for(lambda: [h["pid"] for h in heartbeats(spool_dir, "worker") if h.get("job") == "g1"], 10,
+                        what="g1's worker in its heartbeat")
+    os.kill(victim, signal.SIGKILL)  # its sibling is idle, waiting for the gpu slot
+    wait_for(lambda: (spool_dir / "done" / "g1.json").exists() and (spool_dir / "done" / "g2.json").exists(),
+             30, what="both gpu jobs completed")
+    assert not overlaps.exists(), overlaps.read_text()
+    assert sorted(lines_in(started)) == ["g1", "g1", "g2"]  # g1 again: its first run was killed
+    assert [h["error"] for h in job_file(spool_dir, "done", "g1")["history"]] == ["worker died", None]
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(10) == 0
+
+
 @pytest.mark.parametrize("victims", ["supervisor", "supervisor+workers"])
 def test_kill_9_supervisor_mid_run_then_restart_finishes_everything(spool_dir, tmp_path, bg, strays, victims):
     cli(spool_dir, "config", "set", "backoff_max", "0.05")

@@ -157,6 +157,23 @@ def test_slots_are_shared_locks_that_die_with_their_process(tmp_path):
     spool.close()
 
 
+def test_a_finished_jobs_leftover_process_does_not_hold_its_slot(spool_dir, tmp_path):
+    """The command inherits its slot's lock (so a killed worker's command keeps it), but a
+    recorded outcome frees the slot even while a background process of the job still runs."""
+    import time
+    pids = tmp_path / "pids"
+    cli(spool_dir, "config", "set", "queue.gpu.concurrency", "1")
+    enqueue(spool_dir, "--queue", "gpu", "--id", "a", f"sleep 30 & echo $! > {pids}")
+    enqueue(spool_dir, "--queue", "gpu", "--id", "b", "true")
+    t0 = time.monotonic()
+    try:
+        drain(spool_dir)
+        assert where(spool_dir) == {"a": ["done"], "b": ["done"]}
+        assert time.monotonic() - t0 < 20  # b did not wait for a's `sleep 30`
+    finally:
+        os.kill(int(pids.read_text()), signal.SIGKILL)
+
+
 def test_two_supervisors_never_share_worker_names(spool_dir, bg):
     a = bg("worker", "start", "--count", "2")
     b = bg("worker", "start", "--count", "2")
