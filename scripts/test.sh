@@ -16,7 +16,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   prometheus               tests/test_prometheus.py: a real server scrapes `queuectl web` on
 #   prometheus-node-exporter loopback, and the textfile through node_exporter; promtool checks
 #                            contrib/prometheus/alerts.yml
-apt_install_if_missing chromium openssh-server sshfs systemd prometheus prometheus-node-exporter
+#   jq                       the docs' examples use it (tests/test_docs.py runs them)
+apt_install_if_missing chromium openssh-server sshfs systemd prometheus prometheus-node-exporter jq
 
 venv_setup test
 
