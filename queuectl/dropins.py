@@ -13,12 +13,13 @@ import itertools
 import os
 import stat
 import time
-from typing import Any, Container, ContextManager, NamedTuple, Protocol
+from typing import Any, ContextManager, NamedTuple, Protocol
 
 from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
 from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
 from .config import Config
+from .deps import Batch, check_no_cycle
 from .index import Index, row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
@@ -125,7 +126,7 @@ def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool
         # For many drop-ins one listing of the state directories beats five
         # stats and an index query a file.
         on_disk = spool.taken_ids() if len(names) > 16 else None
-        taken: dict[str, str] = {}  # lower-cased id -> id, accepted in this pass
+        taken = Batch()  # the jobs accepted in this pass
         batch: list[_Admitted] = []
         for name in sorted(names):
             src = spool.path("pending", name)
@@ -140,7 +141,7 @@ def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool
                 if reject(spool, src, name, str(e)):
                     report.rejected.append((name, str(e)))
                 continue
-            taken[admitted.job.id.lower()] = admitted.job.id
+            taken.add(admitted.job)
             batch.append(admitted)
             if len(batch) >= BATCH:
                 _commit(spool, batch, report)
@@ -181,9 +182,9 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
     spool.indexes.add_rows(rows)
 
 
-def check_deps_exist(spool: SpoolView, job: Job, earlier: Container[str] = ()) -> None:
+def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch) -> None:
     """Every job `after`/`after_any` names must exist already (or come earlier in
-    the same batch: lower-cased ids in `earlier`), so no cycle can ever form."""
+    the same batch), and the job must not close a dependency cycle."""
     for dep in (*job.after, *job.after_any):
         if dep.lower() in earlier:
             continue
@@ -192,9 +193,10 @@ def check_deps_exist(spool: SpoolView, job: Job, earlier: Container[str] = ()) -
         except JobNotFound:
             key = "after_any" if dep in job.after_any else "after"
             raise InvalidJob(f"{key}: no job {dep}") from None
+    check_no_cycle(spool.indexes.index, job, earlier)
 
 
-def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: dict[str, str],
+def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: Batch,
                    on_disk: dict[str, tuple[str, str]] | None = None) -> None:
     """The spool's duplicate rule, plus the ids accepted earlier in the same pass:
     their index rows are written in batches, so the lookup ignoring case misses them."""
@@ -238,7 +240,7 @@ def _check_file(spool: SpoolView, src: str, name: str, st: os.stat_result, grace
         raise InvalidJob(f"file is {st.st_size} bytes, over the limit of {limit} (config max_job_size)")
 
 
-def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: dict[str, str],
+def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
            on_disk: dict[str, tuple[str, str]] | None) -> _Admitted:
     """Validate one drop-in and say what to write; raise InvalidJob to reject it."""
     st = os.lstat(src)

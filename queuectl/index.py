@@ -238,6 +238,7 @@ _BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHER
 BLOCKED = _BLOCKED  # for the metrics' queries
 
 
+_WAIT, _LIVE = "('pending', 'failed', 'held')", "('pending', 'failed', 'held', 'processing')"
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
 
 
@@ -373,6 +374,21 @@ class Index:
             "SELECT d.job, d.dep, coalesce(p.state, 'missing') FROM deps d JOIN jobs j ON j.id = d.job "
             "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
             "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
+
+    def is_named(self, job_id: str) -> bool:
+        """Does a job not final yet wait for job_id (`after` or `after_any`)?"""
+        return bool(self.db.execute(f"SELECT 1 FROM deps d JOIN jobs j ON j.id = d.job WHERE d.dep = ? "
+                                    f"AND j.state IN {_LIVE} LIMIT 1", (job_id,)).fetchone())
+
+    def deps_of(self, job_id: str) -> list[str]:
+        """What job_id waits for, if it is not final yet."""
+        return [r[0] for r in self.db.execute(
+            f"SELECT d.dep FROM deps d JOIN jobs j ON j.id = d.job WHERE d.job = ? AND j.state IN {_LIVE}", (job_id,))]
+
+    def waiting_edges(self) -> list[tuple[str, str]]:
+        """(job, dependency) where both wait (pending, failed or held): where cycles can be."""
+        return self.db.execute("SELECT j.id, p.id FROM deps d JOIN jobs j ON j.id = d.job JOIN jobs p ON p.id = "
+                               f"d.dep WHERE j.state IN {_WAIT} AND p.state IN {_WAIT}").fetchall()
 
     def retries_of(self, host: str, pids: Iterable[int]) -> int:
         """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable
 
 from . import config as configmod
+from .deps import Batch
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
@@ -531,12 +532,12 @@ def _check_unique(spool: Spool, jobs: list[Job]) -> None:
     # For many jobs one listing of each state directory beats five stats a job.
     bulk = len(jobs) > 16
     taken = spool.taken_ids() if bulk else {}
-    seen: set[str] = set()
+    seen = Batch()
     for job in jobs:
         key = job.id.lower()
         if key in seen:
             raise DuplicateJob(f"job {job.id} appears twice")
-        seen.add(key)
+        seen.add(job)
         if not bulk:
             spool.check_new_id(job.id)
         elif key in taken:

@@ -341,6 +341,85 @@ def test_after_in_drop_in_files(run, spool_dir):
     assert run("list").stdout.splitlines()[1] == "ok - pending (waiting for a: pending) - echo ok"
 
 
+def test_two_drop_ins_naming_each_other_are_not_a_cycle_that_waits_forever(run, spool_dir):
+    """The second one's file is already in pending/ when the first is admitted: the
+    first is accepted, the second would close a cycle and is rejected with the reason,
+    and the first, whose dependency is gone, is cancelled. The burst ends with nothing left."""
+    run("status")
+    pending = spool_dir / "pending"
+    (pending / "a.json").write_text('{"command": "echo a", "after": ["b"]}')
+    (pending / "b.json").write_text('{"command": "echo b", "after": ["a"]}')
+    r = burst(spool_dir)
+    assert (spool_dir / "rejected" / "b.json.reason").read_text() == "after: dependency cycle b -> a -> b\n"
+    assert where(spool_dir) == {"a": ["cancelled"]}
+    assert json.loads((spool_dir / "cancelled" / "a.json").read_text())["last_error"] == \
+        "dependency b no longer exists"
+    assert "remain" not in r.stdout and "cancelled a: dependency b no longer exists" in r.stdout, r.stdout
+
+
+def test_a_hand_edit_that_closes_a_cycle_cancels_its_members_with_the_reason(run, spool_dir, read_job):
+    enq(run, "--id", "a", "--delay", "1h", "echo a")
+    enq(run, "--id", "b", "--after", "a", "echo b")
+    enq(run, "--id", "c", "--after", "b", "echo c")
+    enq(run, "--id", "d", "--after-any", "c", "echo d")
+    rec = read_job("pending", "a")
+    rec.update(after=["c"], run_at=rec["created_at"], next_run_at=None)
+    tmp = spool_dir / "tmp" / "edit"
+    tmp.write_text(json.dumps(rec))
+    os.rename(tmp, spool_dir / "pending" / "a.json")  # a canonical file is kept as it is: no admission check
+    r = burst(spool_dir)
+    assert where(spool_dir) == {"a": ["cancelled"], "b": ["cancelled"], "c": ["cancelled"], "d": ["done"]}
+    assert read_job("cancelled", "a")["last_error"] == "dependency cycle a -> c -> b -> a"
+    assert read_job("cancelled", "b")["last_error"] == "dependency cycle b -> a -> c -> b"
+    assert read_job("cancelled", "c")["history"][-1]["reason"] == "dependency cycle c -> b -> a -> c"
+    assert "[worker-0] cancelled a: dependency cycle a -> c -> b -> a" in r.stdout
+    assert "remain" not in r.stdout, r.stdout
+
+
+def test_wait_ends_a_cycle_without_a_worker(run, spool_dir, read_job):
+    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "b", "--after", "a", "echo b")
+    rec = read_job("pending", "a")
+    rec["after"] = ["b"]
+    tmp = spool_dir / "tmp" / "edit"
+    tmp.write_text(json.dumps(rec))
+    os.rename(tmp, spool_dir / "pending" / "a.json")
+    r = run("wait", "a", "b", "--timeout", "30")
+    assert r.exit_code == 1 and "0 completed, 0 dead, 2 cancelled" in r.stdout, r.stdout
+
+
+def test_enqueue_refuses_a_job_that_closes_a_cycle(run, spool_dir, read_job):
+    """An existing job names an id that does not exist yet (a hand edit); enqueueing that
+    id with --after the job would close a cycle: one Error line, nothing written."""
+    enq(run, "--id", "x", "--delay", "1h", "echo x")
+    rec = read_job("pending", "x")
+    rec["after"] = ["z"]
+    tmp = spool_dir / "tmp" / "edit"
+    tmp.write_text(json.dumps(rec))
+    os.rename(tmp, spool_dir / "pending" / "x.json")
+    run("list")
+    before = snapshot(spool_dir)
+    r = run("enqueue", "--id", "z", "--after", "x", "echo z")
+    assert (r.exit_code, r.stderr) == (1, "Error: after: dependency cycle z -> x -> z\n")
+    assert snapshot(spool_dir) == before
+    r = run("enqueue", "--id", "y", "--after-any", "x", "echo y")  # no cycle: accepted
+    assert r.exit_code == 0, r.stderr
+
+
+def test_cycles_finds_each_group_that_waits_for_itself():
+    from queuectl.deps import cycles, describe, path_back
+    edges = [("a", "b"), ("b", "a"), ("c", "d"), ("d", "e"), ("e", "C"), ("f", "a"), ("g", "g")]
+    found = sorted(describe(c) for c in cycles(edges))
+    assert found == ["a -> b -> a", "c -> d -> e -> c", "g -> g"]
+    chain = [(f"j{i}", f"j{i + 1}") for i in range(50_000)]  # no recursion limit
+    assert cycles(chain) == []
+    cyc = cycles(chain + [("j50000", "j0")])
+    assert len(cyc) == 1 and len(cyc[0]) == 50_001
+    graph = {"a": ["b", "c"], "b": ["d"], "c": ["a"], "d": []}
+    assert path_back("a", lambda n: graph.get(n, [])) == ["a", "c"]
+    assert path_back("b", lambda n: graph.get(n, [])) is None
+
+
 # -- worker --burst exit codes ------------------------------------------------------------------
 
 
