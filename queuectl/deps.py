@@ -19,8 +19,7 @@ from .job import Job
 
 class DepsIndex(Protocol):
     """What cycle finding needs of the index (index.Index provides it)."""
-    def is_named(self, job_id: str) -> bool: ...
-    def deps_of(self, job_id: str) -> list[str]: ...
+    def live_deps(self, job_id: str, *, of: bool = True) -> list[str]: ...
 
 
 class Batch:
@@ -92,7 +91,7 @@ def check_no_cycle(index: DepsIndex, job: Job, batch: Batch) -> None:
     """
     if not (job.after or job.after_any):
         return
-    if job.id.lower() not in batch.named and not index.is_named(job.id):
+    if job.id.lower() not in batch.named and not index.live_deps(job.id, of=False):
         return
 
     def edges_of(node: str) -> list[str]:
@@ -100,7 +99,7 @@ def check_no_cycle(index: DepsIndex, job: Job, batch: Batch) -> None:
         if key == job.id.lower():
             return [*job.after, *job.after_any]
         found = batch.edges.get(key)
-        return found if found is not None else index.deps_of(node)
+        return found if found is not None else index.live_deps(node)
 
     cycle = path_back(job.id, edges_of)
     if cycle is not None:

@@ -238,7 +238,6 @@ _BLOCKED = """EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs p ON p.id = d.dep WHER
 BLOCKED = _BLOCKED  # for the metrics' queries
 
 
-_WAIT, _LIVE = "('pending', 'failed', 'held')", "('pending', 'failed', 'held', 'processing')"
 _ROW_COLUMNS = "id, state, command, priority, created, run_at, attempts, max_retries, last_error"
 
 
@@ -375,20 +374,16 @@ class Index:
             "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
             "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
 
-    def is_named(self, job_id: str) -> bool:
-        """Does a job not final yet wait for job_id (`after` or `after_any`)?"""
-        return bool(self.db.execute(f"SELECT 1 FROM deps d JOIN jobs j ON j.id = d.job WHERE d.dep = ? "
-                                    f"AND j.state IN {_LIVE} LIMIT 1", (job_id,)).fetchone())
-
-    def deps_of(self, job_id: str) -> list[str]:
-        """What job_id waits for, if it is not final yet."""
-        return [r[0] for r in self.db.execute(
-            f"SELECT d.dep FROM deps d JOIN jobs j ON j.id = d.job WHERE d.job = ? AND j.state IN {_LIVE}", (job_id,))]
+    def live_deps(self, job_id: str, *, of: bool = True) -> list[str]:
+        """What job_id waits for (of=True), or the jobs that wait for it; jobs not final yet only."""
+        a, b = ("job", "dep") if of else ("dep", "job")
+        return [r[0] for r in self.db.execute(f"SELECT d.{b} FROM deps d JOIN jobs j ON j.id = d.job WHERE d.{a} = ? "
+                                              "AND j.state NOT IN ('completed', 'dead', 'cancelled')", (job_id,))]
 
     def waiting_edges(self) -> list[tuple[str, str]]:
-        """(job, dependency) where both wait (pending, failed or held): where cycles can be."""
-        return self.db.execute("SELECT j.id, p.id FROM deps d JOIN jobs j ON j.id = d.job JOIN jobs p ON p.id = "
-                               f"d.dep WHERE j.state IN {_WAIT} AND p.state IN {_WAIT}").fetchall()
+        """(job, dependency) of each waiting job (pending, failed, held): cycles are among these."""
+        return self.db.execute("SELECT d.job, d.dep FROM deps d JOIN jobs j ON j.id = d.job "
+                               "WHERE j.state IN ('pending', 'failed', 'held')").fetchall()
 
     def retries_of(self, host: str, pids: Iterable[int]) -> int:
         """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""
