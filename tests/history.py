@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from history_check import check_history  # noqa: E402
+from history_load import check_history  # noqa: E402
 from history_workload import (FAULTS, LIMITED, Params, Workload, _alive, _cmdline, _kill,  # noqa: E402
                               _listdir, descendants)
 
@@ -163,7 +163,8 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
         log(f"seed {seed}: {jobs} jobs, {len(spools)} host(s), spool {spools[0]}, record in {work}")
         run_workload(params, work, log)
         t1 = time.monotonic()
-        violations = check_history(work, spools, nodes)
+        violations, what = check_history(work, spools, nodes)
+        log(what)
         log(f"seed {seed}: ran {t1 - t0:.1f}s, checked {time.monotonic() - t1:.1f}s: "
             + ("every invariant held" if not violations else f"{len(violations)} violations"))
         for v in violations:
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.check:
         spools = a.spool or [str(Path(a.check) / "spool")]
-        violations = check_history(Path(a.check), spools, a.node)
+        violations, what = check_history(Path(a.check), spools, a.node)
+        print(what)
         for v in violations:
             print(v)
         print("every invariant held" if not violations else f"{len(violations)} violations")

@@ -1,10 +1,9 @@
 """The invariants of the history checker (tests/history.py), over a recorded run.
 
-`check_history(work, spools, nodes)` loads what tests/history_workload.py
-recorded in `work`, reads the spool's files, logs and each host's index, and
-returns the violations, one line each: `invariant N (name): what, ids`.
-Each invariant is a function of a `History`, so a test can feed one a
-hand-made history and see it fire (tests/test_history.py).
+Each invariant is a function of a `History` (loaded from a recorded run by
+tests/history_load.py) returning its violations, one line each:
+`invariant N (name): what; jobs IDS`. A test can feed one a hand-made history
+and see it fire (tests/test_history.py).
 
 Every check errs on the side of silence where the record cannot prove a
 violation: an execution's measured interval lies inside the real one (its
@@ -16,13 +15,9 @@ alive.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections import defaultdict
 from datetime import datetime
-from pathlib import Path
 
 STATE_DIRS = ("pending", "processing", "done", "failed", "dead", "held", "cancelled")
 STATE_OF_DIR = {"pending": "pending", "processing": "processing", "done": "completed", "failed": "failed",
@@ -455,7 +450,8 @@ def check_waits(h: History) -> list[str]:
                 continue
             truth = removed[j][0] if j in removed else h.state(j)
             if s == "missing":
-                out.append(_v(7, "wait", f"{what} called {j} missing; the files say {truth}", [j]))
+                how = f" (a `clean` removed it at {removed[j][1]['t0']:.3f})" if j in removed else ""
+                out.append(_v(7, "wait", f"{what} called {j} missing; the files say {truth}{how}", [j]))
             elif s not in FINAL:
                 out.append(_v(7, "wait", f"{what} returned with {j} {s}, not final", [j]))
             elif s != truth:
@@ -480,119 +476,3 @@ def check(h: History) -> list[str]:
     for f in INVARIANTS:
         out += f(h)
     return out
-
-
-# -- loading a recorded run ------------------------------------------------------------------------------
-
-DUMP_INDEX = """
-import json, sys
-from queuectl.spool import Spool
-s = Spool(sys.argv[1], create=False)
-print(json.dumps(sorted([r.id, r.state.value, r.priority, r.run_at, r.attempts, r.last_error]
-                        for r in s.index.rows())))
-"""
-
-
-def _host_env(node: str | None) -> dict:
-    env = dict(os.environ)
-    if node:
-        env["QUEUECTL_NODE"] = node
-    return env
-
-
-def _qc(spool: str, node: str | None, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "queuectl", "--spool", spool, *args], capture_output=True,
-                          text=True, env=_host_env(node), stdin=subprocess.DEVNULL, timeout=300)
-
-
-def _index_rows(spool: str, node: str | None) -> list:
-    r = subprocess.run([sys.executable, "-c", DUMP_INDEX, spool], capture_output=True, text=True,
-                       env=_host_env(node), timeout=300)
-    if r.returncode != 0:
-        return [["<index unreadable>", r.stderr.strip()[-300:], None]]
-    return [[row[0], row[1], row[2], *row[3:]] for row in json.loads(r.stdout)]
-
-
-def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> History:
-    h = History()
-    nodes = nodes or [None] * len(spools)
-    renamed: dict[str, str] = {}
-    for line in (work / "events.jsonl").read_text().splitlines():
-        ev = json.loads(line)
-        k = ev.pop("kind")
-        if k == "meta":
-            h.meta, h.token, h.limits = ev, ev["token"], ev.get("limits", {})
-        elif k == "job":
-            h.specs[ev["spec"]["id"]] = ev["spec"]
-        elif k == "op":
-            h.ops.append(ev)
-        elif k == "fault":
-            h.faults.append(ev)
-        elif k == "rename":
-            renamed.update(dict(ev["pairs"]))
-        elif k == "quiesce":
-            h.t_quiesce = ev["t"]
-        elif k == "drained":
-            h.drained_left = ev["left"]
-        elif k == "leftover":
-            h.leftover = ev["executions"]
-    for old, new in renamed.items():  # --lines gave its own ids
-        if old in h.specs:
-            h.specs[new] = dict(h.specs.pop(old), id=new)
-    h.ops.sort(key=lambda o: o["t0"])
-    for o in h.ops:
-        if o["op"] in ("enqueue", "dropin"):
-            ids = [renamed.get(i, i) for i in o.get("ids", [])]
-            (h.accepted if o["rc"] == 0 else h.maybe).update(ids)
-            for i in ids:
-                h.arrived.setdefault(i, o["t1"])
-    ends = {}
-    starts = []
-    for line in (work / "hist").read_text(errors="replace").splitlines():
-        p = line.split()
-        if len(p) == 6 and p[0] == "S":
-            starts.append(p)
-        elif len(p) == 8 and p[0] == "E":
-            ends[(p[1], p[2], p[3], p[4], p[5])] = (float(p[6]), int(p[7]))
-    alive = {tuple(k[:5]): k[5] for k in json.loads((work / "alive.json").read_text())} \
-        if (work / "alive.json").exists() else {}
-    for p in starts:
-        key = (p[1], p[2], p[3], p[4], p[5])
-        end, code = ends.get(key, (None, None))
-        e = Execution(p[1], int(p[2]), p[3], int(p[4]), float(p[5]), end, code)
-        if end is None:
-            e.end = max(e.start, alive.get(key, e.start))
-        h.execs.append(e)
-    root = Path(spools[0])
-    for d in STATE_DIRS:
-        for n in sorted(os.listdir(root / d)) if (root / d).exists() else []:
-            if n.startswith(".") or not n.endswith(".json"):
-                continue
-            try:
-                rec = json.loads((root / d / n).read_bytes())
-            except (OSError, ValueError):
-                rec = None
-            h.files.setdefault(n[:-5], []).append((STATE_OF_DIR[d], rec))
-    rej = root / "rejected"
-    for n in sorted(os.listdir(rej)) if rej.exists() else []:
-        if n.endswith(".reason"):
-            h.rejected.append(f"{n[:-7]}: {(rej / n).read_text(errors='replace').strip()}")
-    logs = root / "logs"
-    for n in sorted(os.listdir(logs)) if logs.exists() else []:
-        if n.endswith(".log") and (n[:-4] in h.files or n[:-4] in h.specs):
-            h.logs[n[:-4]] = (logs / n).read_text(errors="replace")
-    for i, (spool, node) in enumerate(zip(spools, nodes)):
-        host = node or str(i)
-        h.index_before[host] = _index_rows(spool, node)
-        r = _qc(spool, node, "check")
-        h.check_out[host] = (r.returncode, r.stdout + r.stderr)
-        _qc(spool, node, "reindex")
-        h.index_after[host] = _index_rows(spool, node)
-    return h
-
-
-def check_history(work: Path, spools: list[str], nodes: list[str] | None = None) -> list[str]:
-    """Load a recorded run and check every invariant; the violations, one line each."""
-    h = load(Path(work), spools, nodes)
-    seed = h.meta.get("params", {}).get("seed")
-    return [f"seed {seed}: {v}" for v in check(h)]
