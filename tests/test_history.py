@@ -341,9 +341,7 @@ CI_RUNS = [
 # Invariants that still break on main because of open findings of issue 18 (remove once fixed).
 OPEN_FINDINGS: dict[int, str] = {
     1: "new finding: `release` racing a claim leaves a second copy in pending/, rejected as a duplicate",
-    3: "issue 18 finding 10: a kill -9'd worker's command outlives its freed slot",
     4: "issue 18 finding 4: `clean` of a completed parent cancels its waiting dependent",
-    7: "issue 18 findings 5 and 6: `wait` calls a retrying or a cleaned job missing",
 }
 
 
