@@ -448,6 +448,8 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
     t0 = time.monotonic()
     watcher = Watcher([spool.path(d) for d in ("done", "dead", "cancelled", "failed", "pending")], poll=poll)
     watcher.start()
+    if watcher.degraded:
+        log.warning("%s: polling the spool every %gs instead", watcher.degraded, watcher.poll_interval)
     final: dict[str, str] = {}  # a job seen final stays final for this wait, even once it is cleaned
     finals = {s.value for s in FINAL}
     try:

@@ -208,6 +208,7 @@ class Supervisor:
             if self.queues is not None and not set(self.queues) & known_queues(spool):
                 # Allowed (a queue exists once a job names it), but a typo looks just like this.
                 log.warning("no job names queue %s yet", ", ".join(self.queues))
+            self._check_inotify()
             spool.close()
             now = time.monotonic()
             self.due = {i: now for i in range(self.count)}
@@ -222,6 +223,16 @@ class Supervisor:
             self._say_scheduled()
         log.info("stopped")
         return 1 if self.died else 0
+
+    def _check_inotify(self) -> None:
+        """Used-up inotify limits make the workers poll: said once here, not by each worker."""
+        if self.poll or self.spool.multihost:
+            return
+        from .watcher import POLL_INTERVAL, inotify_problem
+        why = inotify_problem([self.spool.path("pending"), self.spool.path("failed")])
+        if why is not None:
+            log.warning("%s: workers poll the spool every %gs instead", why, POLL_INTERVAL)
+            self.poll = True
 
     def _say_scheduled(self) -> None:
         """A burst run leaves jobs due later (or blocked, or held) alone: say how many."""

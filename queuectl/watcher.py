@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import struct
@@ -22,6 +23,7 @@ IN_NONBLOCK = 0o4000
 ARRIVALS = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE
 # The watched directory itself went away or moved: whatever it held must be looked at again.
 LOST = IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF
+POLL_INTERVAL = 0.5  # seconds between two listings when polling
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 
@@ -43,12 +45,21 @@ class Watcher:
     each claim out of pending/ is not even queued. A queue overflow, or a
     watched directory that vanishes, counts as an arrival: the scan is the truth.
 
+    A watched directory that is replaced (`pending/` removed and made again,
+    or moved away and another moved in) is watched again by its path: the old
+    watch followed the old inode, and the new directory would only be seen by
+    the timed rescans.
+
     Elsewhere (`poll=True` for network filesystems, where inotify sees nothing
-    written by other hosts; a platform without inotify; inotify instances
-    exhausted) watchdog's observer does the watching.
+    written by other hosts; a platform without inotify) watchdog's observer
+    does the watching. When inotify's instance or watch limit is used up
+    (fs.inotify.max_user_instances / max_user_watches: any program of the
+    same user can exhaust them), the watcher polls instead, and `degraded`
+    says why for the caller's one warning line: watchdog's own inotify
+    observer would fail the same way.
     """
 
-    def __init__(self, dirs: Iterable[str], *, poll: bool = False, poll_interval: float = 0.5,
+    def __init__(self, dirs: Iterable[str], *, poll: bool = False, poll_interval: float = POLL_INTERVAL,
                  wake_dirs: Iterable[str] = (), ignore: Callable[[str], bool] | None = None):
         self.dirs = [os.path.abspath(d) for d in dirs]
         self.wake_dirs = [os.path.abspath(d) for d in wake_dirs]
@@ -58,6 +69,10 @@ class Watcher:
         self._observer = None
         self._ino = -1                      # the inotify descriptor, when we read it ourselves
         self._wds: dict[int, bool] = {}     # watch descriptor -> is it an arrival directory
+        self._paths: dict[str, int] = {}    # watched path -> its watch descriptor
+        self._rewatch = False               # a watched directory went away: watch its path again
+        self._libc = None
+        self.degraded: str | None = None    # why inotify could not be used, when it could not
         self._pipe: tuple[int, int] | None = None
         self._arrival = False
         self._woke = False
@@ -68,8 +83,17 @@ class Watcher:
             try:
                 self._start_inotify()
                 return
-            except OSError:
-                self._close_inotify()  # no inotify here, or no instance left: watchdog chooses
+            except OSError as e:
+                self._close_inotify()
+                failed = e
+            if failed.errno not in _EXHAUSTED:
+                try:
+                    self._start_watchdog()  # no inotify here (another platform): watchdog chooses
+                    return
+                except OSError as e:
+                    failed = e
+            self.degraded = _why(failed)
+            self.poll = True
         self._start_watchdog()
 
     # -- inotify, read in the caller's thread -----------------------------------------------------
@@ -79,18 +103,39 @@ class Watcher:
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "inotify_init1"):
             raise OSError("no inotify")
-        self._ino = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self._ino < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        for path, arrival in [*((d, True) for d in self.dirs), *((d, False) for d in self.wake_dirs)]:
-            wd = libc.inotify_add_watch(self._ino, os.fsencode(path), ARRIVALS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
-            if wd < 0:
-                raise OSError(ctypes.get_errno(), "inotify_add_watch", path)
-            self._wds[wd] = self._wds.get(wd, False) or arrival
+        self._libc = libc
+        self._ino = _inotify_init(libc)
+        for path in [*self.dirs, *self.wake_dirs]:
+            self._add_watch(path)
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         self._pipe = (r, w)
+
+    def _add_watch(self, path: str) -> None:
+        wd = _inotify_add_watch(self._libc, self._ino, path)
+        self._paths[path] = wd
+        self._wds[wd] = self._wds.get(wd, False) or path in self.dirs
+
+    def _watch_again(self) -> None:
+        """Watch each path again; a replaced directory gets a new watch, its old one is dropped.
+
+        A path that does not exist at the moment (removed, not yet made again)
+        is tried again on the next call; the timed rescans cover the gap.
+        """
+        self._rewatch = False
+        for path, old in list(self._paths.items()):
+            try:
+                wd = _inotify_add_watch(self._libc, self._ino, path)  # the same inode: the same wd
+            except OSError:
+                self._rewatch = True
+                continue
+            if wd != old:
+                if old in self._wds and old not in (w for p, w in self._paths.items() if p != path):
+                    self._libc.inotify_rm_watch(self._ino, old)  # the old directory, moved elsewhere
+                    self._wds.pop(old, None)
+                self._paths[path] = wd
+                self._wds[wd] = self._wds.get(wd, False) or path in self.dirs
 
     def _drain(self) -> None:
         """Read every queued event (never blocks) and note what arrived where."""
@@ -106,8 +151,15 @@ class Watcher:
             while off < end:
                 wd, mask, _, size = EVENT.unpack_from(buf, off)
                 name_at, off = off + EVENT.size, off + EVENT.size + size
+                if mask & IN_Q_OVERFLOW:
+                    self._arrival = self._woke = self._rewatch = True  # events lost: maybe a directory's too
+                    continue
+                if wd not in self._wds:
+                    continue  # a watch dropped since (the old directory of a replaced path)
                 if mask & LOST:
-                    self._arrival = self._woke = True
+                    self._arrival = self._woke = self._rewatch = True
+                    if mask & IN_IGNORED:
+                        del self._wds[wd]  # the kernel dropped this watch
                     continue
                 if self.ignore is not None and size:
                     name = buf[name_at:off].rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -123,7 +175,7 @@ class Watcher:
         for fd in (self._ino, *(self._pipe or ())):
             if fd >= 0:
                 os.close(fd)
-        self._ino, self._pipe, self._wds = -1, None, {}
+        self._ino, self._pipe, self._wds, self._paths = -1, None, {}, {}
 
     # -- watchdog (polling, other platforms) ---------------------------------------------------------
 
@@ -185,6 +237,8 @@ class Watcher:
         """Did something arrive in `dirs` since the last call? (Consumes the flag.)"""
         if self._ino >= 0:
             self._drain()
+            if self._rewatch:
+                self._watch_again()
         arrival, self._arrival = self._arrival, False
         return arrival
 
@@ -210,6 +264,8 @@ class Watcher:
             ready, _, _ = select.select([self._ino, self._pipe[0]], [], [], max(0.0, timeout))
             self._woke = self._pipe[0] in ready
             self._drain()
+        if self._rewatch:
+            self._watch_again()
         try:
             os.read(self._pipe[0], 4096)  # this wait answers every wake() so far
         except OSError:
@@ -222,6 +278,54 @@ class Watcher:
             self._observer.stop()
             self._observer = None
         self._close_inotify()
+
+
+def inotify_problem(dirs: Iterable[str]) -> str | None:
+    """Why watching `dirs` with inotify would fail for want of a resource, or None.
+
+    A supervisor asks once, so that N workers falling back to polling make one
+    warning line, not N.
+    """
+    w = Watcher(dirs)
+    try:
+        w._start_inotify()
+    except OSError as e:
+        return _why(e) if e.errno in _EXHAUSTED else None
+    finally:
+        w._close_inotify()
+    return None
+
+
+# inotify_init1 / inotify_add_watch failing for want of a resource, not for want of inotify:
+# the instance limit or the process's descriptors (EMFILE), the system's (ENFILE), the watch
+# limit (ENOSPC), kernel memory (ENOMEM).
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM)
+
+
+def _inotify_init(libc) -> int:  # noqa: ANN001 - a ctypes library
+    import ctypes
+    fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    return fd
+
+
+def _inotify_add_watch(libc, ino: int, path: str) -> int:  # noqa: ANN001 - a ctypes library
+    import ctypes
+    wd = libc.inotify_add_watch(ino, os.fsencode(path), ARRIVALS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+    if wd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_add_watch", path)
+    return wd
+
+
+def _why(e: OSError) -> str:
+    """The reason inotify is not used, for a person: which limit, and what to raise."""
+    if e.errno == errno.ENOSPC:
+        return "the inotify watch limit is reached (sysctl fs.inotify.max_user_watches)"
+    if e.errno == errno.EMFILE:
+        return ("no inotify instance is left (sysctl fs.inotify.max_user_instances) "
+                "or this process has no descriptor left (ulimit -n)")
+    return f"inotify failed: {os.strerror(e.errno) if e.errno else e}"
 
 
 def _no_move_pairing_delay() -> None:

@@ -143,6 +143,8 @@ class Worker:
         self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll or spool.multihost,
                                wake_dirs=finished, ignore=is_ignored)
         self.watcher.start()
+        if self.watcher.degraded:
+            log_.warning("%s: polling the spool every %gs instead", self.watcher.degraded, self.watcher.poll_interval)
         self.hb.info["watching"] = True  # the supervisor's READY waits for this
         self.hb.beat(force=True)
         self.pauses = paused(spool)

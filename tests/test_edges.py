@@ -1,0 +1,154 @@
+"""Edges of the environment a spool lives in: used-up inotify limits, replaced
+and moved directories, unopenable slot files, zone names in --at, numbers
+that are no numbers, non-regular files at paths a user names."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from queuectl import watcher as watcher_mod
+from queuectl.watcher import Watcher
+
+from support import cli, cli_argv, qc, wait_for
+
+
+# -- inotify limits used up (issue 18, finding 7) --------------------------------------------------
+
+
+class _FailingLibc:
+    """libc whose inotify calls fail as they do when a limit is used up; the rest is the real one."""
+
+    def __init__(self, fail_init: int = 0, fail_watch: int = 0):
+        self._real = ctypes.CDLL(None, use_errno=True)
+        self.fail_init, self.fail_watch = fail_init, fail_watch
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def inotify_init1(self, flags):
+        if self.fail_init:
+            ctypes.set_errno(self.fail_init)
+            return -1
+        return self._real.inotify_init1(flags)
+
+    def inotify_add_watch(self, fd, path, mask):
+        if self.fail_watch:
+            ctypes.set_errno(self.fail_watch)
+            return -1
+        return self._real.inotify_add_watch(fd, path, mask)
+
+
+def _exhaust(monkeypatch, *, init: int = 0, watch: int = 0) -> None:
+    """Make inotify fail in queuectl's own reader and in watchdog's observer alike."""
+    import watchdog.observers.inotify_c as wc
+    fake = _FailingLibc(init, watch)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **kw: fake)
+
+    def fail(code):
+        def f(*args):
+            ctypes.set_errno(code)
+            return -1
+        return f
+
+    if init:
+        monkeypatch.setattr(wc, "inotify_init", fail(init))
+    if watch:
+        monkeypatch.setattr(wc, "inotify_add_watch", fail(watch))
+
+
+@pytest.mark.parametrize("init,watch,says", [
+    (errno.EMFILE, 0, "max_user_instances"),
+    (0, errno.ENOSPC, "max_user_watches"),
+])
+def test_watcher_polls_when_inotify_is_used_up(tmp_path, monkeypatch, init, watch, says):
+    _exhaust(monkeypatch, init=init, watch=watch)
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    w = Watcher([str(pending)], poll_interval=0.1)
+    w.start()  # raised OSError (EMFILE / ENOSPC): every worker crashed and was restarted forever
+    try:
+        assert w.running and w.poll
+        assert says in w.degraded
+        time.sleep(0.2)  # the polling observer's first snapshot
+        (pending / "a.json").write_text("{}")
+        assert w.wait(5)
+        wait_for(w.arrived, 5)
+    finally:
+        w.stop()
+
+
+def _unshare_ok() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "-U", "-r", "sh", "-c", "echo 0 > /proc/sys/user/max_inotify_instances"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+needs_userns = pytest.mark.skipif(not _unshare_ok(), reason="needs `unshare -U -r` and per-user-namespace "
+                                  "inotify limits (/proc/sys/user/max_inotify_*, Linux 5.11+)")
+
+
+def _limited(limit: str, spool: Path, *args) -> subprocess.CompletedProcess:
+    """queuectl ARGS in a child user namespace whose inotify LIMIT is 0: used up, as another
+    program of the same user can leave it, without touching the machine's own limits."""
+    argv = " ".join(f"'{a}'" for a in cli_argv(spool, *args))
+    return subprocess.run(["unshare", "-U", "-r", "sh", "-c", f"echo 0 > /proc/sys/user/{limit} && exec {argv}"],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+@needs_userns
+@pytest.mark.parametrize("limit,says", [("max_inotify_instances", "max_user_instances"),
+                                        ("max_inotify_watches", "max_user_watches")])
+def test_used_up_inotify_limit_makes_workers_poll_with_one_line(tmp_path, limit, says):
+    spool = tmp_path / "spool"
+    ids = [cli(spool, "enqueue", f"echo {i}").stdout.split()[-1] for i in range(3)]
+    r = _limited(limit, spool, "worker", "start", "--burst", "--count", "2")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "Traceback" not in out and "restarting" not in out
+    lines = [line for line in out.splitlines() if "fs.inotify" in line]
+    assert len(lines) == 1 and says in lines[0] and "poll the spool" in lines[0], out
+    assert sorted(os.listdir(spool / "done")) == sorted(f"{i}.json" for i in ids)
+    # `wait` said "no space left on device (spool)" and exited 1
+    cli(spool, "enqueue", "--delay", "1h", "true")
+    r = _limited(limit, spool, "wait", "--all", "--timeout", "0.5")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("queuectl: ") and says in r.stderr and "Error" not in r.stderr
+
+
+# -- a watched directory replaced (finding 15a) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["remove", "move"])
+def test_watcher_watches_a_replaced_directory_again(tmp_path, how):
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    w = Watcher([str(pending)])
+    w.start()
+    try:
+        if how == "remove":
+            pending.rmdir()
+        else:
+            pending.rename(tmp_path / "old")
+        pending.mkdir()
+        assert w.wait(5)  # the old directory's loss wakes, and asks for a scan
+        assert w.arrived()
+        (pending / "a.json").write_text("{}")
+        assert w.wait(5)  # the new directory was never watched: no event, ever
+        wait_for(w.arrived, 5)
+        if how == "move":
+            (tmp_path / "old" / "b.json").write_text("{}")  # the old directory is no longer watched
+            assert not w.wait(0.3)
+    finally:
+        w.stop()
