@@ -121,7 +121,6 @@ class Worker:
         signal.signal(signal.SIGUSR1, self._on_kill)
 
     def run(self) -> int:
-        from .watcher import Watcher
         close_inherited_fds()  # before any job: spawn() closes nothing itself
         self.spool = spool = Spool(self.root, worker=True)
         self.scan_dirs = tuple(s.dirname for s in JobState) if spool.multihost else WORK_DIRS
@@ -139,12 +138,7 @@ class Worker:
             # A burst ends when the last job does: an idle worker must hear of the
             # other workers' outcomes at once, not at its next timed rescan.
             finished = [spool.path(JobState.COMPLETED.dirname), spool.path(JobState.DEAD.dirname)]
-        # inotify sees nothing another host writes: poll a shared spool.
-        self.watcher = Watcher([spool.path("pending"), spool.path("failed")], poll=self.poll or spool.multihost,
-                               wake_dirs=finished, ignore=is_ignored)
-        self.watcher.start()
-        if self.watcher.degraded:
-            log_.warning("%s: polling the spool every %gs instead", self.watcher.degraded, self.watcher.poll_interval)
+        self.watcher = watch(spool, self.poll, finished)
         self.hb.info["watching"] = True  # the supervisor's READY waits for this
         self.hb.beat(force=True)
         self.pauses = paused(spool)
@@ -468,6 +462,18 @@ class Worker:
         if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
             spool.flush_index()
             self.flushed = time.monotonic()
+
+
+def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
+    """The worker's watcher, started. A fallback to polling (inotify's limits used up) is said once."""
+    from .watcher import Watcher
+    # inotify sees nothing another host writes: poll a shared spool.
+    w = Watcher([spool.path("pending"), spool.path("failed")], poll=poll or spool.multihost,
+                wake_dirs=wake_dirs, ignore=is_ignored)
+    w.start()
+    if w.degraded:
+        log_.warning("%s: polling the spool every %gs instead", w.degraded, w.poll_interval)
+    return w
 
 
 def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lane: int,
