@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import lazylog
-from .deps import cycles, describe
+from .deps import WAITING as WAITING_STATES, cycles, describe
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 from .fsio import fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly, write_tmp
 from .index import Row, row_values
@@ -264,7 +264,7 @@ def _cancel_cycles(spool: Spool, said: list[str]) -> bool:
     last = _cycle_looks.get(spool)
     if last is not None and t0 - last[0] < last[1] / CYCLE_SHARE:
         return False
-    found = cycles(spool.index.waiting_edges())
+    found = cycles((j, d) for j, d, _ in spool.index.dep_rows(WAITING_STATES))
     _cycle_looks[spool] = (t0, time.monotonic() - t0)
     progressed = False
     for cycle in found:

@@ -17,9 +17,15 @@ from .errors import InvalidJob
 from .job import Job
 
 
+# Jobs that wait for their dependencies now or may again (a running one may fail and retry).
+LIVE = ("pending", "failed", "held", "processing")
+WAITING = ("pending", "failed", "held")
+
+
 class DepsIndex(Protocol):
     """What cycle finding needs of the index (index.Index provides it)."""
-    def live_deps(self, job_id: str, *, of: bool = True) -> list[str]: ...
+    def dep_rows(self, states: Iterable[str], *, job: str | None = None,
+                 dep: str | None = None) -> list[tuple[str, str, int]]: ...
 
 
 class Batch:
@@ -91,7 +97,7 @@ def check_no_cycle(index: DepsIndex, job: Job, batch: Batch) -> None:
     """
     if not (job.after or job.after_any):
         return
-    if job.id.lower() not in batch.named and not index.live_deps(job.id, of=False):
+    if job.id.lower() not in batch.named and not index.dep_rows(LIVE, dep=job.id):
         return
 
     def edges_of(node: str) -> list[str]:
@@ -99,7 +105,7 @@ def check_no_cycle(index: DepsIndex, job: Job, batch: Batch) -> None:
         if key == job.id.lower():
             return [*job.after, *job.after_any]
         found = batch.edges.get(key)
-        return found if found is not None else index.live_deps(node)
+        return found if found is not None else [d for _, d, _ in index.dep_rows(LIVE, job=node)]
 
     cycle = path_back(job.id, edges_of)
     if cycle is not None:

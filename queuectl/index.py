@@ -374,16 +374,16 @@ class Index:
             "LEFT JOIN jobs p ON p.id = d.dep WHERE j.state IN ('pending', 'failed', 'held') "
             "AND d.any = 0 AND (p.state IS NULL OR p.state IN ('dead', 'cancelled')) ORDER BY d.job"))
 
-    def live_deps(self, job_id: str, *, of: bool = True) -> list[str]:
-        """What job_id waits for (of=True), or the jobs that wait for it; jobs not final yet only."""
-        a, b = ("job", "dep") if of else ("dep", "job")
-        return [r[0] for r in self.db.execute(f"SELECT d.{b} FROM deps d JOIN jobs j ON j.id = d.job WHERE d.{a} = ? "
-                                              "AND j.state NOT IN ('completed', 'dead', 'cancelled')", (job_id,))]
-
-    def waiting_edges(self) -> list[tuple[str, str]]:
-        """(job, dependency) of each waiting job (pending, failed, held): cycles are among these."""
-        return self.db.execute("SELECT d.job, d.dep FROM deps d JOIN jobs j ON j.id = d.job "
-                               "WHERE j.state IN ('pending', 'failed', 'held')").fetchall()
+    def dep_rows(self, states: Iterable[str], *, job: str | None = None,
+                 dep: str | None = None) -> list[tuple[str, str, int]]:
+        """(job, dependency, after_any) for the jobs in `states`: of one job, or naming one dependency."""
+        states = list(states)
+        sql = ("SELECT d.job, d.dep, d.any FROM deps d JOIN jobs j ON j.id = d.job "
+               f"WHERE j.state IN ({','.join('?' * len(states))})")
+        for column, value in (("job", job), ("dep", dep)):
+            if value is not None:
+                sql, states = sql + f" AND d.{column} = ?", [*states, value]
+        return self.db.execute(sql, states).fetchall()
 
     def retries_of(self, host: str, pids: Iterable[int]) -> int:
         """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""
