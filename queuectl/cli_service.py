@@ -65,7 +65,9 @@ def resume(obj: Context, queue):
 def clean(obj: Context, states, older_than, keep, all_, dry_run, quiet):
     """Delete finished jobs and their logs, oldest first; one line per job.
 
-    With --older-than and --keep both, a job goes if it breaks either.
+    With --older-than and --keep both, a job goes if it breaks either. A
+    completed job that another job's --after still needs (a dependent that
+    waits, runs, or is dead and may be retried) is kept, with a line saying so.
     Workers do this in the background by the keep_done / keep_dead settings.
 
     \b
@@ -85,10 +87,13 @@ def clean(obj: Context, states, older_than, keep, all_, dry_run, quiet):
     chosen = list(dict.fromkeys(final_state(s) for s in states)) or FINAL_STATES
     spool = obj.synced()
     n = 0
-    for job_id, state in clean_(spool, chosen, rule, dry_run=dry_run):
+    kept: list[tuple[str, str]] = []
+    for job_id, state in clean_(spool, chosen, rule, dry_run=dry_run, kept=kept):
         n += 1
         if not quiet:
             click.echo(f"{'would remove' if dry_run else 'removed'} job {job_id} ({state.value})")
+    for job_id, dependent in [] if quiet else kept:
+        click.echo(f"{'would keep' if dry_run else 'kept'} job {job_id} (completed): job {dependent} depends on it")
     if quiet or n == 0:
         verb = "would remove" if dry_run else "removed"
         click.echo(f"{verb} {n} job{'' if n == 1 else 's'}")

@@ -23,8 +23,11 @@ from .spool import Spool
 log = lazylog.get("queuectl.retention")
 
 BATCH = 500  # deletions per background pass: a worker is never busy cleaning for long
+LOCKED = 50  # deletions under one hold of the enqueue lock: an enqueue waits ~10 ms at most
 # States a job never leaves by itself. `cancelled` joins them where this queuectl has it.
 FINAL_STATES = [s for s in JobState if s.value in ("completed", "dead", "cancelled")]
+# A dependent in one of these states keeps its completed `after` parents from being cleaned.
+NEEDED_BY = ("pending", "failed", "held", "processing", "dead")
 
 
 def final_state(name: str) -> JobState:
@@ -57,18 +60,50 @@ def expired(spool: Spool, state: JobState, rule: Retention, now: float | None = 
     return [(job_id, mtime) for mtime, job_id in found[:cut]]
 
 
+def waiter(spool: Spool, job_id: str) -> str | None:
+    """A job whose `after` names this completed one and that may still need it, or None.
+
+    Deleting the parent would cancel such a dependent ("dependency ... no longer
+    exists"): one waiting, running (it may fail and retry) or dead (`dlq retry`
+    brings it back). A finished parent that is deleted is no longer "completed".
+    """
+    for dependent, _dep, any_ in spool.index.dep_rows(NEEDED_BY, dep=job_id):
+        if not any_:  # an `after_any` dependency that is gone counts as final: nothing to keep
+            return dependent
+    return None
+
+
 def clean(spool: Spool, states: list[JobState], rule: Retention, *, dry_run: bool = False,
-          limit: int | None = None) -> Iterator[tuple[str, JobState]]:
-    """Delete (or with dry_run only name) what `rule` does not keep: (id, state) per job."""
+          limit: int | None = None, kept: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, JobState]]:
+    """Delete (or with dry_run only name) what `rule` does not keep: (id, state) per job.
+
+    A completed job that another job still needs (waiter) is kept, whatever the
+    rule: (its id, the dependent) is appended to `kept`.
+    """
     n = 0
+    spool.flush_index()  # a worker's batched rows: a dependent it just recorded
     for state in states:
-        for job_id, _mtime in expired(spool, state, rule):
-            if limit is not None and n >= limit:
-                return
-            # A job another process moved or deleted meanwhile is skipped.
-            if dry_run or spool.purge(job_id, state, missing_ok=True):
+        found = expired(spool, state, rule)
+        for start in range(0, len(found), LOCKED):
+            # The checks and the deletions under the enqueue lock: a dependent being
+            # admitted meanwhile has its index row before its parent can go.
+            with spool.hot_lock():
+                done: list[str] = []
+                for job_id, _mtime in found[start:start + LOCKED]:
+                    if limit is not None and n + len(done) >= limit:
+                        break
+                    dependent = waiter(spool, job_id) if state is JobState.COMPLETED else None
+                    if dependent is not None:
+                        if kept is not None:
+                            kept.append((job_id, dependent))
+                    # A job another process moved or deleted meanwhile is skipped.
+                    elif dry_run or spool.purge(job_id, state, missing_ok=True):
+                        done.append(job_id)
+            for job_id in done:
                 n += 1
                 yield job_id, state
+            if limit is not None and n >= limit:
+                return
 
 
 def apply_settings(spool: Spool, limit: int = BATCH) -> int:

@@ -279,6 +279,48 @@ def test_workers_apply_keep_done_in_the_background(spool_dir, age):
     assert os.listdir(spool_dir / "done") == ["new.json"]
 
 
+def test_clean_keeps_a_completed_parent_while_a_dependent_needs_it(spool_dir, age):
+    """Deleting fetch would cancel build ("dependency fetch no longer exists"):
+    clean keeps it, says so, and deletes it once nothing needs it any more."""
+    enqueue(spool_dir, "--id", "fetch", "echo fetched")
+    enqueue(spool_dir, "--id", "other", "echo other")
+    drain(spool_dir)
+    enqueue(spool_dir, "--id", "build", "--after", "fetch", "--hold", "echo built")
+    enqueue(spool_dir, "--id", "notify", "--after-any", "other", "--hold", "echo notified")
+    r = cli(spool_dir, "clean", "--state", "completed", "--all", "--dry-run")
+    assert r.stdout == ("would remove job other (completed)\n"
+                        "would keep job fetch (completed): job build depends on it\n"), r.stdout
+    r = cli(spool_dir, "clean", "--state", "completed", "--all")
+    assert r.stdout == "removed job other (completed)\nkept job fetch (completed): job build depends on it\n"
+    assert cli(spool_dir, "clean", "--state", "completed", "--all", "--quiet").stdout == "removed 0 jobs\n"
+    cli(spool_dir, "release", "build", "notify")
+    drain(spool_dir)
+    assert where(spool_dir) == {"fetch": ["done"], "build": ["done"], "notify": ["done"]}
+    r = cli(spool_dir, "clean", "--state", "completed", "--all")
+    assert sorted(r.stdout.splitlines()) == ["removed job build (completed)", "removed job fetch (completed)",
+                                             "removed job notify (completed)"]
+    assert where(spool_dir) == {}
+
+
+def test_keep_done_keeps_a_parent_whose_dependent_is_dead_and_may_be_retried(spool_dir, age, tmp_path):
+    flag = tmp_path / "flag"
+    enqueue(spool_dir, "--id", "fetch", "echo fetched")
+    drain(spool_dir)
+    enqueue(spool_dir, "--id", "build", "--after", "fetch", "--max-retries", "0", f"[ -e {flag} ]")
+    drain(spool_dir, code=1)  # build ends dead
+    age(spool_dir / "done" / "fetch.json", 2 * 3600)
+    cli(spool_dir, "config", "set", "keep_done", "1h")
+    enqueue(spool_dir, "--id", "new", "true")
+    drain(spool_dir)  # a worker's first pass applies keep_done
+    assert where(spool_dir) == {"fetch": ["done"], "build": ["dead"], "new": ["done"]}
+    flag.touch()
+    cli(spool_dir, "dlq", "retry", "build")
+    drain(spool_dir)
+    assert where(spool_dir) == {"fetch": ["done"], "build": ["done"], "new": ["done"]}
+    drain(spool_dir)  # the next pass: nothing needs fetch any more
+    assert where(spool_dir) == {"build": ["done"], "new": ["done"]}
+
+
 def test_max_log_size_keeps_head_and_tail(spool_dir):
     cli(spool_dir, "config", "set", "max_log_size", "2000")
     enqueue(spool_dir, "--id", "big", "echo FIRST; head -c 20000 /dev/zero | tr '\\0' x; echo; echo LAST")
