@@ -12,6 +12,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 from typing import Iterator
 
 from .errors import SpoolError
@@ -119,12 +120,34 @@ def space_error(e: OSError, what: str) -> SpoolError:
 
 
 def disk_full(path: str) -> bool:
-    """Is the filesystem holding path out of blocks or inodes right now?"""
+    """Is the filesystem holding path out of blocks or inodes right now?
+
+    A filesystem with no blocks at all (/proc, /sys) is not full: it holds no files to write.
+    """
     try:
         st = os.statvfs(path)
     except OSError:
         return False
-    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+    return st.f_blocks > 0 and (st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0))
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def not_regular(path: str, *, follow: bool = True) -> str | None:
+    """What path is when it is there and no regular file ("a FIFO", "a character device"), else None.
+
+    A path a user names (--index, --textfile) may be /dev/null or a FIFO: such a
+    file is never replaced, truncated or written as if it were ours.
+    """
+    try:
+        mode = (os.stat if follow else os.lstat)(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def unlink_quietly(path: str) -> None:
@@ -154,7 +177,7 @@ def tmp_name(tmp_dir: str) -> str:
 
 
 def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None = None,
-              keep_open: bool = False, mode: int = 0o600) -> tuple[str, int]:
+              keep_open: bool = False, mode: int = 0o600, what: str = "writing a job file") -> tuple[str, int]:
     """Write data to a new private file in tmp_dir: (path, fd), fd -1 unless keep_open.
 
     keep_open lets the caller lock the file before renaming it into place.
@@ -165,7 +188,7 @@ def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None =
         if mode & ~0o600:
             os.fchmod(fd, mode)  # past the umask: others are meant to read it
     except OSError as e:
-        raise space_error(e, "writing a job file") from None
+        raise space_error(e, what) from None
     try:
         view = memoryview(data)
         while view:
@@ -177,7 +200,7 @@ def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None =
     except OSError as e:
         os.close(fd)
         unlink_quietly(path)
-        raise space_error(e, "writing a job file") from None
+        raise space_error(e, what) from None
     if keep_open:
         return path, fd
     os.close(fd)
@@ -185,9 +208,9 @@ def write_tmp(tmp_dir: str, data: bytes, *, durable: bool, mtime: float | None =
 
 
 def atomic_write(tmp_dir: str, dest: str, data: bytes, *, durable: bool, mtime: float | None = None,
-                 mode: int = 0o600) -> None:
+                 mode: int = 0o600, what: str = "writing a job file") -> None:
     """Write, (fsync,) rename: a reader sees the old file or the new one, never half."""
-    tmp, _ = write_tmp(tmp_dir, data, durable=durable, mtime=mtime, mode=mode)
+    tmp, _ = write_tmp(tmp_dir, data, durable=durable, mtime=mtime, mode=mode, what=what)
     try:
         os.rename(tmp, dest)
     except OSError as e:

@@ -17,7 +17,7 @@ from . import lazylog
 from .config import Config
 from .errors import ConfigError, InvalidJob, SpoolError
 from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
-from .indexstore import IndexStore
+from .indexstore import IndexStore, refuse_path
 from .job import parse_file
 
 
@@ -137,20 +137,23 @@ def index_store(spool: Spool, *, defer: bool) -> IndexStore:
     repaired under a lock file beside it: SPOOL/.lock does not cross hosts."""
     if spool.readonly:
         return IndexStore(":memory:", spool.lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
+    named = spool.index_path is not None  # a path a user or config named, not one of queuectl's choice
     if spool.index_path is None:
         chosen = setting(spool, "index", None)
+        named = bool(chosen)
         spool.index_path = os.path.abspath(os.path.expanduser(chosen)) if chosen else (
             local_index_path(spool.root, _node_name()) if spool.network else spool.path("index.db"))
     path = spool.index_path
     if path == spool.path("index.db"):
         return IndexStore(path, spool.lock, spool.has_jobs, fresh=spool.fresh, defer=defer)
+    refuse_path(path, named=named)  # before its lock file is made beside it
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     except OSError as e:
         raise SpoolError(f"cannot create the index directory {os.path.dirname(path)}: {e.strerror or e}") from None
     # A node's first index of a spool is built, not "missing": no notice then.
     fresh = spool.fresh or not os.path.exists(path)
-    return IndexStore(path, SpoolLock(path + ".lock").lock, spool.has_jobs, fresh=fresh, defer=defer)
+    return IndexStore(path, SpoolLock(path + ".lock").lock, spool.has_jobs, fresh=fresh, defer=defer, named=named)
 
 
 def move_on(cur: str, dest: str, job_id: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Callable, ContextManager
 
 from . import lazylog
 from .errors import SpoolError
-from .fsio import disk_full as fsio_disk_full, unlink_quietly
+from .fsio import disk_full as fsio_disk_full, not_regular, unlink_quietly
 from .index import Index, IndexCorrupt
 
 log = lazylog.get("queuectl.indexstore")
@@ -48,6 +48,44 @@ def file_ident(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+SQLITE_MAGIC = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database
+
+
+def refuse_path(path: str, *, named: bool) -> None:
+    """SpoolError unless path may hold this spool's index: missing, or a regular file
+    (and, at a path a user named, one of this user's).
+
+    `--index /dev/null` run as root took the device for a corrupt index and
+    renamed a database over it; a FIFO would block every command.
+    """
+    kind = not_regular(path)
+    if kind is not None:
+        raise SpoolError(f"the index {path} is {kind}, not a regular file: refusing to use it")
+    if named:
+        try:
+            uid = os.stat(path).st_uid
+        except OSError:
+            return
+        if uid != os.geteuid():
+            raise SpoolError(f"the index {path} belongs to uid {uid}, not to this user: refusing to use it")
+
+
+def _ours_to_replace(path: str) -> bool:
+    """May a broken file at a path a user named be replaced? Only if it is empty or an SQLite
+    database: anything else (`--index /etc/hosts`) was never an index."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not os.path.lexists(path) or os.path.islink(path)  # a link: only the link is replaced
+    try:
+        head = os.pread(fd, len(SQLITE_MAGIC), 0)
+    finally:
+        os.close(fd)
+    return not head or head == SQLITE_MAGIC
+
+
 def _remove_db(path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         unlink_quietly(path + suffix)
@@ -71,8 +109,9 @@ class IndexStore:
     """
 
     def __init__(self, path: str, lock: Callable[[], ContextManager], has_jobs: Callable[[], bool],
-                 *, fresh: bool = False, defer: bool = False):
+                 *, fresh: bool = False, defer: bool = False, named: bool = False):
         self.path = path
+        self.named = named  # a path a user or config named (--index), not SPOOL/index.db
         self._lock = lock
         self.lock = lock  # the lock index repairs take (reindex takes it too)
         self._has_jobs = has_jobs
@@ -105,6 +144,7 @@ class IndexStore:
         path = self.path
         if path == ":memory:":
             return Index(path)  # a read-only spool's: built from the directories by sync
+        refuse_path(path, named=self.named)
         existed = os.path.exists(path)
         made = False
         if not existed:
@@ -141,6 +181,10 @@ class IndexStore:
         try:
             index = Index(path)
         except IndexCorrupt as e:
+            refuse_path(path, named=self.named)  # replaced by a device or FIFO since the check above
+            if self.named and not _ours_to_replace(path):
+                raise SpoolError(f"the index {path} is not an SQLite database: refusing to replace it "
+                                 "(give --index a file of its own)") from None
             if fsio_disk_full(os.path.dirname(path)) or is_full(e):
                 # SQLite cannot even open its WAL: a full disk, not a corrupt index.
                 # Deleting the index here would only make things worse.
@@ -181,7 +225,8 @@ class IndexStore:
         ident = self._ident
         self.close(flush=False)
         with self._lock():
-            if file_ident(self.path) == ident:
+            if file_ident(self.path) == ident and not_regular(self.path) is None and (
+                    not self.named or _ours_to_replace(self.path)):
                 _remove_db(self.path)
                 log.warning("index.db is corrupt (%s); rebuilding it from the spool directories", error)
 

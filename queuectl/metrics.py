@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from . import lazylog
-from .fsio import atomic_write
+from .errors import SpoolError
+from .fsio import atomic_write, not_regular
 from .index import BLOCKED
 from .job import DEFAULT_QUEUE, JobState
 from .queues import PAUSE_ALL, is_paused
@@ -247,6 +248,9 @@ def write_textfile(spool: Spool, directory: str) -> str:
     dest = os.path.join(directory, TEXTFILE_NAME)
     # The scratch name (.*.tmp) does not end in .prom, so the collector ignores it;
     # 0644 because node_exporter usually runs as another user.
-    atomic_write(directory, dest, data, durable=True, mode=0o644)
+    kind = not_regular(dest, follow=False)
+    if kind is not None:
+        raise SpoolError(f"{dest} is {kind}, not a regular file: refusing to replace it")
+    atomic_write(directory, dest, data, durable=True, mode=0o644, what=f"writing {dest}")
     log.debug("wrote %s", dest)
     return dest

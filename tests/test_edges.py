@@ -152,3 +152,92 @@ def test_watcher_watches_a_replaced_directory_again(tmp_path, how):
             assert not w.wait(0.3)
     finally:
         w.stop()
+
+
+# -- paths a user names that are no regular file of ours (finding 16, 15d) -------------------------
+
+
+def _char_device(path: Path) -> None:
+    """A copy of /dev/null (character device 1:3) at path: the real one is never risked."""
+    import stat
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif os.geteuid() != 0:
+        pytest.skip("making a character device needs root")
+    else:
+        _char_device(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_index_that_is_no_regular_file_is_refused_untouched(run, tmp_path, kind):
+    import stat
+    path = _special(tmp_path, kind)
+    before = os.lstat(path)
+    r = run("--index", path, "status")
+    assert r.exit_code == 1
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert r.stderr == f"Error: the index {path} is {what}, not a regular file: refusing to use it\n"
+    after = os.lstat(path)  # was: a SQLite database renamed over it (as root, over /dev/null)
+    assert (stat.S_IFMT(after.st_mode), after.st_ino, after.st_rdev) == (
+        stat.S_IFMT(before.st_mode), before.st_ino, before.st_rdev)
+    assert sorted(os.listdir(tmp_path)) == sorted([kind, "spool"])  # no lock file, no -wal beside it
+    # through a symlink, or named by the config, the same
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    assert run("--index", link, "status").exit_code == 1 and os.path.islink(link)
+    assert run("config", "set", "index", str(path)).exit_code == 0
+    r = run("status")
+    assert r.exit_code == 1 and "refusing to use it" in r.stderr
+    assert stat.S_IFMT(os.lstat(path).st_mode) == stat.S_IFMT(before.st_mode)
+
+
+def test_index_that_is_some_other_file_is_not_replaced(run, tmp_path):
+    text = tmp_path / "hosts"
+    text.write_text("127.0.0.1 localhost\n")
+    r = run("--index", text, "status")
+    assert (r.exit_code, r.stderr) == (1, f"Error: the index {text} is not an SQLite database: "
+                                          "refusing to replace it (give --index a file of its own)\n")
+    assert text.read_text() == "127.0.0.1 localhost\n"
+    # /proc/version said "no space left on device"
+    r = run("--index", "/proc/version", "status")
+    assert r.exit_code == 1 and "not an SQLite database" in r.stderr and "space" not in r.stderr
+    # an index of this user's that broke is still rebuilt
+    good = tmp_path / "good.db"
+    assert run("--index", good, "enqueue", "true").exit_code == 0
+    good.write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
+    r = run("--index", good, "status", "--json")
+    assert r.exit_code == 0 and "rebuilding" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_index_of_another_user_is_refused(run, tmp_path):
+    other = tmp_path / "other.db"
+    assert run("--index", other, "enqueue", "true").exit_code == 0
+    os.chown(other, 65534, 65534)
+    data = other.read_bytes()
+    r = run("--index", other, "status")
+    assert (r.exit_code, r.stderr) == (1, f"Error: the index {other} belongs to uid 65534, not to this user: "
+                                          "refusing to use it\n")
+    assert other.read_bytes() == data and os.stat(other).st_uid == 65534
+
+
+def test_metrics_textfile_errors_name_the_real_problem(run, tmp_path):
+    r = run("metrics", "--textfile", "/proc")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "job file" not in r.stderr and "/proc/queuectl.prom" in r.stderr  # was: "writing a job file"
+    out = tmp_path / "textfile"
+    out.mkdir()
+    os.mkfifo(out / "queuectl.prom")
+    r = run("metrics", "--textfile", out)
+    assert (r.exit_code, r.stderr) == (1, f"Error: {out}/queuectl.prom is a FIFO, not a regular file: "
+                                          "refusing to replace it\n")
+    assert os.listdir(out) == ["queuectl.prom"] and not os.path.isfile(out / "queuectl.prom")
+    (out / "queuectl.prom").unlink()
+    assert run("metrics", "--textfile", out).exit_code == 0
+    assert "queuectl_jobs" in (out / "queuectl.prom").read_text()
