@@ -70,7 +70,8 @@ main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "log
               help="Read one shell command per line from FILE ('-' for stdin); the options apply to each.")
 @click.option("--delay", help="Run no sooner than this from now: 90s, 10m, 2h, 1d (or 1h30m).")
 @click.option("--at", "at", help="Run no sooner than TIME: ISO 8601 (2026-12-01T10:00, +02:00 or Z); "
-                                 "without an offset it is LOCAL time; or 'tomorrow 10:00', 'today 18:30'.")
+                                 "without an offset it is LOCAL time; or 'tomorrow 10:00', 'today 18:30', "
+                                 "optionally with a zone: UTC, +03:00, UTC+3 (ahead of UTC), Europe/Berlin, PST.")
 @click.option("--hold", is_flag=True, help="Put the job in held/: it runs only after `queuectl release`.")
 @click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
               help="Run only after all these jobs completed (cancelled if one ends dead or cancelled).")

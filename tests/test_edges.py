@@ -241,3 +241,45 @@ def test_metrics_textfile_errors_name_the_real_problem(run, tmp_path):
     (out / "queuectl.prom").unlink()
     assert run("metrics", "--textfile", out).exit_code == 0
     assert "queuectl_jobs" in (out / "queuectl.prom").read_text()
+
+
+# -- --at with zones (finding 13) ------------------------------------------------------------------
+
+
+def _utc(*a) -> float:
+    from datetime import datetime, timezone
+    return datetime(*a, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("tomorrow 10:00 PST", _utc(2026, 11, 29, 18)),       # was 8 h early: PST dropped, read as local
+    ("tomorrow 10:00 UTC+3", _utc(2026, 11, 29, 7)),      # was 6 h late: POSIX sign
+    ("tomorrow 10:00 GMT-05:30", _utc(2026, 11, 29, 15, 30)),
+    ("tomorrow 10:00 +03:00", _utc(2026, 11, 29, 7)),
+    ("tomorrow 10:00 +3", _utc(2026, 11, 29, 7)),
+    ("tomorrow 10:00 utc", _utc(2026, 11, 29, 10)),
+    ("tomorrow 10:00 Z", _utc(2026, 11, 29, 10)),
+    ("tomorrow 10:00 Europe/Berlin", _utc(2026, 11, 29, 9)),
+    ("2027-07-01 10:00 Europe/Berlin", _utc(2027, 7, 1, 8)),  # summer time, from the zone's rules
+    ("Dec 24 9am EST", _utc(2026, 12, 24, 14)),
+    ("2030-01-02 10:00 -5", _utc(2030, 1, 2, 15)),
+])
+def test_at_reads_the_zone_a_person_means(text, expected, recwarn):
+    from queuectl.when import parse_at
+    now = _utc(2026, 11, 28, 12)  # noon UTC: 04:00 in California, 15:00 in Moscow
+    assert parse_at(text, now) == expected
+    assert not recwarn.list  # a Python warning was printed for PST
+
+
+@pytest.mark.parametrize("text,says", [
+    ("tomorrow 10:00 CST", "time zone CST in 'tomorrow 10:00 CST' is ambiguous"),
+    ("tomorrow 10:00 IST", "is ambiguous"),
+    ("tomorrow 10:00 XYZ", "unknown time zone XYZ in 'tomorrow 10:00 XYZ'"),
+    ("tomorrow 10:00 Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+    ("tomorrow 10:00 UTC+25", "is not one a clock uses"),
+])
+def test_at_refuses_a_zone_it_cannot_be_sure_of(run, text, says):
+    r = run("enqueue", "--at", text, "true")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert says in r.stderr
+    assert "Warning" not in r.stderr and "tzinfos" not in r.stderr
