@@ -1,12 +1,13 @@
-"""Dependency cycles: refused when a job is admitted, found among waiting jobs.
+"""Dependency cycles: refused by `enqueue`, found among waiting jobs.
 
 A job admitted through `enqueue` or as a drop-in may only name jobs that
 exist, which rules out most cycles, but not all: two drop-ins can name each
 other (the second's file is already in pending/ when the first is admitted),
 and an existing job may name an id that does not exist yet (a hand edit).
-Admission refuses a job that would close a cycle; a cycle that forms anyway
-(a canonical file edited by hand, which admission keeps as it is) is found
-among the waiting jobs and its members are cancelled (controls.resolve_dependencies).
+`enqueue` refuses a job that would close a cycle; a cycle that forms anyway
+(drop-ins, a canonical file edited by hand) is found among the waiting jobs
+and its members are cancelled together, each with the cycle as its reason
+(controls.resolve_dependencies).
 """
 
 from __future__ import annotations

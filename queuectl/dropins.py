@@ -182,9 +182,9 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
     spool.indexes.add_rows(rows)
 
 
-def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch) -> None:
+def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch, *, cycle: bool = True) -> None:
     """Every job `after`/`after_any` names must exist already (or come earlier in
-    the same batch), and the job must not close a dependency cycle."""
+    the same batch), and (cycle) the job must not close a dependency cycle."""
     for dep in (*job.after, *job.after_any):
         if dep.lower() in earlier:
             continue
@@ -193,7 +193,8 @@ def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch) -> None:
         except JobNotFound:
             key = "after_any" if dep in job.after_any else "after"
             raise InvalidJob(f"{key}: no job {dep}") from None
-    check_no_cycle(spool.indexes.index, job, earlier)
+    if cycle:
+        check_no_cycle(spool.indexes.index, job, earlier)
 
 
 def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: Batch,
@@ -280,7 +281,10 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
     job = spool.new_job(spec, fallback_id=fallback)
     dest = spool.job_path(JobState.PENDING, job.id)
     _check_id_free(spool, job.id, src if src == dest else None, taken, on_disk)
-    check_deps_exist(spool, job, taken)
+    # Drop-ins that wait for each other are all accepted, then cancelled together by the
+    # next scan with the cycle as their reason (controls.resolve_dependencies): refusing
+    # only the one that closes it would leave the others a vaguer reason.
+    check_deps_exist(spool, job, taken, cycle=False)
     return _Admitted(job, job.to_json(), src, dest)
 
 

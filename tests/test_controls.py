@@ -341,20 +341,20 @@ def test_after_in_drop_in_files(run, spool_dir):
     assert run("list").stdout.splitlines()[1] == "ok - pending (waiting for a: pending) - echo ok"
 
 
-def test_two_drop_ins_naming_each_other_are_not_a_cycle_that_waits_forever(run, spool_dir):
-    """The second one's file is already in pending/ when the first is admitted: the
-    first is accepted, the second would close a cycle and is rejected with the reason,
-    and the first, whose dependency is gone, is cancelled. The burst ends with nothing left."""
+def test_two_drop_ins_naming_each_other_are_not_a_cycle_that_waits_forever(run, spool_dir, read_job):
+    """Each one's file is in pending/ when the other is admitted, so both are accepted;
+    the next scan cancels both with the cycle as the reason. The burst ends with nothing left."""
     run("status")
     pending = spool_dir / "pending"
     (pending / "a.json").write_text('{"command": "echo a", "after": ["b"]}')
     (pending / "b.json").write_text('{"command": "echo b", "after": ["a"]}')
+    (pending / "c.json").write_text('{"command": "echo c", "after": ["a"]}')
     r = burst(spool_dir)
-    assert (spool_dir / "rejected" / "b.json.reason").read_text() == "after: dependency cycle b -> a -> b\n"
-    assert where(spool_dir) == {"a": ["cancelled"]}
-    assert json.loads((spool_dir / "cancelled" / "a.json").read_text())["last_error"] == \
-        "dependency b no longer exists"
-    assert "remain" not in r.stdout and "cancelled a: dependency b no longer exists" in r.stdout, r.stdout
+    assert where(spool_dir) == {"a": ["cancelled"], "b": ["cancelled"], "c": ["cancelled"]}
+    assert read_job("cancelled", "a")["last_error"] == "dependency cycle a -> b -> a"
+    assert read_job("cancelled", "b")["last_error"] == "dependency cycle b -> a -> b"
+    assert read_job("cancelled", "c")["last_error"] == "dependency a was cancelled"
+    assert "remain" not in r.stdout and "cancelled b: dependency cycle b -> a -> b" in r.stdout, r.stdout
 
 
 def test_a_hand_edit_that_closes_a_cycle_cancels_its_members_with_the_reason(run, spool_dir, read_job):
