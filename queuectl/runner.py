@@ -6,6 +6,7 @@ runs) and `should_kill` (polled, to end it early on a stop).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -38,15 +39,56 @@ class NotStarted(Exception):
 
 
 # -- the log of a job ------------------------------------------------------------------
+#
+# Every descriptor a command (or a hook) writes a log through holds a shared flock
+# on it, and a command's children inherit that descriptor and so the lock: cap_log
+# replaces a log only under an exclusive lock, so never while anything still
+# writes to it, and the scratch file is reused only when no process holds it.
+
+LOG_OPEN = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC  # readable too: line_break() peeks
+HOLD_TRIES = 200    # a cap holds its exclusive lock for a moment only: wait up to ~1 s for it
+HOLD_RETRY = 0.005
 
 
-def open_log(path: str) -> int:
-    """The job's log, for appending; /dev/null if it cannot be opened (a full disk loses lines, not jobs)."""
+def hold(fd: int, path: str | None = None) -> bool:
+    """Take the shared lock of a writer on a log; False if `path` no longer names the
+    file (a cap replaced it while this writer opened it: open it again)."""
+    for _ in range(HOLD_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(HOLD_RETRY)
+        except OSError:
+            return True  # no flock on this filesystem: write unlocked
+    return path is None or path_names_fd(fd, path)
+
+
+def path_names_fd(fd: int, path: str) -> bool:
+    """Does `path` still name the file fd is open on?"""
     try:
-        # Readable too: line_break() peeks at the last byte the command wrote.
-        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st, now = os.fstat(fd), os.lstat(path)
     except OSError:
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return False
+    return (st.st_ino, st.st_dev) == (now.st_ino, now.st_dev)
+
+
+def open_log(path: str, *, create: bool = True) -> int:
+    """The job's log, for appending, held (hold()); /dev/null if it cannot be opened (a full
+    disk loses lines, not jobs). create=False: FileNotFoundError if there is none."""
+    for _ in range(8):
+        try:
+            fd = os.open(path, LOG_OPEN | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            if not create:
+                raise
+            break
+        except OSError:
+            break
+        if hold(fd, path):
+            return fd
+        os.close(fd)  # replaced by a cap meanwhile: the new file is the log
+    return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
 def line_break(fd: int) -> str:
@@ -78,11 +120,20 @@ class CommandLog:
     is linked at once, so a long job's log can be followed as it grows. If the
     worker dies mid-job, recovery moves the scratch file to the job's log
     (`salvage_output`). An attempt whose job already has a log appends to it.
+
+    A command may leave a process running that still holds its output (`cmd &`)
+    and writes later. The command gets its own descriptor of the scratch file,
+    with a shared lock its children inherit; a silent success whose descriptor
+    someone still holds (the worker's exclusive lock says so) keeps its file as
+    its log, so late output lands there, and the next job gets a new file. The
+    scratch file is reused only when nothing else can write to it: a log never
+    holds another job's bytes.
     """
 
     def __init__(self, scratch: str | None):
         self.scratch = scratch  # None: every attempt opens its log directly
-        self.fd = -1            # the scratch file, kept open between jobs
+        self.fd = -1            # the worker's own descriptor of the scratch file, kept between jobs
+        self.child = -1         # the attempt's command's descriptor of it (holds the shared lock)
         self.log_path = ""
         self.using = False      # this attempt writes into the scratch file
         self.linked = False     # ... which is already the job's log too
@@ -90,24 +141,29 @@ class CommandLog:
         self.kept = True
 
     def open(self, log_path: str) -> int:
-        """The descriptor the attempt's header and command write to."""
+        """The descriptor the attempt's header and footer are written to (command_fd: its command's)."""
         self.log_path, self.using, self.linked, self.header, self.kept = log_path, False, False, 0, True
         if self.scratch is None:
             return open_log(log_path)
         try:
-            return os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return open_log(log_path, create=False)
         except FileNotFoundError:
             pass
+        try:
+            if self.fd < 0:
+                self.fd = os.open(self.scratch, LOG_OPEN | os.O_CREAT | os.O_TRUNC, 0o600)
+                hold(self.fd)
+            self.child = os.open(self.scratch, LOG_OPEN)
         except OSError:
+            self.discard()
             return open_log(log_path)
-        if self.fd < 0:
-            try:
-                self.fd = os.open(self.scratch, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, 0o600)
-            except OSError:
-                return open_log(log_path)
+        hold(self.child)
         self.using = True
         return self.fd
+
+    def command_fd(self, fd: int) -> int:
+        """The descriptor the command writes to: its own while it writes into the scratch file."""
+        return self.child if self.using else fd
 
     def started(self) -> None:
         """The header is written: an attempt that leaves the scratch file this size wrote nothing."""
@@ -120,27 +176,49 @@ class CommandLog:
             self.linked = self._link()
 
     def keeps(self, fd: int, failed: bool) -> bool:
-        """Does this attempt leave a log (and so a footer)? Always if it failed or wrote something."""
-        self.kept = failed or not self.using or self.linked or os.fstat(fd).st_size > self.header
+        """Does this attempt leave a log (and so a footer)? Always if it failed or wrote something,
+        and if a process it left running can still write to it."""
+        self._close_child()
+        self.kept = (failed or not self.using or self.linked or os.fstat(fd).st_size > self.header
+                     or self._held())
         return self.kept
+
+    def _held(self) -> bool:
+        """Does any process still hold the command's descriptor of the scratch file?"""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            hold(self.fd)  # the failed upgrade dropped the worker's shared lock (Linux)
+            return True
+        except OSError:
+            return True  # no flock here: cannot tell, so never reuse the file
+        hold(self.fd)
+        return False
 
     def close(self, fd: int) -> None:
         """The attempt is over (keeps() said what to keep): ready the scratch file for the next."""
+        self._close_child()
         if not self.using:
             os.close(fd)
             return
         if not self.kept:
-            os.ftruncate(fd, 0)
+            # Emptied through a description closed at once: ext4 and XFS flush a file
+            # truncated to 0 when a writer next closes it, and the command's descriptor
+            # is closed after each job; so the flush finds nothing, not the next job's bytes.
+            os.close(os.open(self.scratch, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC))
             return
         if not self.linked and not self._link():
             # The log appeared meanwhile (a hook, a person): append instead.
             salvage_output(self.scratch, self.log_path)
-            os.ftruncate(fd, 0)
-            return
-        # The scratch file is the job's log now; the next job gets a new one.
+        # The scratch file is the job's log (or copied into it); the next job gets a new one.
         unlink_quietly(self.scratch)
         os.close(fd)
         self.fd = -1
+
+    def _close_child(self) -> None:
+        if self.child >= 0:
+            os.close(self.child)
+            self.child = -1
 
     def _link(self) -> bool:
         try:
@@ -150,6 +228,7 @@ class CommandLog:
             return False
 
     def discard(self) -> None:
+        self._close_child()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -173,7 +252,7 @@ def salvage_output(scratch: str, log_path: str) -> None:
     except OSError:
         return
     try:
-        dst = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dst = open_log(log_path, create=False)
     except OSError:
         os.close(src)
         return
@@ -362,20 +441,29 @@ def exit_outcome(status: int) -> Outcome:
 
 def cap_log(path: str, limit: int) -> int:
     """Keep a log within `limit` bytes: its head and its tail, with a marker line where
-    bytes were dropped. The bytes dropped (0 if it was within the limit).
+    bytes were dropped. The bytes dropped (0 if it was within the limit, or is written to).
 
     Head and tail, not the tail only: the first attempt's header and the
     latest output are what a reader looks for. Rewritten aside and renamed
-    over, so a reader sees the whole old log or the whole capped one.
+    over, so a reader sees the whole old log or the whole capped one; and only
+    under an exclusive lock, so never while a writer holds the log (hold()): an
+    attempt running on another worker, a hook, a process a command left
+    running would go on writing to the replaced file, and its lines would be
+    lost. Such a log is capped after the next attempt that ends once nothing
+    writes to it.
     """
     try:
-        fd = open_nofollow(path)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return 0
     try:
         size = os.fstat(fd).st_size
         if limit <= 0 or size <= limit:
             return 0
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not path_names_fd(fd, path):
+            return 0  # capped by another worker meanwhile
+        size = os.fstat(fd).st_size
         half = max(0, (limit - 120) // 2)  # 120: room for the marker line
         dropped = size - 2 * half
         data = (os.pread(fd, half, 0)
@@ -383,7 +471,7 @@ def cap_log(path: str, limit: int) -> int:
                 + os.pread(fd, half, size - half))
         atomic_write(os.path.dirname(path), path, data, durable=False)
     except (OSError, SpoolError):
-        return 0  # a full disk keeps the whole log for now; the next attempt tries again
+        return 0  # written to now (or a full disk): kept whole for now, the next attempt tries again
     finally:
-        os.close(fd)
+        os.close(fd)  # the lock goes with it, after the rename: a writer then finds the new file
     return dropped

@@ -387,8 +387,8 @@ class Worker:
                "QUEUECTL_ATTEMPT": str(run.attempt), "QUEUECTL_SPOOL": self.spool.root,
                "QUEUECTL_OWNER": self.marker}
         try:
-            run.proc = spawn(job.command, log_fd=run.log_fd, stdin_fd=self.devnull, cwd=job.cwd, env=env,
-                             inherit=() if slot is None else (slot,))  # its lock lives with the command
+            run.proc = spawn(job.command, log_fd=self.output.command_fd(run.log_fd), stdin_fd=self.devnull,
+                             cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
             self.job_pid = run.proc.pid
         except NotStarted as e:
             run.failed = Outcome(None, str(e))

@@ -333,6 +333,29 @@ def test_max_log_size_keeps_head_and_tail(spool_dir):
     assert b"LAST\n=== attempt 1/4 finished" in log
 
 
+@pytest.mark.slow
+def test_max_log_size_never_drops_the_lines_of_an_attempt_still_writing(spool_dir, bg):
+    """Attempt 1's worker caps the log after its on_failure hook, while attempt 2 runs on the other
+    worker and writes to the same log: the cap waits for the writer instead of replacing the file
+    under it, and the log is capped once the last attempt ends."""
+    cli(spool_dir, "config", "set", "max_log_size", "4000")
+    cli(spool_dir, "config", "set", "backoff_max", "0.05")
+    cli(spool_dir, "config", "set", "on_failure", "sleep 1.5")
+    enqueue(spool_dir, "--id", "big", "if [ $QUEUECTL_ATTEMPT = 1 ]; then head -c 20000 /dev/zero | tr '\\0' x; "
+                                      "echo; exit 1; fi; echo SECOND-START; sleep 3; echo SECOND-LAST")
+    sup = bg("worker", "start", "--count", "2")  # not --burst: the idle worker stays for the retry
+    wait_for(lambda: (spool_dir / "done" / "big.json").exists(), 30, what="big completed")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+    runs = [h["worker"] for h in json.loads((spool_dir / "done" / "big.json").read_text())["history"]]
+    assert len(set(runs)) == 2, runs  # attempt 2 ran beside attempt 1's hook and cap
+    log = (spool_dir / "logs" / "big.log").read_bytes()
+    assert b"SECOND-START\n" in log and b"SECOND-LAST\n=== attempt 2/4 finished " in log, log[-600:]
+    assert b"=== hook on_failure finished " in log
+    assert len(log) <= 4000 and re.search(rb"\n=== queuectl: \d+ bytes dropped here \(max_log_size 4000\) ===\n", log)
+    assert log.startswith(b"=== attempt 1/4 started ")
+
+
 # -- hooks -------------------------------------------------------------------------------------
 
 

@@ -352,6 +352,26 @@ def test_a_log_is_kept_for_attempts_that_wrote_or_failed_only(spool, spool_dir, 
     assert [p.name for p in (spool_dir / "workers").iterdir()] == []
 
 
+@pytest.mark.slow
+def test_a_log_never_holds_another_jobs_output(spool, spool_dir, drain):
+    """A silent success may leave a process that still holds its output and writes later (in its
+    process group, or in a session of its own): that output lands in its own job's log, never in
+    the next job's, which the worker's reused scratch file would otherwise become."""
+    add(spool, id="a", command="(sleep 0.6; echo LEAKED-A) &")
+    add(spool, id="b", command="setsid sh -c 'sleep 0.6; echo LEAKED-B' &")
+    add(spool, id="c", command="sleep 1.5; echo c")
+    add(spool, id="d", command="true")  # after all that, a silent success still makes no log
+    drain(spool_dir)
+    logs = spool_dir / "logs"
+    c = (logs / "c.log").read_text().splitlines()
+    assert c[1:-1] == ["c"] and len(c) == 3, c
+    wait_for(lambda: "LEAKED-A" in (logs / "a.log").read_text() and "LEAKED-B" in (logs / "b.log").read_text(),
+             5, what="the late output in its own job's log")
+    a = (logs / "a.log").read_text().splitlines()
+    assert a[0].startswith("=== attempt 1/4 started ") and " exit 0 after " in a[1] and a[2:] == ["LEAKED-A"]
+    assert sorted(p.name for p in logs.iterdir()) == ["a.log", "b.log", "c.log"]
+
+
 def test_a_long_jobs_log_can_be_followed_while_it_runs(spool, spool_dir, tmp_path):
     go = tmp_path / "go"
     add(spool, id="long", command=f"echo first line; while [ ! -e {go} ]; do sleep 0.05; done; echo last line")
