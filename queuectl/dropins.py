@@ -306,17 +306,26 @@ def moved_on(spool: SpoolView, idx: Index, state: JobState, ids: set[str]) -> se
     """The ids, no longer in `state`'s directory, whose file is now in another one.
 
     A sync lists one directory after another: a job claimed from failed/ after
-    processing/ was listed is in neither listing. Its row is kept (a `wait`
-    must not see it vanish) and the directory it is in now is listed again by
-    the next sync, which reads the file there.
+    processing/ was listed is in neither listing. Its row is not deleted (a
+    `wait` must not see it vanish): it is read again where it is now. One in
+    pending/ is left to that directory's listing (admission decides there);
+    one that cannot be read yet keeps its row until the next sync lists its
+    directory again (workers' scans skip done/, dead/, held/, cancelled/).
     """
     found = set()
     for job_id in ids:
         for other in _NEXT:
-            if other is not state and os.path.lexists(spool.job_path(other, job_id)):
-                found.add(job_id)
+            path = spool.job_path(other, job_id)
+            if other is state or not os.path.lexists(path):
+                continue
+            found.add(job_id)
+            try:
+                if other is JobState.PENDING:
+                    raise FileNotFoundError(path)
+                idx.upsert(spool.read_job(path), other)
+            except (OSError, InvalidJob):
                 idx.set_dirmark(other.dirname, 0, 0)
-                break
+            break
     return found
 
 

@@ -510,6 +510,20 @@ def test_a_sync_never_drops_a_job_moving_between_two_directories(run, spool_dir)
     spool.close()
 
 
+def test_a_scan_that_skips_done_still_follows_a_job_moved_there(run, spool_dir):
+    """Workers' scans list pending/, failed/ and processing/ only: a job that left
+    pending/ for done/ is read where it is now, not dropped or left pending."""
+    from queuectl.job import JobState
+    enq(run, "--id", "x", "echo x")
+    spool = Spool(str(spool_dir))
+    spool.sync()
+    os.rename(spool_dir / "pending" / "x.json", spool_dir / "done" / "x.json")  # by hand, or a worker
+    spool.sync(dirs=("pending", "failed", "processing"))
+    assert spool.index.lookup("x").state is JobState.COMPLETED
+    assert spool.index.claimable() == []
+    spool.close()
+
+
 def test_wait_tells_a_job_in_flight_from_a_job_gone_by_the_files(run, spool_dir):
     """With no index row, `wait` looks for the job's file before it calls it missing."""
     from queuectl.controls import wait_for
