@@ -420,6 +420,35 @@ def test_cycles_finds_each_group_that_waits_for_itself():
     assert path_back("b", lambda n: graph.get(n, [])) is None
 
 
+def test_cycles_agrees_with_reachability_on_random_graphs():
+    """Each cycle found is real, every node on a cycle shares a group with exactly one found."""
+    import random
+    from queuectl.deps import cycles
+    rng = random.Random(18)
+
+    def reach(g, start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in g.get(todo.pop(), []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for _ in range(2000):
+        n = rng.randint(1, 9)
+        edges = [(f"n{rng.randrange(n)}", f"n{rng.randrange(n)}") for _ in range(rng.randint(0, 15))]
+        g: dict = {}
+        for a, b in edges:
+            g.setdefault(a, []).append(b)
+        found = cycles(edges)
+        for c in found:
+            assert all(c[(i + 1) % len(c)] in g[x] for i, x in enumerate(c)), (edges, c)
+        for x in (x for x in g if x in reach(g, x)):
+            same = [c for c in found if x in reach(g, c[0]) and c[0] in reach(g, x)]
+            assert len(same) == 1, (edges, found, x)
+
+
 # -- worker --burst exit codes ------------------------------------------------------------------
 
 
