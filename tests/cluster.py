@@ -55,6 +55,8 @@ def _free_port() -> int:
 class Cluster:
     """base/export served by sshd, mounted at base/host0 .. base/host{n-1}."""
 
+    kind = "sshfs"
+
     def __init__(self, base: Path, n: int = 3):
         self.base = Path(base)
         self.n = n
