@@ -21,7 +21,7 @@ from typing import Callable
 
 from .dropins import is_canonical, is_fs_artifact, is_ignored, reject
 from .errors import InvalidJob, SpoolError
-from .fsio import lock_fd, lock_file, open_nofollow, read_fd
+from .fsio import close_quietly, lock_fd, lock_file, open_nofollow, read_fd
 from .hosts import SPOOL_ID_FILE
 from .job import PROGRESS, Job, JobState, loads, parse_file
 from .recovery import recover_orphan
@@ -123,7 +123,7 @@ def _read_regular(path: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_re
             raise InvalidJob(f"file is {st.st_size} bytes, too big to read")
         return read_fd(fd), st
     finally:
-        os.close(fd)
+        close_quietly(fd)
 
 
 def _read_job(path: str, name: str, rereads: int) -> tuple[Job, os.stat_result]:
@@ -172,7 +172,7 @@ def _to_rejected(spool: Spool, state_dir: str, name: str, reason: str) -> Callab
                 raise _Skip("the file is gone")
         finally:
             if fd >= 0:
-                os.close(fd)
+                close_quietly(fd)
         return "moved to rejected/ with a .reason file"
     return fix
 
@@ -312,7 +312,7 @@ def _job_problems(spool: Spool, entry: _Entry, st: os.stat_result, rel: str) -> 
             try:
                 os.fchmod(fd, 0o600)
             finally:
-                os.close(fd)
+                close_quietly(fd)
             return "chmod 600"
         out.append(Problem("permissions", rel, job.id, f"job file mode is {mode:o}, not 600", _fix=fix))
     return out
@@ -334,7 +334,7 @@ def _set_state(spool: Spool, entry: _Entry) -> Callable[[], str]:
                 job.next_run_at = None
             spool.write_file(path, job.to_json(), durable=True)
         finally:
-            os.close(fd)
+            close_quietly(fd)
         return f"state field set from {old.value} to {d.value}"
     return fix
 
@@ -387,7 +387,7 @@ def _check_orphans(spool: Spool, entries: dict[str, list[_Entry]]) -> list[Probl
             if fd is None:
                 continue
             free = os.fstat(fd).st_ino == e.ino
-            os.close(fd)
+            close_quietly(fd)
             if not free:
                 continue
             job = e.job

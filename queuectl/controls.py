@@ -19,7 +19,8 @@ from typing import Callable
 from . import lazylog
 from .deps import WAITING as WAITING_STATES, cycles, describe
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
-from .fsio import fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly, write_tmp
+from .fsio import (close_quietly, db_ino, fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly,
+                   write_tmp)
 from .index import Row, row_values
 from .job import FINAL, Job, JobState, check_priority, loads, now_iso, parse_file
 from .registry import hostname, pid_alive, processes_with_env, read_workers
@@ -125,7 +126,7 @@ def _rewrite(spool: Spool, job: Job, path: str, state: JobState) -> None:
     except OSError as e:
         unlink_quietly(tmp)
         raise space_error(e, f"writing job {job.id}") from None
-    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), ino))
+    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), db_ino(ino)))
 
 
 def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -> Job:
@@ -160,7 +161,7 @@ def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -
             job.last_error = reason or "cancelled by user"
         _rewrite(spool, job, dest, target)
     finally:
-        os.close(fd)
+        close_quietly(fd)
     return job
 
 
@@ -175,7 +176,7 @@ def set_priority(spool: Spool, job_id: str, priority: int) -> Job:
         # Replacing the locked file ends the lock with it: a worker then claims the new contents.
         _rewrite(spool, job, path, state)
     finally:
-        os.close(fd)
+        close_quietly(fd)
     return job
 
 

@@ -9,6 +9,7 @@ being written.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -17,7 +18,8 @@ from typing import Any, ContextManager, NamedTuple, Protocol
 
 from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .fsio import atomic_write, nlink, open_nofollow, read_fd, rename_noreplace, syncfs, unlink_quietly, write_tmp
+from .fsio import (atomic_write, close_quietly, db_ino, nlink, open_nofollow, read_fd, rename_noreplace, syncfs,
+                   unlink_quietly, unreachable, write_tmp)
 from .config import Config
 from .deps import Batch, check_no_cycle
 from .index import Index, row_values
@@ -26,6 +28,9 @@ from .job import Job, JobState, check_id, loads
 
 log = lazylog.get("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
+# How long a network filesystem may show a rewritten file short or stale: past the attribute
+# timeout the README recommends (1 s on sshfs and NFS) and GlusterFS's caches (1 s), with margin.
+STALE_READ = 3.0
 
 
 def is_ignored(name: str) -> bool:
@@ -51,6 +56,7 @@ class SpoolView(Protocol):
     root: str
     shared: bool
     readonly: bool
+    multihost: bool
 
     @property
     def config(self) -> Config: ...
@@ -103,8 +109,10 @@ def reject(spool: SpoolView, src: str, name: str, reason: str) -> bool:
             break
     try:
         os.rename(src, dest)
-    except FileNotFoundError:
-        return False
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) or e.errno == errno.ESTALE:
+            return False
+        raise
     line = " ".join(reason.split()) + "\n"
     atomic_write(spool.path("tmp"), dest + ".reason", line.encode(), durable=False)
     log.warning("rejected %s: %s", name, reason)
@@ -125,7 +133,8 @@ def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool
         grace = spool.config.dropin_grace
         # For many drop-ins one listing of the state directories beats five
         # stats and an index query a file.
-        on_disk = spool.taken_ids() if len(names) > 16 else None
+        # (On a shared spool always: this node's index lags other hosts' jobs.)
+        on_disk = spool.taken_ids() if len(names) > 16 or spool.multihost else None
         taken = Batch()  # the jobs accepted in this pass
         batch: list[_Admitted] = []
         for name in sorted(names):
@@ -134,6 +143,11 @@ def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool
                 admitted = _admit(spool, src, name, grace, taken, on_disk)
             except FileNotFoundError:
                 continue  # claimed or moved by someone else meanwhile
+            except OSError as e:
+                if not unreachable(e):
+                    raise
+                report.waiting += 1  # a stale handle (moved meanwhile) or a server not answering: look again
+                continue
             except _TooFresh:
                 report.waiting += 1
                 continue
@@ -160,7 +174,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
         syncfs(spool.path("tmp"))
         rows = []
         for a, tmp in zip(batch, tmps):
-            ino = a.ino if tmp is None else os.stat(tmp).st_ino  # the file the index row now stands for
+            ino = db_ino(a.ino if tmp is None else os.stat(tmp).st_ino)  # the file the index row now stands for
             if tmp is not None:
                 if a.src == a.dest:
                     os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
@@ -254,15 +268,16 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
             raise FileNotFoundError(src)  # swapped under us: look again next scan
         data = read_fd(fd, limit + 1)
     finally:
-        os.close(fd)
+        close_quietly(fd)
     if len(data) > limit:
         raise InvalidJob(f"file is over the limit of {limit} bytes (config max_job_size)")
     try:
         spec = loads(data)
     except InvalidJob:
-        if time.time() - st.st_mtime < grace:
+        if time.time() - st.st_mtime < grace or (spool.multihost and not _stays_invalid(src)):
             raise _TooFresh() from None
         raise
+    _first_invalid.pop(src, None)
     stem = name[:-5]
     if is_canonical(spec, stem):
         # Already in queuectl's own form (an index rebuild, or a file moved
@@ -286,6 +301,20 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
     # only the one that closes it would leave the others a vaguer reason.
     check_deps_exist(spool, job, taken, cycle=False)
     return _Admitted(job, job.to_json(), src, dest)
+
+
+_first_invalid: dict[str, float] = {}  # path -> when this process first read it unparseable
+
+
+def _stays_invalid(path: str) -> bool:
+    """Has this file read invalid for STALE_READ seconds? On a network filesystem a read can be
+    short or stale for about a second (a file rewritten through another client, its size or its
+    contents still cached here), and the file's cached mtime is no guide: only what stays
+    invalid after the caches can have expired is rejected."""
+    now = time.monotonic()
+    if len(_first_invalid) > 10_000:
+        _first_invalid.clear()
+    return now - _first_invalid.setdefault(path, now) >= STALE_READ
 
 
 def _linked_from_tmp(spool: SpoolView, ino: int) -> bool:
@@ -336,7 +365,7 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
     checked = time.time_ns()
     mtime = os.stat(spool.path(d)).st_mtime_ns
     with os.scandir(spool.path(d)) as it:
-        inodes = {e.name: e.inode() for e in it}  # d_ino: free with the listing
+        inodes = {e.name: db_ino(e.inode()) for e in it}  # d_ino: free with the listing (as the index holds it)
     names = list(inodes)
     on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
     known = idx.inodes_in(state)

@@ -13,11 +13,12 @@ import fcntl
 import itertools
 import os
 import stat
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from .errors import SpoolError
 
 _counter = itertools.count()
+T = TypeVar("T")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _libc = None
@@ -27,9 +28,63 @@ _libc = None
 NOFOLLOW_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+# What a network filesystem answers for a moment where a local disk would not fail:
+# ESTALE (NFS, GlusterFS: the name moved or went away under this client's cache),
+# and a server that is not answering (a FUSE client cut off, an NFS timeout).
+# Each means "look again", never "this file is broken".
+STALE = errno.ESTALE
+UNREACHABLE = frozenset({errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                         errno.ECONNABORTED, errno.ECONNRESET})
+
+
+def unreachable(e: BaseException) -> bool:
+    """Is this error a stale handle or a server not answering (for now), not a broken file?"""
+    return getattr(e, "errno", None) in UNREACHABLE
+
+
+def gone(e: OSError) -> OSError:
+    """ESTALE on a file's own handle means the file moved on or was replaced: ENOENT, for every caller."""
+    if e.errno == STALE:
+        return FileNotFoundError(errno.ENOENT, f"{e.strerror} (moved or replaced meanwhile)", e.filename)
+    return e
+
+
+def looking_again(fn: Callable[[], T], tries: int = 3) -> T:
+    """fn(), called again (at most `tries` times) while it fails with ESTALE: a name moved on
+    under this client's cache (NFS, GlusterFS); the next look sees where it went."""
+    for n in range(1, tries + 1):
+        try:
+            return fn()
+        except OSError as e:
+            if e.errno != STALE or n == tries:
+                raise
+    raise AssertionError("not reached")
+
+
+def db_ino(ino: int) -> int:
+    """An inode number as a signed 64-bit database integer holds it (SQLite's INTEGER): GlusterFS
+    derives its inode numbers from 128-bit file ids, and every one is >= 2**63."""
+    return ino - (1 << 64) if ino >= 1 << 63 else ino
+
+
+def close_quietly(fd: int) -> None:
+    """close(2) of a descriptor only read from: ESTALE or EIO there loses nothing (NFS and
+    GlusterFS report a file replaced through another client at close)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def open_nofollow(path: str) -> int:
-    """A read-only descriptor on path itself (a symlink raises ELOOP, a FIFO never blocks)."""
-    return os.open(path, NOFOLLOW_FLAGS)
+    """A read-only descriptor on path itself (a symlink raises ELOOP, a FIFO never blocks).
+
+    ESTALE (a name this client still caches, gone on the server) raises FileNotFoundError.
+    """
+    try:
+        return os.open(path, NOFOLLOW_FLAGS)
+    except OSError as e:
+        raise gone(e) from None
 
 
 def read_fd(fd: int, limit: int | None = None) -> bytes:
@@ -37,7 +92,10 @@ def read_fd(fd: int, limit: int | None = None) -> bytes:
     chunks = []
     offset = 0
     while True:
-        chunk = os.pread(fd, 1 << 16, offset)
+        try:
+            chunk = os.pread(fd, 1 << 16, offset)
+        except OSError as e:
+            raise gone(e) from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -52,8 +110,10 @@ def read_nofollow(path: str, limit: int | None = None) -> tuple[bytes, os.stat_r
     fd = open_nofollow(path)
     try:
         return read_fd(fd, limit), os.fstat(fd)
+    except OSError as e:
+        raise gone(e) from None
     finally:
-        os.close(fd)
+        close_quietly(fd)
 
 
 def fsync_dir(path: str) -> None:
@@ -113,10 +173,11 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 def space_error(e: OSError, what: str) -> SpoolError:
-    """The SpoolError a failed write becomes: a full disk says so in its own words."""
-    if is_disk_full(e):
-        return SpoolError(f"no space left on device while {what}")
-    return SpoolError(f"{what}: {e.strerror or e}")
+    """The SpoolError a failed write becomes: a full disk says so in its own words.
+    It keeps the errno, so a stale handle or an unreachable server is retried, not fatal."""
+    err = SpoolError(f"no space left on device while {what}" if is_disk_full(e) else f"{what}: {e.strerror or e}")
+    err.errno = e.errno  # type: ignore[attr-defined]
+    return err
 
 
 def disk_full(path: str) -> bool:
@@ -233,7 +294,7 @@ def lock_file(path: str, *, wait: bool = False) -> int | None:
         return None
     if lock_fd(path, fd, wait=wait):
         return fd
-    os.close(fd)
+    close_quietly(fd)
     return None
 
 

@@ -10,15 +10,18 @@ its own index on local disk, built from the directories like any index.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import ContextManager, Protocol
+import time
+from typing import ContextManager, Iterator, Protocol
 
 from . import lazylog
 from .config import Config
 from .errors import ConfigError, InvalidJob, SpoolError
-from .fsio import SpoolLock, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
+from .fsio import SpoolLock, close_quietly, read_fd, read_nofollow, rename_noreplace, unlink_quietly, write_tmp
+from .dropins import STALE_READ
 from .indexstore import IndexStore, refuse_path
-from .job import parse_file
+from .job import Job, parse_file
 
 
 
@@ -28,6 +31,7 @@ class Spool(Protocol):
     fresh: bool
     readonly: bool
     network: bool
+    fstype: str
     index_path: str | None
 
     @property
@@ -76,6 +80,123 @@ def fs_type(path: str) -> str:
 def is_network_fs(kind: str) -> bool:
     """Every FUSE filesystem counts: sshfs, s3fs, gcsfuse... none gives SQLite working locks."""
     return kind in NETWORK_FS or kind.startswith("fuse.") or kind == "fuse" or kind.startswith("nfs")
+
+
+def server_inodes(kind: str) -> bool:
+    """Are inode numbers the server's own, the same through every client? On a local disk,
+    NFS (fileid) and GlusterFS (from the file's GFID) yes; sshfs numbers inodes by path, so
+    a file replaced through another mount keeps its number there."""
+    return not is_network_fs(kind) or kind in ("fuse.glusterfs", "glusterfs", "ceph", "fuse.ceph", "lustre") \
+        or kind.startswith("nfs")
+
+
+def locks_cross(kind: str) -> bool:
+    """Does flock(2) on this filesystem reach the other hosts that mount it? Yes on a local
+    disk (one host), GlusterFS (the locks translator on the brick), NFS (as fcntl locks, v4
+    and v3 with lockd) and CephFS; not on sshfs and other FUSE filesystems, which lock only
+    inside one client."""
+    return not is_network_fs(kind) or kind in ("fuse.glusterfs", "glusterfs", "ceph", "fuse.ceph", "gpfs",
+                                               "lustre") or kind.startswith("nfs")
+
+
+class ExclSpoolLock(SpoolLock):
+    """The spool lock where flock stays inside one host (sshfs): the flock (this host's
+    processes), then a lock file made with O_EXCL beside it (every host's: the server
+    decides O_EXCL). Its holder writes "TIME NODE PID"; a holder found dead on this node,
+    or silent for STALE seconds, is broken, so a host that died holding it blocks others
+    for that long at most."""
+
+    STALE = 60.0
+
+    @contextlib.contextmanager
+    def hot_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        with super().hot_lock(wait=wait) as held:
+            if not held or self._depth > 1:
+                yield held
+                return
+            path = self.path + ".x"
+            while True:
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    break
+                except FileExistsError:
+                    if not wait:
+                        yield False
+                        return
+                    _break_if_stale(path, self.STALE)
+                    time.sleep(0.01)
+            mine = f"{time.time():.3f} {_node_name()} {os.getpid()} {os.urandom(4).hex()}".encode()
+            try:
+                os.write(fd, mine)
+            finally:
+                close_quietly(fd)
+            try:
+                yield True
+            finally:
+                try:
+                    if read_nofollow(path, 256)[0] == mine:
+                        os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _break_if_stale(path: str, stale: float) -> None:
+    from .registry import pid_alive
+    try:
+        data, st = read_nofollow(path, 256)
+    except OSError:
+        return
+    words = data.decode("ascii", "replace").split()
+    try:
+        taken = float(words[0])
+    except (IndexError, ValueError):
+        taken = st.st_mtime  # being written this instant, or damaged: its mtime then
+    dead_here = len(words) >= 3 and words[1] == _node_name() and words[2].isdigit() and not pid_alive(int(words[2]))
+    if dead_here or time.time() - taken > stale:
+        aside = f"{path}.{os.getpid()}.stale"
+        try:
+            os.rename(path, aside)  # one breaker wins; the others find it gone
+        except OSError:
+            return
+        unlink_quietly(aside)
+        log.warning("broke the stale lock %s (%s)", path, " ".join(words[:3]) or "empty")
+
+
+def clock_offset(spool: Spool) -> tuple[float, float] | None:
+    """(low, high): bounds on how far the file server's clock is ahead of this host's (negative:
+    behind), from the mtime the server gives a fresh file; None if it cannot be told. A
+    whole-second mtime (sshfs) counts as anywhere in its second."""
+    try:
+        t0 = time.time()
+        tmp, fd = write_tmp(spool.path("tmp"), b"", durable=False, keep_open=True)
+        try:
+            st = os.fstat(fd)
+        finally:
+            close_quietly(fd)
+            unlink_quietly(tmp)
+        t1 = time.time()
+    except (OSError, SpoolError):
+        return None
+    grain = 1.0 if st.st_mtime_ns % 1_000_000_000 == 0 else 0.0
+    return st.st_mtime_ns / 1e9 - t1, st.st_mtime_ns / 1e9 + grain - t0
+
+
+def shared_mode_warnings(spool: Spool) -> list[str]:
+    """What a person must know about this spool's filesystem before trusting shared mode:
+    a clock off the file server's by more than clock_skew, and queue limits that hold per host."""
+    cfg = spool.config
+    out = []
+    offset = clock_offset(spool)
+    if offset is not None and (offset[0] > cfg.clock_skew or offset[1] < -cfg.clock_skew):
+        ahead = offset[0] > 0
+        by = offset[0] if ahead else -offset[1]
+        out.append(f"this host's clock is {by:.1f}s {'behind' if ahead else 'ahead of'} the file server's, over "
+                   f"clock_skew ({cfg.clock_skew:g}s): other hosts may recover this host's running jobs "
+                   "(or this host theirs) too early or too late; fix the clock (NTP)")
+    if cfg.concurrency and not locks_cross(spool.fstype):
+        out.append(f"queue concurrency limits hold per host on {spool.fstype}: its locks do not reach other "
+                   "hosts, so N hosts may run up to N x the limit")
+    return out
 
 
 def spool_id(root: str) -> str:
@@ -167,6 +288,23 @@ def move_on(cur: str, dest: str, job_id: str) -> bool:
     except FileNotFoundError:
         return dropped(job_id, "was moved on by another worker meanwhile")
     return True
+
+
+def read_settled(fd: int, job_id: str, limit: int) -> Job | None:
+    """The job at fd once it parses, read again for up to STALE_READ seconds; None if it never does.
+
+    A network filesystem can show a file rewritten through another client short
+    (its size still cached here) or stale for about a second: not proof of a bad file.
+    """
+    deadline = time.monotonic() + STALE_READ
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            os.fstat(fd)  # past the attribute timeout this asks the server for the size again
+            return parse_file(read_fd(fd, limit), job_id)
+        except (OSError, InvalidJob):
+            continue
+    return None
 
 
 def dropped(job_id: str, why: str) -> bool:

@@ -20,7 +20,7 @@ import fcntl
 import os
 from . import lazylog
 from .dropins import is_ignored
-from .fsio import atomic_write, unlink_quietly
+from .fsio import atomic_write, close_quietly, unlink_quietly
 from .job import check_queue, now_iso
 from .spool import Spool
 
@@ -90,7 +90,7 @@ def take_slot(spool: Spool, queue: str, limit: int) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except OSError:
-            os.close(fd)
+            close_quietly(fd)
     return None
 
 
@@ -99,5 +99,7 @@ def release_slot(fd: int | None) -> None:
     if fd is not None and fd >= 0:
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass  # ESTALE on a network filesystem: closing frees it all the same
         finally:
-            os.close(fd)
+            close_quietly(fd)

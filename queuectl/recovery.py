@@ -20,7 +20,8 @@ from . import lazylog
 from .config import Config
 from .dropins import is_ignored
 from .errors import InvalidJob
-from .fsio import lock_file
+from .fsio import close_quietly, lock_file
+from .hosts import server_inodes
 from .job import Job, JobState, check_id, now_iso
 from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
                        owner_marker, processes_marked, read_claim, read_workers, signal_process)
@@ -101,6 +102,18 @@ def _still_unowned(spool: Spool, claim: Claim) -> bool:
     job_id = claim.job.id
     if job_id in claimed_by_live_workers(spool):
         return False
+    # A name's cached stat (and the file opened through it) can outlive the file by a
+    # second on a network filesystem: the owner may have replaced it and moved it on
+    # already. A listing comes from the server: the name must still be there, and
+    # where the server numbers inodes, name the very file this claim holds.
+    try:
+        held = os.fstat(claim.fd).st_ino
+        with os.scandir(spool.path("processing")) as it:
+            listed = [e.inode() for e in it if e.name == job_id + ".json"]
+    except OSError:
+        return False
+    if not listed or (server_inodes(spool.fstype) and listed[0] != held):
+        return False
     try:
         now = spool.read_job(spool.job_path(JobState.PROCESSING, job_id))
     except (OSError, InvalidJob):
@@ -131,12 +144,12 @@ def orphans(spool: Spool) -> Iterator[Claim]:
         if owned is None:
             owned = claimed_by_live_workers(spool)
         if name[:-5] in owned:
-            os.close(fd)  # replaced under its live owner (edited in place): still owned
+            close_quietly(fd)  # replaced under its live owner (edited in place): still owned
             continue
         if remote is None:
             remote = _remote_leases(spool)
         if remote and _leased(name[:-5], remote):
-            os.close(fd)
+            close_quietly(fd)
             continue
         claim = spool.adopt(fd, JobState.PROCESSING, name[:-5])
         if claim is None:

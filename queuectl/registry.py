@@ -78,6 +78,25 @@ def node_name() -> str:
     return _node
 
 
+_where: str | None = None
+
+
+def namespace_id() -> str:
+    """Which kernel and pid namespace this process lives in (boot id + pid namespace): a pid
+    means something only there. Two containers cloned from one image share a node name and
+    may share a mount, yet each sees only its own processes."""
+    global _where
+    if _where is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                boot = f.read().strip()
+            ns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            boot, ns = "", ""
+        _where = f"{boot[:8]}:{ns[5:-1]}" if boot else ""
+    return _where
+
+
 def spool_dev(spool: Spool) -> int | None:
     """The device number of this mount of the spool: two mounts (two simulated hosts) differ."""
     try:
@@ -244,12 +263,12 @@ def heartbeat_age(info: dict, mtime: float, now: float) -> tuple[float, bool]:
     return now - mtime, False
 
 
-def _parse(name: str, info: Any, mtime: float, lease: tuple[float, float], me: tuple[str, int | None],
+def _parse(name: str, info: Any, mtime: float, lease: tuple[float, float], me: tuple[str, int | None, str],
            now: float) -> WorkerInfo | None:
     """A heartbeat file is untrusted input: wrong types make it unreadable, never a crash.
 
     lease: (lease, clock_skew); the skew allowance is for another host's clock,
-    so an mtime (the server's clock) gets none. me: (node, mount device).
+    so an mtime (the server's clock) gets none. me: (node, mount device, namespace_id()).
     """
     if not isinstance(info, dict):
         return None
@@ -259,8 +278,12 @@ def _parse(name: str, info: Any, mtime: float, lease: tuple[float, float], me: t
     start = _str_or_none(info.get("pid_start"))
     whose = _str_or_none(info.get("host")) or ""
     node = _str_or_none(info.get("node")) or whose  # older heartbeats name only the host
-    dev = info.get("dev")
-    local = node == me[0] and (not isinstance(dev, int) or me[1] is None or dev == me[1])
+    dev, where = info.get("dev"), info.get("ns")
+    # Judged by its pid only where that pid means the same process: this node, this mount, this
+    # kernel and pid namespace. A clone's heartbeat (same node name, another namespace) is judged
+    # by its heartbeat_at, from the shared file, like another host's.
+    local = node == me[0] and (not isinstance(dev, int) or me[1] is None or dev == me[1]) and (
+        not isinstance(where, str) or not where or not me[2] or where == me[2])
     age, own_clock = heartbeat_age(info, mtime, now)
     if local:
         # Without a start time (an older version's heartbeat) the pid may since
@@ -277,7 +300,7 @@ def _parse(name: str, info: Any, mtime: float, lease: tuple[float, float], me: t
 
 def read_workers(spool: Spool) -> list[WorkerInfo]:
     """Every readable heartbeat file, each judged alive or not."""
-    me = (node_name(), spool_dev(spool))
+    me = (node_name(), spool_dev(spool), namespace_id())
     lease = (spool.config.lease, spool.config.clock_skew)
     now = time.time()
     out: list[WorkerInfo] = []
@@ -361,7 +384,7 @@ class Heartbeat:
         self._claim_fd = -1
         self.info: dict[str, Any] = {
             "id": name, "role": role, "node": node, "host": hostname(), "pid": os.getpid(),
-            "pid_start": proc_start(os.getpid()), "dev": spool_dev(spool), "since": now_iso(),
+            "pid_start": proc_start(os.getpid()), "dev": spool_dev(spool), "ns": namespace_id(), "since": now_iso(),
             "heartbeat_at": None, "job": None, **extra}
         self.last = 0.0
         # Others judge this process by heartbeat_at: beat well within the lease.

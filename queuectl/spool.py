@@ -10,79 +10,26 @@ import errno
 import fcntl
 import os
 import sqlite3
-import stat
 from collections.abc import Callable
 
 from . import config as configmod
 from .deps import Batch
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
-from .fsio import (SpoolLock, atomic_write, no_lock, fsync_dir, lock_file, read_fd, read_nofollow, rename_noreplace,
-                   space_error, syncfs, unlink_quietly, write_tmp)
-from .hosts import dropped, fs_type, index_store, is_network_fs, lost_claim, move_on, setting
+from .fsio import (SpoolLock, atomic_write, close_quietly, db_ino, looking_again, no_lock, fsync_dir, lock_file,
+                   read_fd, read_nofollow, rename_noreplace, space_error, syncfs, unlink_quietly, write_tmp)
+from .hosts import (ExclSpoolLock, dropped, fs_type, index_store, is_network_fs, locks_cross, lost_claim, move_on,
+                    read_settled, setting)
 from .index import Index, row_values
+from .layout import STATE_DIRS, SUBDIRS, create_spool, default_spool, unsafe_dirs  # noqa: F401 (re-exported)
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
 
-STATE_DIRS = [s.dirname for s in JobState]
-SUBDIRS = ["tmp", *STATE_DIRS, "rejected", "logs", "workers", "kill", "paused", "queues"]
 # A directory's mtime within this many nanoseconds of its listing may hide a
 # change made in the same clock tick (git's "racy" problem), so such a listing
 # is not trusted on the next look.
 RACY_NS = 1_000_000_000
 ENQUEUE_CHUNK = 4096  # jobs made durable by one syncfs in a bulk enqueue
-
-
-def default_spool() -> str:
-    env = os.environ.get("QUEUECTL_SPOOL")
-    if env:
-        return env
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "queuectl", "spool")
-
-
-def _create(root: str) -> bool:
-    """Make the spool and its directories (0700) where missing; True if the spool is new."""
-    fresh = False
-    try:
-        if not os.path.isdir(root):
-            fresh = True
-            os.makedirs(root, mode=0o700, exist_ok=True)
-        for name in SUBDIRS:
-            path = os.path.join(root, name)
-            if not os.path.isdir(path):
-                try:
-                    os.mkdir(path, 0o700)
-                except FileExistsError:
-                    # Another process creating the same new spool got there first.
-                    if not os.path.isdir(path):
-                        raise
-    except OSError as e:
-        raise SpoolError(f"cannot create spool at {root}: {e.strerror or e}") from None
-    return fresh
-
-
-def unsafe_dirs(root: str) -> list[tuple[str, int, str]]:
-    """(path, mode, why) for each spool directory someone else could write jobs into.
-
-    Anyone who can write a job into the spool can run commands as the worker's
-    user: the spool and each of its directories must be the running user's
-    and writable by no one else.
-    """
-    out = []
-    me = os.geteuid()
-    for sub in ["", *SUBDIRS]:
-        path = os.path.join(root, sub) if sub else root
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid != me:
-            out.append((path, mode, f"is owned by uid {st.st_uid}, not by you (uid {me})"))
-        elif st.st_mode & 0o022:
-            out.append((path, mode, f"is writable by group or others (mode {mode:o})"))
-    return out
 
 
 class Claim:
@@ -94,7 +41,7 @@ class Claim:
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            close_quietly(self.fd)
             self.fd = -1
 
 
@@ -113,19 +60,19 @@ class Spool:
         # be inspected: no locks, no drop-in admission, an index in memory.
         self.readonly = os.path.isdir(self.root) and not os.access(self.root, os.W_OK)
         if create and not self.readonly:
-            self.fresh = _create(self.root)
+            self.fresh = create_spool(self.root)
         elif not os.path.isdir(self.root):
             raise SpoolError(f"no spool at {self.root}")
         self.configfile = configmod.ConfigFile(self.path("config.json"))
-        locks = SpoolLock(self.path(".lock"))
-        self.lock, self.hot_lock = locks.lock, locks.hot_lock
-        if self.readonly:
-            self.lock = self.hot_lock = no_lock
-        self.wait_for_dropins = not worker
         # Many hosts: SQLite must not live on a network filesystem, and there a
         # directory's mtime may be cached, so every scan lists the directories.
         self.fstype = fs_type(self.root)
         self.network = is_network_fs(self.fstype)
+        locks = SpoolLock(self.path(".lock")) if locks_cross(self.fstype) else ExclSpoolLock(self.path(".lock"))
+        self.lock, self.hot_lock = locks.lock, locks.hot_lock
+        if self.readonly:
+            self.lock = self.hot_lock = no_lock
+        self.wait_for_dropins = not worker
         self.index_path = index_path or os.environ.get("QUEUECTL_INDEX") or None  # None: hosts.index_store picks
         self._defer = worker
         self._indexes: IndexStore | None = None
@@ -295,11 +242,7 @@ class Spool:
 
         An index that turns out corrupt mid-way is discarded and rebuilt.
         """
-        try:
-            return self._sync(force=force, dirs=dirs)
-        except sqlite3.DatabaseError as e:
-            self.indexes.discard(e)
-            return self._sync(force=force, dirs=dirs)
+        return looking_again(lambda: _sync_or_rebuild(self, force, dirs))
 
     def _sync(self, *, force: bool, dirs: tuple[str, ...]) -> SyncReport:
         """Cheap when nothing changed: one stat per state directory. A directory
@@ -362,22 +305,24 @@ class Spool:
                 raise FileExistsError(dest)  # a duplicate: `check` reports it, never run twice
             os.rename(src, dest)
         except OSError:
-            os.close(fd)
+            close_quietly(fd)
             return None
         claim = self.adopt(fd, source, job_id)
         return claim
 
     def adopt(self, fd: int, source: JobState, job_id: str) -> Claim | None:
-        """A Claim on the locked file fd in processing/; an invalid file is quarantined (None)."""
+        """A Claim on the locked file fd in processing/; an invalid file is quarantined (None),
+        on a shared spool only once it stays invalid (hosts.read_settled); an unreadable one is left."""
+        limit = self.config.max_job_size + 1
         try:
-            job = parse_file(read_fd(fd, self.config.max_job_size + 1), job_id)
-        except (InvalidJob, OSError) as e:
-            os.close(fd)
-            where = "processing" if source is JobState.PROCESSING else source.dirname
-            reject(self, self.job_path(JobState.PROCESSING, job_id), job_id + ".json",
-                   f"invalid job file in {where}/: {e}")
-            self.indexes.delete(job_id)
+            job = parse_file(read_fd(fd, limit), job_id)
+        except OSError:
+            close_quietly(fd)  # unlocked in processing/: recovery looks at it again
             return None
+        except InvalidJob as e:
+            job = read_settled(fd, job_id, limit) if self.multihost else None
+            if job is None:
+                return _quarantine(self, fd, source, job_id, e)
         return Claim(job, fd, source, len(job.history))
 
     def record(self, claim: Claim, job: Job, *, durable: bool = False) -> bool:
@@ -412,6 +357,8 @@ class Spool:
                     fsync_dir(os.path.dirname(dest))
         except OSError as e:
             unlink_quietly(tmp)
+            if e.errno in (errno.ENOENT, errno.ESTALE):  # another host's recovery moved it on
+                return dropped(job.id, "was moved on by another worker meanwhile")
             raise space_error(e, f"recording job {job.id}") from None
         finally:
             claim.release()
@@ -432,7 +379,7 @@ class Spool:
         try:
             job = parse_file(read_fd(fd, self.config.max_job_size + 1), job_id)
         except (OSError, InvalidJob) as e:
-            os.close(fd)
+            close_quietly(fd)
             raise JobNotFound(f"no valid job {job_id} in {state.dirname}/ ({e})") from None
         return Claim(job, fd, state)
 
@@ -494,6 +441,22 @@ class Spool:
                 raise JobNotFound(f"job {job_id} is not in the dead letter queue (it is {state.value})")
 
 
+def _sync_or_rebuild(spool: Spool, force: bool, dirs: tuple[str, ...]) -> SyncReport:
+    try:
+        return spool._sync(force=force, dirs=dirs)
+    except sqlite3.DatabaseError as e:
+        spool.indexes.discard(e)
+        return spool._sync(force=force, dirs=dirs)
+
+
+def _quarantine(spool: Spool, fd: int, source: JobState, job_id: str, e: InvalidJob) -> None:
+    """A claimed file that is not a valid job: to rejected/ with the reason, out of the index."""
+    close_quietly(fd)
+    where = "processing" if source is JobState.PROCESSING else source.dirname
+    reject(spool, spool.job_path(JobState.PROCESSING, job_id), job_id + ".json", f"invalid job file in {where}/: {e}")
+    spool.indexes.delete(job_id)
+
+
 def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
     """Durably add jobs to pending/, all checked before any is written.
 
@@ -530,7 +493,8 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
 
 def _check_unique(spool: Spool, jobs: list[Job]) -> None:
     # For many jobs one listing of each state directory beats five stats a job.
-    bulk = len(jobs) > 16
+    # This node's index knows other hosts' jobs only as of its last scan: on a shared spool the listing decides.
+    bulk = len(jobs) > 16 or spool.multihost
     taken = spool.taken_ids() if bulk else {}
     seen = Batch()
     for job in jobs:
@@ -554,7 +518,7 @@ def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
             data = job.to_json()
             tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
             # The inode, so the next sync knows the file as the one it placed.
-            rows.append(row_values(job, job.state, data.decode("utf-8"), os.stat(tmps[-1]).st_ino))
+            rows.append(row_values(job, job.state, data.decode("utf-8"), db_ino(os.stat(tmps[-1]).st_ino)))
         if len(part) > 1:
             syncfs(spool.path("tmp"))
         for job, tmp in zip(part, tmps):

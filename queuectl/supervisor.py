@@ -19,21 +19,26 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
 from . import lazylog
-from .errors import WorkerError
+from .errors import SpoolError, WorkerError
+from .fsio import unreachable
+from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues
-from .registry import Heartbeat, WorkerInfo, check_node, clones, node_name, pid_alive, read_workers, signal_process
+from .registry import (Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name, pid_alive, read_workers,
+                       signal_process)
 from .sdnotify import notify
 from .spool import Spool
 from .worker import EXIT_JOB_DIED, Worker
 
 log = lazylog.get("queuectl.supervisor")
 WAKE = 0.5  # the supervisor's loop period: heartbeat and signal checks
+RECOVER_EVERY = 2.0  # on a shared spool, how often the supervisor looks for other hosts' orphans
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 # Blocked from just before a fork until the new worker has its own handlers:
 # in between the child still has the supervisor's handler, and a stop (or
@@ -124,6 +129,8 @@ class Supervisor:
         self.due: dict[int, float] = {}    # worker slot -> when to (re)start it
         self.delay: dict[int, float] = {}  # worker slot -> its next restart delay
         self.wake_fds: tuple[int, ...] = ()
+        self.recovered_at = time.monotonic()  # the start-up recovery is the first
+        self.recovery_failed = False  # said once
         if allow_shared:
             os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
         self.spool = Spool(root, shared=allow_shared)
@@ -201,10 +208,9 @@ class Supervisor:
                          "is under lease %gs + clock_skew %gs old; claims are recorded in workers/; index %s; "
                          "polling", spool.fstype or "a local disk", node_name(), cfg.lease, cfg.clock_skew,
                          spool.indexes.path)
-            # Jobs left in processing/ by a crash: recover before anyone claims.
-            spool.sync()
-            for line in recover_all(spool, "supervisor"):
-                log.info("%s", line)
+                for line in shared_mode_warnings(spool):
+                    log.warning("%s", line)
+            self._recover_at_start()
             if self.queues is not None and not set(self.queues) & known_queues(spool):
                 # Allowed (a queue exists once a job names it), but a typo looks just like this.
                 log.warning("no job names queue %s yet", ", ".join(self.queues))
@@ -233,6 +239,57 @@ class Supervisor:
         if why is not None:
             log.warning("%s: workers poll the spool every %gs instead", why, POLL_INTERVAL)
             self.poll = True
+
+    def _recover_at_start(self) -> None:
+        """Jobs left in processing/ by a crash: recover before anyone claims.
+
+        A spool out of reach for a moment (ESTALE, a server not answering) is
+        waited for, said once, instead of a crash that the service manager
+        would turn into a restart loop.
+        """
+        said = False
+        while True:
+            try:
+                self.spool.sync()
+                for line in recover_all(self.spool, "supervisor"):
+                    log.info("%s", line)
+                return
+            except (OSError, SpoolError) as e:
+                if not unreachable(e) or self.stop_asked:
+                    raise
+                if not said:
+                    log.warning("the spool %s is out of reach for now (%s); looking again every 1s", self.root, e)
+                    said = True
+                time.sleep(1.0)
+
+    def _recover_others(self, hb: Heartbeat) -> None:
+        """On a shared spool, another host's orphans are recovered here too, every RECOVER_EVERY:
+        workers look only between jobs, and while each runs a long job a dead host's
+        jobs would wait for one to finish (a minute or more) instead of a lease.
+
+        A clone started at the same instant (the start-up check saw nothing yet) is seen
+        here: of two supervisors with one node name, the one that started later stops."""
+        now = time.monotonic()
+        if now - self.recovered_at < RECOVER_EVERY:
+            return
+        self.recovered_at = now
+        me = (hb.info["since"], namespace_id(), os.getpid())
+        for w in clones(self.spool):
+            if w.role == "supervisor" and (w.since or "", w.get("ns") or "", w.pid) < me:
+                log.error("node name %s is also in use by another machine (live heartbeat workers/%s, pid %d, "
+                          "started first): stopping; give each host its own --node or QUEUECTL_NODE",
+                          node_name(), w.file, w.pid)
+                self.stop_asked = self.died = True
+                return
+        try:
+            for line in recover_all(self.spool, "supervisor"):
+                log.info("%s", line)
+        except (OSError, SpoolError, sqlite3.Error) as e:
+            if not self.recovery_failed:
+                log.warning("recovery of other hosts' jobs failed (%s); the workers and the next look retry", e)
+                self.recovery_failed = True
+        finally:
+            self.spool.close()
 
     def _say_scheduled(self) -> None:
         """A burst run leaves jobs due later (or blocked, or held) alone: say how many."""
@@ -275,6 +332,8 @@ class Supervisor:
                                             timeout=timeout)
             _drain(self.wake_fds[0])
             hb.beat()
+            if stop_sent_at is None and self.spool.multihost:
+                self._recover_others(hb)
             if not self.ready and stop_sent_at is None:
                 self._check_ready()
             self._reap(stopping=stop_sent_at is not None)

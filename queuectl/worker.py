@@ -19,7 +19,7 @@ from . import lazylog
 from .controls import resolve_dependencies, take_kill_request
 from .dropins import is_ignored
 from .errors import SpoolError
-from .fsio import disk_full
+from .fsio import disk_full, unreachable
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
@@ -43,6 +43,7 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
+UNREACHABLE_RETRY = 1.0    # seconds between looks at a spool out of reach (ESTALE, a server not answering)
 CANDIDATES = 16            # jobs a worker takes from one index query (times its sibling workers)
 SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
@@ -98,6 +99,7 @@ class Worker:
         self.slot: int | None = None
         self.slot_wait = False
         self.died = False  # a job this worker ran ended in dead/
+        self.holding: Claim | None = None  # the claim being run, until its outcome is recorded
         self.flushed = 0.0
         self.scan_dirs = WORK_DIRS
 
@@ -156,8 +158,8 @@ class Worker:
         return EXIT_JOB_DIED if self.burst and self.died else 0
 
     def loop(self) -> None:
-        """_loop(); an index that breaks under the worker is rebuilt, and a full disk waited out."""
-        warned = False
+        """_loop(); an index that breaks under the worker is rebuilt, a full disk or an unreachable spool waited out."""
+        warned = out_of_reach = False
         while True:
             try:
                 try:
@@ -166,7 +168,13 @@ class Worker:
                     if is_busy(e):
                         raise
                     self.spool.indexes.discard(e)
-            except SpoolError as e:
+            except (OSError, SpoolError) as e:
+                # Mid-job an error is not waited out: exiting frees the claim and recovery counts the attempt.
+                if unreachable(e) and self.holding is None:
+                    out_of_reach = _wait_out(self, e, out_of_reach)
+                    continue
+                if isinstance(e, OSError):
+                    raise
                 # index.db cannot grow: the files are the truth, nothing is lost. Wait for room.
                 if self.kill_jobs or not disk_full(self.spool.root):
                     raise
@@ -221,7 +229,7 @@ class Worker:
             self.hb.beat()
             if self.burst and waiting == 0 and self.idle_for_good():
                 break
-            timeout = self._idle_timeout()
+            timeout = idle_timeout(self)
             if busy:
                 # An enqueue or another worker holds the drop-in lock for a moment;
                 # its files are ours to claim as soon as it lets go.
@@ -243,19 +251,6 @@ class Worker:
         if pauses != self.pauses:
             self.pauses = pauses
             self.candidates = []
-
-    def _idle_timeout(self) -> float:
-        if PAUSE_ALL in self.pauses:
-            return RESCAN_INTERVAL
-        if self.slot_wait:
-            self.slot_wait = False
-            self.candidates = []
-            return SLOT_RETRY
-        due = self.spool.index.next_due(self.queues, self.pauses)
-        timeout = RESCAN_INTERVAL
-        if due is not None:
-            timeout = max(0.0, min(timeout, due - time.time()))
-        return timeout
 
     def idle_for_good(self) -> bool:
         """Burst mode: nothing due now, nothing running, and no retry of this worker's own run pending.
@@ -292,7 +287,9 @@ class Worker:
         claim = self._next_claim()
         if claim is None:
             return False
+        self.holding = claim
         self.execute(claim)
+        self.holding = None
         return True
 
     def _next_claim(self) -> Claim | None:
@@ -439,13 +436,14 @@ class Worker:
             entry["counted"] = False
             job.history.append(entry)
             job.state, job.next_run_at = JobState.PENDING, None
-            record_until_it_fits(spool, claim, job, lambda: self.kill_jobs)
-            log_.info("interrupted %s: back to pending", job.id)
+            if record_until_it_fits(spool, claim, job, lambda: self.kill_jobs):
+                log_.info("interrupted %s: back to pending", job.id)
             return
         delay = apply_outcome(job, entry, spool.config)
         if request is not None and not request.get("retry") and job.state is JobState.FAILED:
             job.state, job.next_run_at, delay = JobState.DEAD, None, 0.0  # killed: no retry unless --retry
-        record_until_it_fits(spool, claim, job, lambda: self.kill_jobs)
+        if not record_until_it_fits(spool, claim, job, lambda: self.kill_jobs):
+            return  # another host recovered it meanwhile: record() said so, and this outcome is not the job's
         if job.state is JobState.FAILED:
             self.retry_due = min(self.retry_due, job.run_ts)
         elif job.state is JobState.DEAD:
@@ -474,6 +472,30 @@ def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
     if w.degraded:
         log_.warning("%s: polling the spool every %gs instead", w.degraded, w.poll_interval)
     return w
+
+def idle_timeout(w: Worker) -> float:
+    """How long an idle worker may wait before its next look."""
+    if PAUSE_ALL in w.pauses:
+        return RESCAN_INTERVAL
+    if w.slot_wait:
+        w.slot_wait = False
+        w.candidates = []
+        return SLOT_RETRY
+    due = w.spool.index.next_due(w.queues, w.pauses)
+    timeout = RESCAN_INTERVAL
+    if due is not None:
+        timeout = max(0.0, min(timeout, due - time.time()))
+    return timeout
+
+
+def _wait_out(w: Worker, e: BaseException, said: bool) -> bool:
+    """A spool out of reach for a moment (ESTALE, a server not answering): say so once, wait, look again."""
+    if not said:
+        log_.warning("the spool %s is out of reach for now (%s); looking again every %gs", w.spool.root, e,
+                     UNREACHABLE_RETRY)
+    w.candidates = []
+    w.watcher.wait(UNREACHABLE_RETRY)
+    return True
 
 
 def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lane: int,
@@ -518,18 +540,18 @@ def queue_slot(spool: Spool, queue: str):
     return False if fd is None else fd
 
 
-def record_until_it_fits(spool: Spool, claim: Claim, job: Job, give_up: Callable[[], bool]) -> None:
-    """Record the outcome; on a full disk keep the claim and retry until it fits.
+def record_until_it_fits(spool: Spool, claim: Claim, job: Job, give_up: Callable[[], bool]) -> bool:
+    """Record the outcome; on a full disk (or a spool out of reach) keep the claim and retry until it fits.
 
     Giving up would leave the job in processing/ with a live lock; the
     retry loop keeps it owned, and if this process dies instead, recovery
-    counts the attempt. Nothing is lost either way.
+    counts the attempt. Nothing is lost either way. False: the claim was
+    taken over meanwhile and the outcome dropped (record said so).
     """
     warned = False
     while True:
         try:
-            spool.record(claim, job)
-            return
+            return spool.record(claim, job)
         except SpoolError as e:
             if not warned:
                 log_.warning("cannot record %s: %s; retrying", job.id, e)
