@@ -1,0 +1,214 @@
+"""What a network filesystem does that a local disk never does, injected on a local disk:
+inode numbers past 2**63 (GlusterFS), ESTALE on open/read/close (NFS, GlusterFS), a read
+short or stale for a second (a file rewritten through another client), a name whose cache
+outlives the file, a record whose file another host's recovery moved on. The same cases on
+real mounts: tests/test_cluster.py (sshfs and GlusterFS)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+
+import pytest
+
+from queuectl import dropins, fsio
+from queuectl.job import JobState
+from queuectl.recovery import orphans
+from queuectl.spool import Spool
+
+
+@pytest.fixture
+def spool(spool_dir):
+    s = Spool(str(spool_dir))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def shared(spool_dir, monkeypatch):
+    """A spool in shared mode (as on a network filesystem): other hosts may use it."""
+    monkeypatch.setenv("QUEUECTL_SHARED", "1")
+    s = Spool(str(spool_dir))
+    assert s.multihost
+    yield s
+    s.close()
+
+
+def estale(*_a, **_k):
+    raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+
+
+def once(monkeypatch, module, name, fail, *, when=lambda *a: True):
+    """Replace module.name by `fail` for its first call that `when` accepts, then restore it."""
+    real = getattr(module, name)
+    state = {"done": False}
+
+    def patched(*a, **k):
+        if not state["done"] and when(*a):
+            state["done"] = True
+            return fail(*a, **k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, patched)
+    return state
+
+
+def test_inode_numbers_past_2_63_fit_the_index(spool):
+    """GlusterFS numbers every inode >= 2**63: SQLite's INTEGER is signed 64-bit. (The same on real
+    GlusterFS mounts: test_enqueue_status_and_a_worker_on_glusterfs.)"""
+    from queuectl.index import row_values
+    job = spool.enqueue(spool.new_job({"command": "true", "id": "big"}))
+    for ino in (2**64 - 1, 2**63, 2**63 - 1, 1):
+        spool.indexes.upsert(row_values(job, JobState.PENDING, None, fsio.db_ino(ino)))
+        spool.flush_index()
+        assert spool.index.inodes_in(JobState.PENDING)["big"] == fsio.db_ino(ino)
+    assert {fsio.db_ino(2**64 - 1), fsio.db_ino(2**63)} == {-1, -(2**63)}
+
+
+def test_enqueue_status_and_a_worker_on_glusterfs(gluster, tmp_path):
+    """The first enqueue on a GlusterFS mount failed: OverflowError from the index's ino column."""
+    c, name = gluster, f"first-{tmp_path.name}"
+    r = c.cli(0, name, "enqueue", "--id", "g1", "true")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    for i in range(3):
+        r = c.cli(i, name, "status", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["pending"] == 1, (r.stdout, r.stderr)
+    r = c.cli(1, name, "worker", "start", "--shared", "--burst")
+    assert r.returncode == 0 and "completed g1" in r.stdout and "Traceback" not in r.stdout + r.stderr, r.stdout
+    r = c.cli(2, name, "check")
+    assert r.returncode == 0 and r.stdout.startswith("ok:"), (r.stdout, r.stderr)
+
+
+def test_a_stale_handle_at_close_is_not_an_error(tmp_path, monkeypatch):
+    """GlusterFS reports a file replaced through another mount at close(2): lock_file must not crash."""
+    f = tmp_path / "j.json"
+    f.write_text("{}")
+    held = fsio.lock_file(str(f))
+    assert held is not None
+    real_close = os.close
+
+    def close_then_estale(fd):
+        real_close(fd)
+        raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+
+    monkeypatch.setattr(os, "close", close_then_estale)
+    try:
+        assert fsio.lock_file(str(f)) is None  # locked: its descriptor is closed, ESTALE and all
+        data, _ = fsio.read_nofollow(str(f))
+        assert data == b"{}"
+    finally:
+        monkeypatch.undo()
+        os.close(held)
+
+
+def test_a_drop_in_read_with_estale_is_looked_at_again_not_a_crash(shared, spool_dir, monkeypatch):
+    (spool_dir / "pending" / "d1.json").write_text(json.dumps({"command": "true"}))
+    state = once(monkeypatch, os, "pread", estale)
+    report = shared.sync()
+    assert state["done"]
+    assert report.accepted == [] and report.rejected == []
+    assert os.listdir(spool_dir / "rejected") == []
+    assert shared.sync().accepted == ["d1"]
+
+
+def test_a_listing_with_estale_is_looked_at_again(spool, spool_dir, monkeypatch):
+    spool.enqueue(spool.new_job({"command": "true", "id": "x1"}))
+    state = once(monkeypatch, os, "scandir", estale)
+    spool.sync(force=True)
+    assert state["done"]
+    assert spool.index.counts()["pending"] == 1
+
+
+def test_a_claim_read_with_estale_is_left_alone_not_quarantined(spool, spool_dir, monkeypatch):
+    spool.enqueue(spool.new_job({"command": "true", "id": "c1"}))
+    once(monkeypatch, os, "pread", estale)
+    assert spool.claim("c1", JobState.PENDING) is None
+    assert os.listdir(spool_dir / "rejected") == []
+    assert os.listdir(spool_dir / "processing") == ["c1.json"]  # unlocked: recovery takes it from here
+
+
+def test_a_short_read_of_a_claim_on_a_shared_spool_is_read_again(shared, spool_dir, monkeypatch):
+    """sshfs truncates a read at the size it cached before another host rewrote the file."""
+    from queuectl import spool as spoolmod
+    shared.enqueue(shared.new_job({"command": "true", "id": "s1"}))
+    once(monkeypatch, spoolmod, "read_fd", lambda fd, limit=None: fsio.read_fd(fd, limit)[:20])
+    claim = shared.claim("s1", JobState.PENDING)
+    assert claim is not None and claim.job.id == "s1"
+    assert os.listdir(spool_dir / "rejected") == []
+    claim.release()
+
+
+def test_a_short_read_of_a_rewritten_pending_file_is_not_rejected_until_it_stays_invalid(
+        shared, spool_dir, monkeypatch):
+    """`queuectl priority` on another host replaces pending/ID.json; a short read here is no bad file."""
+    shared.enqueue(shared.new_job({"command": "true", "id": "p1"}))
+    path = spool_dir / "pending" / "p1.json"
+    (spool_dir / "tmp" / "new").write_text(path.read_text())
+    os.rename(spool_dir / "tmp" / "new", path)  # a new inode: admitted again, as after a rewrite elsewhere
+    old = time.time() - 3600
+    os.utime(path, (old, old))  # the cached mtime is no guide either
+    monkeypatch.setattr(dropins, "read_fd", lambda fd, limit=None: fsio.read_fd(fd, limit)[:20])
+    report = shared.sync()
+    assert report.rejected == [] and report.waiting == 1
+    assert os.listdir(spool_dir / "rejected") == []
+    monkeypatch.setattr(dropins, "STALE_READ", 0.0)  # invalid for longer than any cache: rejected then
+    assert [name for name, _ in shared.sync().rejected] == ["p1.json"]
+
+
+def test_recovery_confirms_an_orphan_by_a_fresh_listing_not_by_its_cached_name(shared, spool_dir, monkeypatch):
+    """A name's cached stat (and a file opened through it) outlive the file by a second on a network
+    filesystem: an owner that finished meanwhile must not have its job recovered again."""
+    shared.enqueue(shared.new_job({"command": "true", "id": "o1"}))
+    claim = shared.claim("o1", JobState.PENDING)
+    claim.release()  # its owner is gone; the job sits in processing/, as the listing saw it
+    real_scandir = os.scandir
+
+    def server_listing(path="."):
+        # The server's view: the owner moved it on already; only this client's name cache still has it.
+        if str(path).endswith("processing"):
+            return real_scandir(spool_dir / "held")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", server_listing)
+    assert list(orphans(shared)) == []
+    monkeypatch.undo()
+    assert [c.job.id for c in orphans(shared)] == ["o1"]  # listed on the server too: an orphan
+
+
+def test_a_record_whose_file_was_moved_on_meanwhile_is_dropped_not_an_error(shared, spool_dir, monkeypatch, caplog):
+    shared.enqueue(shared.new_job({"command": "true", "id": "r1"}))
+    claim = shared.claim("r1", JobState.PENDING)
+    job = claim.job
+    job.state = JobState.COMPLETED
+
+    def enoent(src, dst):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
+
+    once(monkeypatch, os, "rename", enoent, when=lambda src, dst: str(dst).endswith("processing/r1.json"))
+    assert shared.record(claim, job) is False
+    assert claim.fd == -1
+
+
+def test_a_clone_in_another_pid_namespace_is_refused(spool, spool_dir, run_proc):
+    """Two containers from one image share a node name, and here a mount too: the other's
+    supervisor is judged by its heartbeat_at (from the shared file), never by a pid that
+    means another process in this namespace."""
+    from queuectl.registry import namespace_id
+    from queuectl.job import now_iso
+    me = namespace_id()
+    assert me
+    info = {"id": "supervisor@hostX:7", "role": "supervisor", "node": "hostX", "host": "hostX", "pid": os.getpid(),
+            "pid_start": "1", "dev": os.stat(spool_dir).st_dev, "ns": "0badc0de:4026531999", "since": now_iso(),
+            "heartbeat_at": now_iso(), "job": None}
+    (spool_dir / "workers" / f"hostX.{os.getpid()}.json").write_text(json.dumps(info))
+    r = run_proc("worker", "start", "--burst", env={**os.environ, "QUEUECTL_NODE": "hostX"})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith("Error: node name hostX is already in use by another machine (live heartbeat "
+                               f"workers/hostX.{os.getpid()}.json"), r.stderr
+    # The same heartbeat from this namespace is this machine's own (a dead pid start: gone), not a clone.
+    info["ns"] = me
+    (spool_dir / "workers" / f"hostX.{os.getpid()}.json").write_text(json.dumps(info))
+    r = run_proc("worker", "start", "--burst", env={**os.environ, "QUEUECTL_NODE": "hostX"})
+    assert r.returncode == 0, (r.stdout, r.stderr)
