@@ -19,10 +19,11 @@ from typing import Callable
 from . import lazylog
 from .deps import WAITING as WAITING_STATES, cycles, describe
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
-from .fsio import (close_quietly, db_ino, fsync_dir, lock_file, read_fd, read_nofollow, space_error, unlink_quietly,
+from .fsio import (close_quietly, db_ino, fsync_dir, lock_file, read_fd, space_error, unlink_quietly,
                    write_tmp)
 from .index import Row, row_values
-from .job import FINAL, Job, JobState, check_priority, loads, now_iso, parse_file
+from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
+from .recovery import kill_path
 from .registry import hostname, pid_alive, processes_with_env, read_workers
 from .spool import Spool
 
@@ -159,6 +160,7 @@ def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -
         job.state = target
         if target is JobState.CANCELLED:
             job.last_error = reason or "cancelled by user"
+            unlink_quietly(kill_path(spool, job.id))  # a kill that missed its run ends with the job
         _rewrite(spool, job, dest, target)
     finally:
         close_quietly(fd)
@@ -340,16 +342,15 @@ def running_groups(spool: Spool, job_id: str) -> set[int]:
     return groups
 
 
-def kill_path(spool: Spool, job_id: str) -> str:
-    return spool.path("kill", job_id)
-
-
 def kill(spool: Spool, job_id: str, sig: int = signal.SIGTERM, *, retry: bool = False) -> tuple[str, set[int]]:
     """Signal a running job's process groups on this host; (id, groups).
 
     First a request file kill/<id> (the attempt it is for, and whether to
     retry) tells the job's worker that the exit it is about to see was a
-    user's kill; then the signal.
+    user's kill; then the signal, to the groups found before and after the
+    request was written. An attempt that starts after that second look finds
+    the request itself (its worker looks right after the spawn), so a kill at
+    a retry boundary ends the next attempt instead of being lost.
     """
     state, path = find(spool, job_id)
     if state is not JobState.PROCESSING:
@@ -367,35 +368,19 @@ def kill(spool: Spool, job_id: str, sig: int = signal.SIGTERM, *, retry: bool = 
     request = {"attempt": job.attempts + 1, "retry": retry, "signal": signal.Signals(sig).name,
                "at": now_iso(), "by_pid": os.getpid()}
     spool.write_file(kill_path(spool, job.id), json.dumps(request).encode() + b"\n", durable=False)
+    groups |= running_groups(spool, job.id)
     for pgid in groups:
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-    return job.id, groups
-
-
-def take_kill_request(spool: Spool, job_id: str, attempt: int) -> dict | None:
-    """The user's kill request for this attempt of the job, consumed; None if there is none.
-
-    A request for another attempt is stale (the job ended on its own before
-    the signal): it is removed and ignored.
-    """
-    path = kill_path(spool, job_id)
     try:
-        data, _ = read_nofollow(path, 4096)
-        request = loads(data)  # strict and bounded: deep nesting or bad bytes are an error, not a crash
-    except FileNotFoundError:
-        return None
-    except (OSError, InvalidJob):
-        request = None
-    unlink_quietly(path)
-    if not isinstance(request, dict) or request.get("attempt") != attempt:
-        return None
-    sig, retry = request.get("signal", "SIGTERM"), request.get("retry", False)
-    if not (isinstance(sig, str) and sig in signal.Signals.__members__) or not isinstance(retry, bool):
-        return None  # not what `queuectl kill` writes: ignored, the outcome stands as it is
-    return request
+        final = find(spool, job.id)[0] in FINAL
+    except JobNotFound:
+        final = True
+    if final:
+        unlink_quietly(kill_path(spool, job.id))  # it ended on its own first: no run is left to end
+    return job.id, groups
 
 
 # -- wait -------------------------------------------------------------------------------

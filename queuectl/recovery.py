@@ -20,9 +20,9 @@ from . import lazylog
 from .config import Config
 from .dropins import is_ignored
 from .errors import InvalidJob
-from .fsio import close_quietly, lock_file
+from .fsio import close_quietly, lock_file, read_nofollow, unlink_quietly
 from .hosts import server_inodes
-from .job import Job, JobState, check_id, now_iso
+from .job import Job, JobState, check_id, loads, now_iso
 from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
                        owner_marker, processes_marked, read_claim, read_workers, signal_process)
 from .runner import salvage_output
@@ -61,6 +61,52 @@ def apply_outcome(job: Job, entry: dict, config: Config) -> float:
         return delay
     job.state, job.next_run_at = JobState.DEAD, None
     return 0.0
+
+
+# -- a user's kill ------------------------------------------------------------------------
+
+
+def kill_path(spool: Spool, job_id: str) -> str:
+    return spool.path("kill", job_id)
+
+
+def kill_request(spool: Spool, job_id: str, attempt: int, *, take: bool = True) -> dict | None:
+    """The user's kill request that applies to this attempt of the job; None if there is none.
+    take: consume it (an attempt's end), whatever it holds; else only look (its start).
+
+    `queuectl kill` names the attempt it saw running, but that attempt may end on
+    its own just before the signal, which then hits the next one, or nothing, and
+    the next attempt finds the request when it starts. A kill is asked of a job,
+    not of one attempt: a request for this attempt or an earlier one applies to
+    this one. Every end of an attempt consumes the request (a success too), so
+    none outlives the run it was asked of.
+    """
+    path = kill_path(spool, job_id)
+    try:
+        data, _ = read_nofollow(path, 4096)
+        request = loads(data)  # strict and bounded: deep nesting or bad bytes are an error, not a crash
+    except FileNotFoundError:
+        return None
+    except (OSError, InvalidJob):
+        request = None
+    if take:
+        unlink_quietly(path)
+    if not isinstance(request, dict):
+        return None
+    asked, sig, retry = request.get("attempt"), request.get("signal", "SIGTERM"), request.get("retry", False)
+    if (type(asked) is not int or not 1 <= asked <= attempt or not isinstance(retry, bool)
+            or not (isinstance(sig, str) and sig in signal.Signals.__members__)):
+        return None  # not what `queuectl kill` writes: ignored, the outcome stands as it is
+    return request
+
+
+def apply_kill(job: Job, request: dict | None) -> bool:
+    """A user's kill without --retry ends the job: a failed attempt goes to dead/, not to a
+    retry. True if it did so."""
+    if request is not None and not request.get("retry") and job.state is JobState.FAILED:
+        job.state, job.next_run_at = JobState.DEAD, None
+        return True
+    return False
 
 
 def fmt_secs(delay: float) -> str:
@@ -178,6 +224,8 @@ def recover_orphan(spool: Spool, claim: Claim, by: str) -> str | None:
     entry = {"attempt": attempt, "worker": by, "node": node_name(), "host": hostname(), "pid": os.getpid(),
              "started_at": None, "finished_at": now_iso(), "exit_code": None, "error": "worker died"}
     delay = apply_outcome(job, entry, spool.config)
+    if apply_kill(job, kill_request(spool, job.id, attempt)):  # the user had asked to end it
+        delay = 0.0
     if not spool.record(claim, job):
         return None  # another worker took it over meanwhile (record said so)
     where = f"retry in {fmt_secs(delay)}" if job.state is JobState.FAILED else "moved to dead letter queue"

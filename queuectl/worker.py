@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from zlib import crc32
 
 from . import lazylog
-from .controls import resolve_dependencies, take_kill_request
+from .controls import resolve_dependencies
 from .dropins import is_ignored
 from .errors import SpoolError
 from .fsio import disk_full, unreachable
@@ -24,11 +24,11 @@ from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
 from .queues import PAUSE_ALL, paused, release_slot, take_slot
-from .recovery import apply_outcome, fmt_secs, recover_all
+from .recovery import apply_kill, apply_outcome, fmt_secs, kill_request, recover_all
 from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
-from .runner import (CommandLog, NotStarted, Outcome, cap_log, close_inherited_fds, log, line_break, spawn,
-                     supervise)
+from .runner import (CommandLog, NotStarted, Outcome, cap_log, close_inherited_fds, killpg, log, line_break,
+                     spawn, supervise)
 from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this (idle worker)
@@ -387,6 +387,8 @@ class Worker:
             run.proc = spawn(job.command, log_fd=self.output.command_fd(run.log_fd), stdin_fd=self.devnull,
                              cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
             self.job_pid = run.proc.pid
+            if (request := kill_request(self.spool, job.id, run.attempt, take=False)) is not None:
+                killpg(run.proc.pid, signal.Signals[request.get("signal", "SIGTERM")])  # asked before it started
         except NotStarted as e:
             run.failed = Outcome(None, str(e))
         return run
@@ -422,12 +424,12 @@ class Worker:
         """Record the outcome in the job file (and so in its directory) and say it."""
         spool = self.spool
         claim, job, attempt, total = run.claim, run.claim.job, run.attempt, run.total
-        request = None
-        if outcome.exit_code != 0 or outcome.error:
-            # `queuectl kill` leaves kill/<id> before it signals: this exit was the user's doing.
-            request = take_kill_request(spool, job.id, attempt)
-            if request is not None:
-                outcome = Outcome(outcome.exit_code, f"killed by user ({request.get('signal', 'SIGTERM')})")
+        # `queuectl kill` leaves kill/<id> before it signals: a failure was the user's doing.
+        request = kill_request(spool, job.id, attempt)  # consumed even by a success: it missed
+        if request is not None and (outcome.exit_code != 0 or outcome.error):
+            outcome = Outcome(outcome.exit_code, f"killed by user ({request.get('signal', 'SIGTERM')})")
+        else:
+            request = None
         entry = {"attempt": attempt, "worker": self.name, "node": node_name(), "host": hostname(),
                  "pid": os.getpid(),
                  "started_at": run.started, "finished_at": now_iso(),
@@ -440,8 +442,8 @@ class Worker:
                 log_.info("interrupted %s: back to pending", job.id)
             return
         delay = apply_outcome(job, entry, spool.config)
-        if request is not None and not request.get("retry") and job.state is JobState.FAILED:
-            job.state, job.next_run_at, delay = JobState.DEAD, None, 0.0  # killed: no retry unless --retry
+        if apply_kill(job, request):  # killed: no retry unless --retry
+            delay = 0.0
         if not record_until_it_fits(spool, claim, job, lambda: self.kill_jobs):
             return  # another host recovered it meanwhile: record() said so, and this outcome is not the job's
         if job.state is JobState.FAILED:

@@ -629,6 +629,48 @@ def test_kill_a_running_job(run, spool_dir, bg, read_job, retry):
     assert os.listdir(spool_dir / "kill") == []
 
 
+def _kill_request(spool_dir, job_id: str, attempt: int) -> None:
+    """What `queuectl kill` leaves before it signals, naming the attempt it saw running."""
+    (spool_dir / "kill" / job_id).write_text(json.dumps(
+        {"attempt": attempt, "retry": False, "signal": "SIGTERM", "at": "2026-12-03T00:00:00Z", "by_pid": 1}) + "\n")
+
+
+@pytest.mark.slow
+def test_a_kill_that_lands_on_the_next_attempt_ends_the_job(run, spool_dir, bg, read_job, tmp_path):
+    """`kill` read the job while attempt 1 ran; attempt 1 failed on its own, and the signal hit
+    attempt 2: the request names attempt 1, and the kill still ends the job."""
+    from support import read_pids
+    pids = tmp_path / "pids"
+    run("config", "set", "backoff_max", "0.05")
+    enq(run, "--id", "long", "--max-retries", "3", f'echo $$ >> {pids}; [ "$QUEUECTL_ATTEMPT" = 1 ] && exit 1; sleep 60')
+    bg("worker", "start")
+    wait_for(lambda: len(read_pids(pids)) == 2 and (spool_dir / "processing" / "long.json").exists(),
+             what="attempt 2 running")
+    _kill_request(spool_dir, "long", 1)
+    os.killpg(read_pids(pids)[1], 15)
+    wait_for(lambda: where(spool_dir).get("long") == ["dead"], 10, what="long in dead/")
+    job = read_job("dead", "long")
+    assert job["last_error"] == "killed by user (SIGTERM)" and job["attempts"] == 2
+    assert os.listdir(spool_dir / "kill") == [] and len(read_pids(pids)) == 2
+
+
+@pytest.mark.slow
+def test_a_kill_that_missed_an_attempt_ending_on_its_own_ends_the_next_one(run, spool_dir, bg, read_job, tmp_path):
+    """`kill` wrote its request just as attempt 1 failed on its own, and its signal reached nothing:
+    attempt 2 finds the request when it starts and is killed at once, not left to run."""
+    from support import read_pids
+    pids = tmp_path / "pids"
+    run("config", "set", "backoff_base", "3")
+    enq(run, "--id", "long", "--max-retries", "3", f'echo $$ >> {pids}; [ "$QUEUECTL_ATTEMPT" = 1 ] && exit 1; sleep 60')
+    bg("worker", "start")
+    wait_for(lambda: where(spool_dir).get("long") == ["failed"], what="attempt 1 failed, retry in 3 s")
+    _kill_request(spool_dir, "long", 1)
+    wait_for(lambda: where(spool_dir).get("long") == ["dead"], 15, what="long in dead/")
+    job = read_job("dead", "long")
+    assert job["last_error"] == "killed by user (SIGTERM)" and job["attempts"] == 2
+    assert os.listdir(spool_dir / "kill") == [] and len(read_pids(pids)) <= 2  # killed as it started
+
+
 # -- races ---------------------------------------------------------------------------------------------
 
 

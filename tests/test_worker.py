@@ -608,6 +608,20 @@ def test_a_retry_whose_worker_dies_counts_an_attempt(spool, spool_dir, tmp_path)
         assert (recovered["attempts"], recovered["last_error"]) == (attempts, "worker died")
 
 
+def test_a_kill_asked_of_a_job_whose_worker_dies_ends_it_and_is_consumed(spool, spool_dir):
+    """A kill request still waiting when the job's worker dies: recovery ends the job as the
+    kill asked (dead, not retried) and removes the request, so it cannot end a later run."""
+    add(spool, id="j", command="sleep 60", max_retries=3)
+    claim = spool.claim("j", JobState.PENDING)
+    (spool_dir / "kill" / "j").write_text('{"attempt": 1, "retry": false, "signal": "SIGTERM"}\n')
+    claim.release()  # its worker dies
+    [orphan] = list(orphans(spool))
+    recover_orphan(spool, orphan, "test")
+    recovered = job_file(spool_dir, "dead", "j")
+    assert (recovered["attempts"], recovered["last_error"]) == (1, "worker died")
+    assert os.listdir(spool_dir / "kill") == []
+
+
 def test_a_locked_processing_file_is_not_an_orphan(spool, spool_dir):
     add(spool, id="j", command="true")
     claim = spool.claim("j", JobState.PENDING)  # holds the flock like a live worker
