@@ -341,7 +341,6 @@ CI_RUNS = [
 # Invariants that still break on main because of open findings of issue 18 (remove once fixed).
 OPEN_FINDINGS: dict[int, str] = {
     1: "new finding: `release` racing a claim leaves a second copy in pending/, rejected as a duplicate",
-    4: "issue 18 finding 4: `clean` of a completed parent cancels its waiting dependent",
 }
 
 
