@@ -308,15 +308,23 @@ def load(path: str) -> Config:
     """The settings in the file at path; defaults if there is none.
 
     queuectl itself replaces config.json in one rename, but an editor or a
-    script may truncate it and write it again: an empty file is read again
-    for a moment before it is taken for "no settings" (a `touch`).
+    script may truncate it and write it again: an empty file changed in the
+    last seconds is read again for a moment before it is taken for "no
+    settings" (a `touch`); an older empty file costs no wait.
     """
     data = _read(path)
     deadline = time.monotonic() + EMPTY_WAIT
-    while data is not None and not data.strip() and time.monotonic() < deadline:
+    while data is not None and not data.strip() and _changed_lately(path) and time.monotonic() < deadline:
         time.sleep(EMPTY_WAIT / 10)
         data = _read(path)
     return defaults() if data is None else from_bytes(data)
+
+
+def _changed_lately(path: str) -> bool:
+    try:
+        return os.stat(path).st_mtime > time.time() - 4 * EMPTY_WAIT
+    except FileNotFoundError:
+        return False
 
 
 class ConfigFile:

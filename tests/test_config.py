@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import time
 
 import pytest
 
 from queuectl import config as configmod
 from queuectl.errors import ConfigError
+
+EMPTY_WAIT_BOUND = configmod.EMPTY_WAIT / 2  # an old empty config.json is not waited for
 
 DEFAULT_LIST = """\
 max_retries = 3
@@ -234,3 +238,7 @@ def test_an_empty_config_json_being_rewritten_is_read_again(spool_dir, run):
         t.join()
     path.write_bytes(b"")
     assert configmod.load(str(path)) == configmod.defaults()  # still empty: no settings (a `touch`)
+    os.utime(path, (1e9, 1e9))
+    t0 = time.monotonic()
+    assert configmod.load(str(path)) == configmod.defaults()  # empty for long: no wait
+    assert time.monotonic() - t0 < EMPTY_WAIT_BOUND
