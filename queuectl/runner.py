@@ -48,6 +48,7 @@ class NotStarted(Exception):
 LOG_OPEN = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC  # readable too: line_break() peeks
 HOLD_TRIES = 200    # a cap holds its exclusive lock for a moment only: wait up to ~1 s for it
 HOLD_RETRY = 0.005
+OPEN_TRIES = 8      # opens of a log that a cap replaced as it was opened
 
 
 def hold(fd: int, path: str | None = None) -> bool:
@@ -76,7 +77,7 @@ def path_names_fd(fd: int, path: str) -> bool:
 def open_log(path: str, *, create: bool = True) -> int:
     """The job's log, for appending, held (hold()); /dev/null if it cannot be opened (a full
     disk loses lines, not jobs). create=False: FileNotFoundError if there is none."""
-    for _ in range(8):
+    for tries in range(OPEN_TRIES):
         try:
             fd = os.open(path, LOG_OPEN | (os.O_CREAT if create else 0), 0o600)
         except FileNotFoundError:
@@ -85,7 +86,9 @@ def open_log(path: str, *, create: bool = True) -> int:
             break
         except OSError:
             break
-        if hold(fd, path):
+        # A name that keeps naming another file (a network filesystem's stale cache)
+        # costs a few reopens, never the output: the last one is kept as it is.
+        if hold(fd, path) or tries == OPEN_TRIES - 1:
             return fd
         os.close(fd)  # replaced by a cap meanwhile: the new file is the log
     return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -460,7 +463,12 @@ def cap_log(path: str, limit: int) -> int:
         size = os.fstat(fd).st_size
         if limit <= 0 or size <= limit:
             return 0
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # written to: kept whole for now
+        except OSError:
+            pass  # no flock on this filesystem: capped unlocked, as it always was there
         if not path_names_fd(fd, path):
             return 0  # capped by another worker meanwhile
         size = os.fstat(fd).st_size
