@@ -10,22 +10,33 @@ directories are listed (rejected/ shown a page at a time).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 
 from . import lazylog
 from .errors import InvalidJob, JobNotFound
+from .fsio import read_nofollow
 from .index import parse_tags
-from .job import JobState, check_id, parse_time
-from .metrics import snapshot, throughput
+from .job import DEFAULT_QUEUE, JobState, check_id, parse_time
+from .metrics import is_paused, snapshot, throughput
+from .registry import CLAIM_RECORD, read_workers
 from .spool import Spool
 
 log = lazylog.get("queuectl.views")
 
 PER_PAGE = 50
 LOG_TAIL = 64 * 1024
+OUTPUT_TAIL = 8 * 1024   # bytes of a log read for the last lines of its last attempt
+OUTPUT_LINES = 6
 REASON_LIMIT = 4096
 STATES = [s.value for s in JobState]
+WAITING = ("pending", "failed", "held")
+# Sortable columns of the job lists: name -> SQL (a fixed list: never the request's text)
+SORTS = {"created": "created", "id": "id", "state": "state", "priority": "priority", "attempts": "attempts",
+         "queue": "queue", "command": "command", "finished": "finished"}
+_HEADER = re.compile(r"^=== attempt \d+/\d+ started .*===$", re.M)
+_FOOTER = re.compile(r"^=== attempt \d+/\d+ finished .*===$", re.M)
 
 
 def _age(iso: object, now: float) -> float | None:
@@ -37,21 +48,128 @@ def _age(iso: object, now: float) -> float | None:
         return None
 
 
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+def _span(secs: float) -> str:
+    s = max(0, int(round(secs)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def running_jobs(spool: Spool) -> dict[str, dict]:
+    """job id -> {worker, node, pid, started}: what live workers run now, from their claim
+    records ("ID CLAIMED_AT", written before the claim) and heartbeats."""
+    out: dict[str, dict] = {}
+    for w in read_workers(spool):
+        if not (w.alive and w.role == "worker"):
+            continue
+        started = None
+        job = w.job
+        try:
+            data, _ = read_nofollow(spool.path("workers", w.file[:-5] + ".claim"), CLAIM_RECORD + 1)
+            words = data[:CLAIM_RECORD].decode("ascii", "replace").split()
+            if len(words) == 2:
+                job, started = words[0], float(words[1])
+        except (OSError, ValueError):
+            pass
+        if job:
+            if started is not None and not (0 < started < 253402300800):  # year 10000: not a time
+                started = None
+            # "worker-0@node:supervisor pid" in heartbeats; the job's history names it worker-0
+            out[job.lower()] = {"worker": w.id.split("@")[0], "node": w.node, "pid": w.pid, "started": started}
+    return out
+
+
+def last_output(spool: Spool, job_id: str, lines: int = OUTPUT_LINES) -> str:
+    """The last lines the job's last attempt wrote (stdout and stderr share the log), or ""."""
+    fd = _open_log(spool, job_id)
+    if fd is None:
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, OUTPUT_TAIL, max(0, size - OUTPUT_TAIL))
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", errors="replace")
+    headers = list(_HEADER.finditer(text))
+    if headers:
+        text = text[headers[-1].end():]
+    footer = _FOOTER.search(text)
+    if footer:
+        text = text[:footer.start()]
+    out = [line[:300] for line in text.splitlines() if line.strip() and not line.startswith("=== queuectl:")]
+    return "\n".join(out[-lines:])
+
+
+def annotate(spool: Spool, jobs: list[dict], now: float) -> list[dict]:
+    """Add to each row what its state leaves open: `note` (when a waiting job runs, what it
+    waits for, who runs it since when) and, for failed and dead jobs, `output`: the last
+    lines of the last attempt."""
+    states = {j["state"] for j in jobs}
+    blockers = spool.index.blockers() if states & set(WAITING) else {}
+    running = running_jobs(spool) if "processing" in states else {}
+    for j in jobs:
+        j["note"], j["output"], j["running"] = "", "", None
+        st = j["state"]
+        if st in WAITING:
+            waits = blockers.get(j["id"]) or blockers.get(j["id"].lower()) or []
+            parts = []
+            if waits:
+                parts.append("waiting for " + ", ".join(f"{d} ({s})" for d, s, _any in waits))
+            if j["run_at"] > now:
+                verb = "retry" if st == "failed" else "scheduled"
+                parts.append(f"{verb} {_when(j['run_at'])} (in {_span(j['run_at'] - now)})")
+            elif st == "failed":
+                parts.append("retry due now")
+            j["note"] = "; ".join(parts)
+        elif st == "processing":
+            r = running.get(j["id"].lower())
+            if r is not None:
+                j["running"] = {**r, "elapsed": None if r["started"] is None else round(max(0.0, now - r["started"]), 3)}
+                since = "" if r["started"] is None else f"started {_when(r['started'])}, {_span(now - r['started'])} ago, "
+                j["note"] = f"{since}by {r['worker']} on {r['node']}"
+            else:
+                j["note"] = "claimed; no live worker is known to run it"
+        if st in ("failed", "dead"):
+            j["output"] = last_output(spool, j["id"])
+    return jobs
+
+
 def _row(r, tags: str | None) -> dict:
     return {"id": r.id, "state": r.state.value, "command": r.command, "priority": r.priority,
-            "created": r.created, "attempts": r.attempts, "max_retries": r.max_retries,
+            "created": r.created, "run_at": r.run_at, "attempts": r.attempts, "max_retries": r.max_retries,
             "last_error": r.last_error, **parse_tags(tags)}
 
 
 def overview(spool: Spool, *, now: float | None = None) -> dict:
-    """Counts, throughput over the last hour, the oldest pending job, workers by node."""
+    """Counts, per-queue state, throughput over the last hour, the oldest due job, workers by node."""
+    from .index import BLOCKED
     now = time.time() if now is None else now
     snap = snapshot(spool, now=now)
-    oldest = spool.index.rows(JobState.PENDING, 1)
-    workers = [{"id": w.get("id"), "host": w.get("host"), "pid": w.get("pid"), "job": w.get("job"),
-                "since": w.get("since"), "heartbeat_at": w.get("heartbeat_at"),
+    oldest = spool.index.db.execute(
+        "SELECT id, max(created, run_at) AS due FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
+        f"AND NOT {BLOCKED} ORDER BY due LIMIT 1", (now,)).fetchone()
+    workers = [{"id": w.get("id"), "node": w.get("node"), "host": w.get("host"), "pid": w.get("pid"),
+                "job": w.get("job"), "since": w.get("since"), "heartbeat_at": w.get("heartbeat_at"),
                 "heartbeat_age": _age(w.get("heartbeat_at"), now)} for w in snap.workers]
-    nodes = {host: {"live": live, "busy": busy} for host, (live, busy) in sorted(snap.nodes().items())}
+    nodes = {node: {"live": live, "busy": busy} for node, (live, busy) in sorted(snap.nodes().items())}
+    queues = []
+    for name, counts in snap.queues.items():
+        queues.append({"name": name, "counts": counts, "running": counts["processing"],
+                       "waiting": counts["pending"] + counts["failed"], "limit": snap.limits.get(name),
+                       "paused": is_paused(name, snap.paused),
+                       "scheduled": int(snap.waiting.get(name, {}).get("scheduled", 0)),
+                       "blocked": int(snap.waiting.get(name, {}).get("blocked", 0)),
+                       "oldest_due_age": round(snap.oldest_due_age(name), 3)})
     tp = throughput(spool, now=now)
     return {
         "spool": spool.root,
@@ -59,9 +177,11 @@ def overview(spool: Spool, *, now: float | None = None) -> dict:
         "counts": snap.counts,
         "total": sum(snap.counts.values()),
         "oldest_pending": None if not oldest else {
-            "id": oldest[0].id, "created": oldest[0].created,
-            "age_seconds": round(max(0.0, now - oldest[0].created), 3)},
-        "throughput": {**tp, "last_hour": sum(tp["finished"])},
+            "id": oldest[0], "due": oldest[1], "age_seconds": round(max(0.0, now - oldest[1]), 3)},
+        "throughput": {**tp, "last_hour": sum(tp["finished"]), "completed_last_hour": sum(tp["completed"]),
+                       "dead_last_hour": sum(tp["dead"])},
+        "queues": queues,
+        "all_paused": "ALL" in snap.paused,
         "workers": workers,
         "nodes": nodes,
         "dead": snap.counts["dead"],
@@ -71,19 +191,52 @@ def overview(spool: Spool, *, now: float | None = None) -> dict:
     }
 
 
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def job_list(spool: Spool, state: str, *, page: int = 1, q: str = "", queue: str = "", label: str = "",
-             per_page: int = PER_PAGE) -> dict:
-    """One page of the jobs in a state, newest first; optionally only ids containing q,
-    and only jobs whose spec has this `queue` or `label` (fields queuectl keeps, if given)."""
-    st = JobState.parse(state)  # InvalidJob for an unknown state
+             sort: str = "created", order: str = "desc", per_page: int = PER_PAGE, now: float | None = None) -> dict:
+    """One page of the jobs in a state (or in every state: "all"), sorted by a column of
+    SORTS (newest first by default). q matches the id, command, queue or a label (contains,
+    any case); `queue` and `label` must match exactly."""
+    now = time.time() if now is None else now
+    st = None if state == "all" else JobState.parse(state)  # InvalidJob for an unknown state
     page = max(1, page)
+    sort = sort if sort in SORTS else "created"
+    order = "asc" if order == "asc" else "desc"
     idx = spool.index
-    rows = idx.page(st, offset=(page - 1) * per_page, limit=per_page + 1, id_contains=q or None,
-                    queue=queue or None, label=label or None)
+    where, args = [], []
+    if st is not None:
+        where.append("state = ?")
+        args.append(st.value)
+    if q:
+        where.append("(id LIKE ? ESCAPE '\\' OR command LIKE ? ESCAPE '\\' OR queue LIKE ? ESCAPE '\\' "
+                     "OR tags LIKE ? ESCAPE '\\')")
+        args += [_like(q)] * 4
+    if queue:
+        where.append("queue = ?")
+        args.append(queue)
+    if label:
+        where.append("tags LIKE ? ESCAPE '\\'")
+        args.append(_like(f"\nlabel={label}\n"))
+    sql = ("SELECT id, state, command, priority, created, run_at, attempts, max_retries, last_error, tags, queue "
+           "FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY {SORTS[sort]} {order}, id {order} LIMIT ? OFFSET ?")
+    rows = idx.db.execute(sql, [*args, per_page + 1, (page - 1) * per_page]).fetchall()
+    jobs = []
+    for r in rows[:per_page]:
+        tags = parse_tags(r[9])
+        jobs.append({"id": r[0], "state": JobState(r[1]).value, "command": r[2], "priority": r[3], "created": r[4],
+                     "run_at": r[5], "attempts": r[6], "max_retries": r[7], "last_error": r[8],
+                     "queue": r[10], "labels": tags["labels"]})
     filtered = bool(q or queue or label)
-    return {"state": st.value, "page": page, "per_page": per_page, "q": q, "queue": queue, "label": label,
-            "total": None if filtered else idx.counts()[st.value], "has_next": len(rows) > per_page,
-            "has_tags": idx.has_tags(), "jobs": [_row(r, tags) for r, tags in rows[:per_page]]}
+    counts = idx.counts()
+    total = None if filtered else (sum(counts.values()) if st is None else counts[st.value])
+    return {"state": "all" if st is None else st.value, "page": page, "per_page": per_page, "q": q,
+            "queue": queue, "label": label, "sort": sort, "order": order, "now": now,
+            "total": total, "has_next": len(rows) > per_page, "has_tags": True,
+            "jobs": annotate(spool, jobs, now)}
 
 
 def valid_id(job_id: str) -> str:
@@ -94,12 +247,58 @@ def valid_id(job_id: str) -> str:
         raise JobNotFound(f"no job {job_id!r}") from None
 
 
-def job_detail(spool: Spool, job_id: str) -> dict:
+def _event_text(h: dict) -> str:
+    """A history entry that is not an attempt, in words: cancelled (from pending): reason."""
+    event = str(h.get("event", ""))
+    if event == "priority":
+        return f"priority {h.get('from')} \u2192 {h.get('to')}"
+    text = event
+    if h.get("from") is not None:
+        text += f" (from {h.get('from')})"
+    if h.get("reason"):
+        text += f": {h.get('reason')}"
+    return text
+
+
+def history_rows(job, running: dict | None, now: float) -> list[dict]:
+    """The job's history as table rows: attempts with their worker and times, other events
+    (cancelled, held, released, priority, requeued) in their own column, and the attempt
+    running now, if any."""
+    rows = []
+    for h in job.history:
+        if not isinstance(h, dict):
+            continue
+        if "attempt" in h:
+            rows.append({"attempt": h.get("attempt"), "event": "", "worker": h.get("worker") or "",
+                         "node": h.get("node") or h.get("host") or "", "started": h.get("started_at") or "",
+                         "finished": h.get("finished_at") or "",
+                         "exit": "" if h.get("exit_code") is None else h.get("exit_code"),
+                         "error": h.get("error") or ""})
+        else:
+            rows.append({"attempt": "", "event": _event_text(h), "worker": "", "node": "",
+                         "started": h.get("at") or "", "finished": "", "exit": "", "error": ""})
+    if job.state is JobState.PROCESSING:
+        started = running.get("started") if running else None
+        rows.append({"attempt": job.attempts + 1, "event": "", "worker": running["worker"] if running else "",
+                     "node": running["node"] if running else "",
+                     "started": _when(started) if started else "",
+                     "finished": "running" + (f" ({_span(now - started)})" if started else ""),
+                     "exit": "", "error": ""})
+    return rows
+
+
+def job_detail(spool: Spool, job_id: str, *, now: float | None = None) -> dict:
     """The whole record (read from its file, the truth), its directory and the tail of its log."""
+    now = time.time() if now is None else now
     job, path = spool.show(valid_id(job_id))
     tail = log_tail(spool, job.id)
+    row = {"id": job.id, "state": job.state.value, "run_at": job.run_ts}
+    annotate(spool, [row], now)
     return {"id": job.id, "state": job.state.value, "dir": os.path.basename(os.path.dirname(path)),
-            "path": path, "job": job.to_dict(), "history": job.history, "log": tail}
+            "path": path, "queue": job.queue or DEFAULT_QUEUE, "priority": job.priority,
+            "note": row["note"], "running": row["running"], "output": row["output"],
+            "job": job.to_dict(), "history": job.history, "history_rows": history_rows(job, row["running"], now),
+            "log": tail}
 
 
 def _open_log(spool: Spool, job_id: str) -> int | None:
@@ -133,9 +332,10 @@ def log_tail(spool: Spool, job_id: str, offset: int | None = None) -> dict:
 
 
 def dead_letter(spool: Spool, *, page: int = 1, q: str = "", queue: str = "", label: str = "",
-                per_page: int = PER_PAGE) -> dict:
-    """Dead jobs, newest first, with their last error."""
-    return job_list(spool, JobState.DEAD.value, page=page, q=q, queue=queue, label=label, per_page=per_page)
+                sort: str = "created", order: str = "desc", per_page: int = PER_PAGE) -> dict:
+    """Dead jobs, newest first, with their last error and the last lines of their output."""
+    return job_list(spool, JobState.DEAD.value, page=page, q=q, queue=queue, label=label, sort=sort, order=order,
+                    per_page=per_page)
 
 
 def _read_reason(path: str) -> str:

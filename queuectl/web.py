@@ -8,7 +8,7 @@ same sync() every command does), never by a request.
 
 Security rules: loopback only unless a token is set; with a token every
 request carries it; no writes unless --allow-actions, and then only POST
-with the CSRF token of this server run.
+with the CSRF token of this server run (the actions are in web_actions.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, url_for
 
 from . import lazylog
-from . import views
+from . import views, web_actions
 from .errors import InvalidJob, JobNotFound, QueueError
 from .metrics import render as render_metrics
 from .spool import Spool
@@ -74,16 +74,17 @@ def _page_arg() -> int:
         return 1
 
 
-FILTERS = ("q", "queue", "label")
+FILTERS = ("q", "queue", "label", "sort", "order")
+DEFAULTS = {"sort": "created", "order": "desc"}
 
 
 def _filters() -> dict[str, str]:
-    return {k: request.args.get(k, "") for k in FILTERS}
+    return {k: request.args.get(k, "") or DEFAULTS.get(k, "") for k in FILTERS}
 
 
 def _filter_args(data: dict) -> dict[str, str]:
     """The filters in use, as query arguments for the page's API address."""
-    return {k: data[k] for k in FILTERS if data[k]}
+    return {k: data[k] for k in FILTERS if data[k] and data[k] != DEFAULTS.get(k)}
 
 
 def create_app(root: str, *, token: str | None = None, allow_actions: bool = False) -> Flask:
@@ -92,7 +93,10 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
     app.config.update(QUEUECTL_ROOT=root, QUEUECTL_TOKEN=token, QUEUECTL_ACTIONS=allow_actions,
                       QUEUECTL_CSRF=secrets.token_urlsafe(32))
     app.json.sort_keys = False
-    app.jinja_env.filters.update(age=_fmt_age, when=_fmt_when, pretty=_pretty)
+    # Only for the one-time result message of an action (flash); new each run.
+    app.secret_key = secrets.token_bytes(32)
+    app.config.update(SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="queuectl_session")
+    app.jinja_env.filters.update(age=_fmt_age, when=_fmt_when, hm=_fmt_hm, pretty=_pretty)
 
     def spool() -> Spool:
         if "spool" not in g:
@@ -152,8 +156,9 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
 
     @app.context_processor
     def _globals() -> dict:
-        return {"states": views.STATES, "actions": allow_actions,
-                "csrf_token": app.config["QUEUECTL_CSRF"], "spool_root": root}
+        return {"states": views.STATES, "actions": allow_actions, "actions_for": actions_for,
+                "csrf_token": app.config["QUEUECTL_CSRF"], "spool_root": root,
+                "here": request.full_path.rstrip("?") if request else "/"}
 
     # -- pages -------------------------------------------------------------------------
 
@@ -222,26 +227,19 @@ def create_app(root: str, *, token: str | None = None, allow_actions: bool = Fal
     def api_rejected():
         return jsonify(views.rejected(spool(), page=_page_arg()))
 
-    # -- actions ---------------------------------------------------------------------------
-
-    def _action_allowed() -> None:
-        if not allow_actions:
-            abort(_error(403, "actions are disabled (start queuectl web with --allow-actions)"))
-        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
-        if not hmac.compare_digest(sent.encode(), app.config["QUEUECTL_CSRF"].encode()):
-            abort(_error(403, "missing or wrong CSRF token"))
-
-    @app.post("/api/job/<job_id>/retry")
-    def api_retry(job_id: str):
-        _action_allowed()
-        job_id = views.valid_id(job_id)
-        job = spool().requeue(job_id)
-        log.info("web: requeued %s", job.id)
-        if request.form.get("csrf_token"):  # a plain form post: back to the job's page
-            return redirect(url_for("job", job_id=job.id), code=303)
-        return jsonify({"id": job.id, "state": job.state.value})
+    web_actions.register(app, spool, _error)
 
     return app
+
+
+# The buttons a job's row and page show, by state (static/app.js has the same table).
+ACTIONS_FOR = {"pending": ("hold", "cancel"), "failed": ("hold", "cancel"), "held": ("release", "cancel"),
+               "processing": ("kill",), "completed": ("requeue", "delete"), "dead": ("requeue", "delete"),
+               "cancelled": ("requeue", "delete")}
+
+
+def actions_for(state: str) -> tuple[str, ...]:
+    return ACTIONS_FOR.get(state, ())
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -259,6 +257,11 @@ def _fmt_age(seconds: float | None) -> str:
 
 def _fmt_when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch)) if epoch else ""
+
+
+def _fmt_hm(epoch: float) -> str:
+    """A time of the chart's axis, in UTC like every time on the dashboard."""
+    return time.strftime("%H:%M", time.gmtime(epoch))
 
 
 def _pretty(value: object) -> str:

@@ -34,7 +34,7 @@ def test_overview_shows_the_spool_and_follows_it_live(tmp_path, browser):
         assert counts == {"pending": "2", "processing": "1", "completed": "4", "failed": "1", "dead": "1"}
         assert _text(page, "#count-rejected") == "1"
         assert _text(page, "#oldest").startswith("nightly-1")
-        assert page.locator("#chart rect").count() == 60
+        assert page.locator("#chart rect.completed").count() == 60 and page.locator("#chart rect.dead").count() == 60
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
         # A job enqueued from the CLI shows up without a reload: the page

@@ -189,10 +189,15 @@ def test_retry_needs_the_csrf_token(spool):
     assert c.get("/api/job/doomed/retry").status_code == 405
     assert c.get("/api/job/doomed").get_json()["state"] == "dead"
     r = c.post("/api/job/doomed/retry", headers={"X-CSRF-Token": token})
-    assert r.status_code == 200 and r.get_json() == {"id": "doomed", "state": "pending"}
+    assert r.status_code == 200 and r.get_json() == {"ok": True, "message": "requeued job doomed", "id": "doomed",
+                                                     "state": "pending"}
     assert (spool / "pending" / "doomed.json").exists()
     # the page's form: a plain POST with the token as a field, redirected back to the job
-    assert c.post("/api/job/evil/retry", data={"csrf_token": token}).status_code == 404  # not dead
+    assert c.post("/api/job/evil/retry", headers={"X-CSRF-Token": token}).status_code == 404  # not dead
+    # a form post that fails goes back to the page, which shows why
+    r = c.post("/api/job/evil/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert r.status_code == 200 and '<p class="result result-error" id="result" role="status">no job evil in dead/' \
+        in r.get_data(as_text=True)
     assert c.post("/api/job/..%2Fx/retry", headers={"X-CSRF-Token": token}).status_code == 404
 
 
@@ -213,11 +218,16 @@ def test_dlq_page_retry_buttons_post_a_form(run, spool):
     run("status")  # a hand move reaches the index with the next sync (the server's thread does that)
     c = create_app(str(spool), allow_actions=True).test_client()
     html = c.get("/dlq").get_data(as_text=True)
-    assert 'formaction="/api/job/doomed2/retry"' in html and f'value="{_csrf(c)}"' in html
-    r = c.post("/api/job/doomed2/retry", data={"csrf_token": _csrf(c)})
-    assert r.status_code == 303 and r.headers["Location"] == "/job/doomed2"
+    assert 'action="/api/job/doomed2/requeue"' in html and f'value="{_csrf(c)}"' in html
+    assert 'action="/api/job/doomed2/delete" data-confirm="delete job doomed2?"' in html
+    r = c.post("/api/job/doomed2/requeue", data={"csrf_token": _csrf(c), "next": "/dlq"})
+    assert r.status_code == 303 and r.headers["Location"] == "/dlq"
     assert c.get("/api/job/doomed2").get_json()["state"] == "pending"
-    assert "formaction" not in create_app(str(spool)).test_client().get("/dlq").get_data(as_text=True)
+    for evil in ("//evil.example/x", "https://evil.example/", "\\evil"):  # only paths of this site
+        r = c.post("/api/job/doomed2/hold", data={"csrf_token": _csrf(c), "next": evil})
+        assert r.headers["Location"] == "/job/doomed2"
+        c.post("/api/job/doomed2/release", data={"csrf_token": _csrf(c)})
+    assert "/api/job/" not in create_app(str(spool)).test_client().get("/dlq").get_data(as_text=True)
 
 
 def test_a_port_in_use_is_one_error_line(run):
@@ -246,7 +256,8 @@ def test_queue_and_label_filters_when_specs_carry_them(run, spool_dir):
     c = create_app(str(spool_dir)).test_client()
     assert run("enqueue", "--id", "plain", "true").exit_code == 0
     page = c.get("/jobs/pending").get_data(as_text=True)
-    assert 'name="queue"' not in page and "queue / labels" not in page  # no job has them: no filter
+    # every job has a queue (default), so the queue column and filter are always there
+    assert 'name="queue"' in page and '<td>default</td>' in page
     specs = [{"id": "etl-1", "command": "true", "queue": "etl", "labels": ["nightly", "db"]},
              {"id": "etl-2", "command": "true", "queue": "etl", "label": "hourly"},
              {"id": "mail-1", "command": "true", "queue": "mail", "labels": ["nightly"]},
@@ -265,7 +276,8 @@ def test_queue_and_label_filters_when_specs_carry_them(run, spool_dir):
     d = c.get("/api/jobs/pending?queue=etl").get_json()
     assert (d["total"], d["has_tags"], d["jobs"][1]["labels"]) == (None, True, ["nightly", "db"])
     assert [(j["queue"], j["labels"]) for j in c.get("/api/jobs/pending").get_json()["jobs"]
-            if j["id"] in ("odd", "plain")] == [(None, []), (None, [])]
+            if j["id"] in ("odd", "plain")] == [("default", []), ("default", [])]
     page = c.get("/jobs/pending?queue=etl").get_data(as_text=True)
-    assert 'name="queue" value="etl"' in page and "etl · nightly, db" in page
+    assert 'name="queue" value="etl"' in page
+    assert '<td>etl<span class="labels"> <span class="label">nightly</span> <span class="label">db</span></span></td>' in page
     assert 'data-api="/api/jobs/pending?page=1&amp;queue=etl"' in page
