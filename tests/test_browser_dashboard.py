@@ -111,13 +111,14 @@ def test_every_action_clicked_in_chromium_moves_the_jobs_file(tmp_path, browser,
         with page.expect_navigation():
             page.click('#job-actions button[data-action="hold"]')
         assert where(spool, "wait-b") == ["held"]
-        # An action that no longer applies says why, on the page.
-        queuectl(spool, "release", "wait-b")
-        queuectl(spool, "cancel", "wait-b")  # moved on behind the page's back
+        # An action that is refused says why, on the page, and changes nothing.
+        page.fill('#job-actions input[name="priority"]', "99999999999")
         with page.expect_navigation():
-            page.click('#job-actions button[data-action="release"]')
-        assert result(page) == "job wait-b is not held (it is cancelled)"
+            page.click('#job-actions button[data-action="priority"]')
+        assert result(page) == "priority must be an integer, not 99999999999"
         assert page.locator("#result.result-error").count() == 1
+        assert record(spool, "wait-b")["priority"] == 0 and where(spool, "wait-b") == ["held"]
+        queuectl(spool, "cancel", "wait-b")
 
         # The dead letter queue: retry all and purge all, each confirmed on its own page.
         page.goto(url + "dlq")
