@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_base import STATE_NAMES, Context, QueueGroup, complete_job_ids, dump, json_option, one_line, pass_ctx, Lines
+from .cli_base import (MAX_COUNT, PRIORITY, STATE_NAMES, Context, Lines, QueueGroup, Seconds, complete_job_ids, dump,
+                       json_option, one_line, pass_ctx)
 from .errors import InvalidJob
 
 
@@ -62,8 +63,8 @@ main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "log
               help="Read job specs from FILE ('-' for stdin): a JSON object, array, or JSON Lines.")
 @click.option("--id", "job_id", help="Job id (default: a time-sortable id).")
 @click.option("--max-retries", type=click.IntRange(0, 1000), help="Retries after the first attempt.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds before the job is killed.")
-@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--timeout", type=Seconds(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--priority", type=PRIORITY, help="Higher runs first (default 0).")
 @click.option("--queue", help="The job's queue (default: default).")
 @click.option("--on-finish", help="Shell command run once the job is completed or dead.")
 @click.option("--lines", "lines", type=click.File("rb"),
@@ -217,7 +218,7 @@ def _state(value: str | None):
 @main.command("list")
 @click.option("-s", "--state", type=click.Choice(STATE_NAMES, case_sensitive=False),
               help="Only jobs in this state ('done' means completed).")
-@click.option("-n", "--limit", type=click.IntRange(min=1), help="At most N jobs.")
+@click.option("-n", "--limit", type=click.IntRange(1, MAX_COUNT), help="At most N jobs.")
 @click.option("-q", "--queue", help="Only jobs of this queue.")
 @click.option("-l", "--label", help="Only jobs with this label.")
 @json_option("Print full job records as a JSON array.")

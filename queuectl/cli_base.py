@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import sys
 from typing import Any
 
 import click
@@ -19,8 +21,30 @@ from .errors import QueueError
 STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "held", "cancelled", "done"]
 
 
+MAX_SECONDS = 10 * 365 * 86400  # every time option's bound: 10 years (a job's own timeout is bounded so too)
+MAX_COUNT = 100_000_000         # a count of jobs (list -n, clean --keep)
+PRIORITY = click.IntRange(-2**31, 2**31)  # as job.check_priority allows
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds within bounds. nan compares false with every bound,
+    so a FloatRange alone let `wait --timeout nan` wait forever; inf and 1e20 are
+    bounded too, as time arithmetic on them overflows or never ends."""
+
+    name = "seconds"
+
+    def __init__(self, min: float = 0, max: float = MAX_SECONDS, *, min_open: bool = False):
+        super().__init__(min, max, min_open=min_open)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return super().convert(number, param, ctx)
+
+
 class QueueGroup(click.Group):
-    """Turns domain and OS errors into one `Error: ...` line and exit 1.
+    """Turns domain and OS errors into one `Error: ...` line and exit 1, Ctrl-C into exit 130.
 
     Subcommands named in `lazy` are imported from their module on first use,
     so a command never pays for another's imports.
@@ -43,6 +67,12 @@ class QueueGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C is 128 + SIGINT for every command, as for any Unix tool: click's
+            # own "Aborted!" exits 1, which reads like a failed job to `wait`'s caller.
+            if sys.stderr.isatty():
+                click.echo(err=True)  # the prompt starts its own line after "^C"
+            raise click.exceptions.Exit(130) from None
         except QueueError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli_base import Context, dump, pass_ctx
+from .cli_base import PRIORITY, Context, Seconds, dump, pass_ctx
 
 EXIT_FAILED = 1    # wait: a job ended dead or cancelled
 EXIT_TIMEOUT = 2   # wait: --timeout passed first
@@ -99,7 +99,7 @@ release = _mover("release", """Move held jobs back to pending/, where workers cl
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("job_id", metavar="ID")
-@click.argument("priority", type=int, metavar="N")
+@click.argument("priority", type=PRIORITY, metavar="N")
 @pass_ctx
 def priority(obj: Context, job_id, priority):
     """Give a waiting job a new priority (higher runs first); the next claim sees it.
@@ -159,7 +159,7 @@ def _signal(name: str) -> int:
 @click.argument("job_ids", nargs=-1, metavar="[ID...]")
 @click.option("-l", "--label", help="Every job with this label.")
 @click.option("--all", "all_", is_flag=True, help="Every job not final yet.")
-@click.option("-t", "--timeout", type=click.FloatRange(0), help="Give up after SECONDS (exit 2).")
+@click.option("-t", "--timeout", type=Seconds(), help="Give up after SECONDS (exit 2).")
 @click.option("--poll", is_flag=True, help="Poll instead of inotify (network filesystems).")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs' final records as a JSON array.")
 @pass_ctx

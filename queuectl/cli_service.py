@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_base import Context, pass_ctx
+from .cli_base import MAX_COUNT, Context, Seconds, pass_ctx
 
 
 @click.command()
@@ -57,7 +57,7 @@ def resume(obj: Context, queue):
 @click.option("-s", "--state", "states", multiple=True, metavar="STATE",
               help="completed (or done), dead, cancelled; repeatable (default: every finished state).")
 @click.option("--older-than", metavar="AGE", help="Only jobs finished longer ago than AGE (90s, 15m, 12h, 7d, 2w).")
-@click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Keep the newest N jobs of each state.")
+@click.option("--keep", type=click.IntRange(0, MAX_COUNT), metavar="N", help="Keep the newest N jobs of each state.")
 @click.option("--all", "all_", is_flag=True, help="No filter: delete every finished job of the states.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print what would be removed, remove nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs removed.")
@@ -103,7 +103,7 @@ def clean(obj: Context, states, older_than, keep, all_, dry_run, quiet):
 @click.option("--user/--system", "user", default=True, show_default=True,
               help="A unit for `systemctl --user`, or a system-wide one (runs as you).")
 @click.option("-c", "--count", type=click.IntRange(1, 256), default=2, show_default=True, help="Worker processes.")
-@click.option("--stop-timeout", type=click.FloatRange(0), default=60, show_default=True,
+@click.option("--stop-timeout", type=Seconds(), default=60, show_default=True,
               help="Seconds running jobs get to finish on stop; TimeoutStopSec follows it.")
 @pass_ctx
 def systemd_unit(obj: Context, user, count, stop_timeout):

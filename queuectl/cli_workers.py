@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .cli_base import Context, Lines, complete_dead_ids, complete_job_ids, dump, json_option, one_line, pass_ctx
+from .cli_base import (Context, Lines, Seconds, complete_dead_ids, complete_job_ids, dump, json_option, one_line,
+                       pass_ctx)
 
 # -- workers -------------------------------------------------------------------
 
@@ -30,7 +31,7 @@ def worker():
                    "status 0 if every job run completed, 1 if one ended in dead/.")
 @click.option("--detach", is_flag=True, help="Run in the background, logging to SPOOL/logs/_supervisor.log (appended).")
 @click.option("--poll", is_flag=True, help="Poll the spool instead of inotify (network filesystems).")
-@click.option("--stop-timeout", type=click.FloatRange(0), default=None,
+@click.option("--stop-timeout", type=Seconds(), default=None,
               help="On stop, kill jobs still running after this many seconds.")
 @click.option("--allow-shared-spool", is_flag=True,
               help="Run even if the spool is writable by group or others.")
@@ -82,7 +83,7 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
 
 
 @worker.command("stop")
-@click.option("--timeout", type=click.FloatRange(0), default=60, show_default=True,
+@click.option("--timeout", type=Seconds(), default=60, show_default=True,
               help="Seconds to let running jobs finish before they are killed.")
 @pass_ctx
 def worker_stop(obj: Context, timeout):

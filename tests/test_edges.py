@@ -283,3 +283,58 @@ def test_at_refuses_a_zone_it_cannot_be_sure_of(run, text, says):
     assert r.exit_code == 1 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
     assert says in r.stderr
     assert "Warning" not in r.stderr and "tzinfos" not in r.stderr
+
+
+# -- numbers that are no numbers (finding 14) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ("wait", "a", "--timeout", "nan"),      # waited forever
+    ("wait", "a", "--timeout", "inf"),
+    ("wait", "a", "--timeout", "1e20"),
+    ("wait", "a", "--timeout", "-1"),
+    ("enqueue", "--timeout", "nan", "true"),
+    ("enqueue", "--timeout", "1e300", "true"),
+    ("enqueue", "--priority", "9" * 30, "true"),
+    ("priority", "a", "9" * 30),
+    ("list", "-n", "9" * 30),               # a traceback: "Python int too large to convert to SQLite INTEGER"
+    ("clean", "--keep", "9" * 30),
+    ("worker", "start", "--burst", "--stop-timeout", "nan"),
+    ("worker", "stop", "--timeout", "nan"),
+    ("worker", "stop", "--timeout", "1e300"),
+    ("systemd-unit", "--stop-timeout", "inf"),
+])
+def test_numeric_options_refuse_nan_inf_and_huge_values(spool_dir, args):
+    cli(spool_dir, "enqueue", "--id", "a", "--delay", "1h", "true")
+    r = qc(spool_dir, *args, timeout=30)  # `wait --timeout nan` never returned
+    assert r.returncode == 2, r.stdout + r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("Error: Invalid value for ") and ("finite" in last or "range" in last), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# -- Ctrl-C (finding 15c) ---------------------------------------------------------------------------
+
+
+def _watching(pid: int) -> bool:
+    """Has the process made its inotify watch (so it is inside wait's loop)?"""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify" for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def test_ctrl_c_in_wait_exits_130(spool_dir):
+    import signal
+    cli(spool_dir, "enqueue", "--id", "a", "--delay", "1h", "true")
+    p = subprocess.Popen(cli_argv(spool_dir, "wait", "a"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _watching(p.pid), 30)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, (out, err)  # was 1, as for a job that ended dead
+    assert "Traceback" not in err and "Aborted" not in err
