@@ -192,6 +192,21 @@ def disk_full(path: str) -> bool:
     return st.f_blocks > 0 and (st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0))
 
 
+def dir_ident(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the directory at path, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def moved(path: str, ident: tuple[int, int] | None) -> bool:
+    """Is the directory at path no longer the one whose dir_ident() was `ident` (moved away,
+    removed, or replaced by another)? A process working in it must stop, not make a new one."""
+    return ident is not None and dir_ident(path) != ident
+
+
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
 

@@ -26,7 +26,7 @@ import time
 
 from . import lazylog
 from .errors import SpoolError, WorkerError
-from .fsio import unreachable
+from .fsio import dir_ident, moved, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues
@@ -48,6 +48,7 @@ RESTART_FIRST = 0.1   # a crashed worker is restarted after this long,
 RESTART_MAX = 10.0    # doubling with each crash in a row up to this;
 RESTART_RESET = 30.0  # a worker that lived this long starts the count again
 WORKER_STOPPED = 3    # a worker's exit code after a stop signal (0 is a burst with nothing left)
+WORKER_SPOOL_GONE = 5  # a worker's exit code when its spool directory was moved, removed or replaced
 READY_POLL = 0.05     # the loop's period until every first worker watches (systemd's READY=1)
 DETACH_READY = 10.0   # seconds `worker start --detach` waits for the supervisor's heartbeat
 
@@ -79,23 +80,32 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(root: str, name: str, burst: bool, poll: bool, parent: int, wake_fds: tuple[int, ...],
-                 queues: tuple[str, ...] | None = None, lane: tuple[int, int] = (0, 1)) -> None:
+                 queues: tuple[str, ...] | None = None, lane: tuple[int, int] = (0, 1),
+                 root_ident: tuple[int, int] | None = None) -> None:
     # FORK_BLOCKED is blocked here (start_worker): whatever arrived since the
     # fork is still pending, and is delivered to the worker's own handlers.
     signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not this process's
     for fd in wake_fds:
         os.close(fd)
     w = Worker(root, name, burst=burst, poll=poll, queues=queues, lane=lane)
+    w.root_ident = root_ident
     w.install_signals()
     _die_with_parent()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
     if os.getppid() != parent:
         os._exit(0)  # the supervisor died before PDEATHSIG was armed: no one to work for
     code = 0
+    root = os.path.abspath(root)  # now, in the supervisor's directory: a job's cwd is not the spool's
     try:
+        if moved(root, root_ident):
+            os._exit(WORKER_SPOOL_GONE)  # opening the spool would make a new, empty one at its old path
         code = w.run()
     except KeyboardInterrupt:
         code = 1
+    except Exception:
+        if not moved(root, root_ident):
+            raise
+        code = WORKER_SPOOL_GONE  # what failed is the spool's absence: the supervisor says so, once
     if code == 0 and w.stopping:
         code = WORKER_STOPPED  # tells the supervisor this was a stop, not a finished burst
     sys.stdout.flush()
@@ -134,6 +144,8 @@ class Supervisor:
         if allow_shared:
             os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
         self.spool = Spool(root, shared=allow_shared)
+        self.root_ident = dir_ident(self.spool.root)  # the spool directory these workers work in
+        self.gone = False  # it was moved, removed or replaced: stop, never make a new one there
         if not allow_shared:
             check_spool_permissions(self.spool)
         self.ctx = multiprocessing.get_context("fork")
@@ -162,7 +174,7 @@ class Supervisor:
         self.spool.close()  # never share a SQLite connection across fork
         p = self.ctx.Process(target=_worker_main, name=f"worker-{i}", daemon=False,
                              args=(self.root, f"worker-{i}", self.burst, self.poll, os.getpid(), self.wake_fds,
-                                   self.queues, (i, self.count)))
+                                   self.queues, (i, self.count), self.root_ident))
         old = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             p.start()
@@ -225,10 +237,10 @@ class Supervisor:
                 _signal(p.pid, signal.SIGUSR1)
                 p.join()
             self._remove_signals()
-        if self.burst:
+        if self.burst and not self.gone:
             self._say_scheduled()
         log.info("stopped")
-        return 1 if self.died else 0
+        return 1 if self.died or self.gone else 0
 
     def _check_inotify(self) -> None:
         """Used-up inotify limits make the workers poll: said once here, not by each worker."""
@@ -291,6 +303,14 @@ class Supervisor:
         finally:
             self.spool.close()
 
+    def _spool_gone(self) -> None:
+        """The spool directory was moved, removed or replaced under the workers: one line, then stop."""
+        if not self.gone:
+            self.gone = self.stop_asked = True
+            log.error("the spool directory %s was moved, removed or replaced while the workers ran: stopping "
+                      "(a new empty spool is not made in its place; start the workers again where it is now)",
+                      self.spool.root)
+
     def _say_scheduled(self) -> None:
         """A burst run leaves jobs due later (or blocked, or held) alone: say how many."""
         spool = self.spool
@@ -331,8 +351,11 @@ class Supervisor:
             multiprocessing.connection.wait([p.sentinel for p in self.procs.values()] + [self.wake_fds[0]],
                                             timeout=timeout)
             _drain(self.wake_fds[0])
-            hb.beat()
-            if stop_sent_at is None and self.spool.multihost:
+            if not self.gone and moved(self.spool.root, self.root_ident):
+                self._spool_gone()
+            if not self.gone:
+                hb.beat()  # never into another spool made at this path
+            if stop_sent_at is None and self.spool.multihost and not self.gone:
                 self._recover_others(hb)
             if not self.ready and stop_sent_at is None:
                 self._check_ready()
@@ -372,6 +395,9 @@ class Supervisor:
             if self.burst and code == EXIT_JOB_DIED:
                 self.died = True
             if stopping or (code in (0, EXIT_JOB_DIED) and self.burst):
+                continue
+            if code == WORKER_SPOOL_GONE:
+                self._spool_gone()
                 continue
             if code in (0, WORKER_STOPPED):
                 # Someone signalled this worker, or the whole group (the worker may

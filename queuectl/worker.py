@@ -19,7 +19,7 @@ from . import lazylog
 from .controls import resolve_dependencies
 from .dropins import is_ignored
 from .errors import SpoolError
-from .fsio import disk_full, unreachable
+from .fsio import disk_full, moved, unreachable
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
@@ -102,6 +102,7 @@ class Worker:
         self.holding: Claim | None = None  # the claim being run, until its outcome is recorded
         self.flushed = 0.0
         self.scan_dirs = WORK_DIRS
+        self.root_ident: tuple[int, int] | None = None  # the spool directory's, as its supervisor opened it
 
     # signal handlers only set flags (and wake the loop)
     def _on_stop(self, signum, frame) -> None:  # noqa: ANN001
@@ -147,6 +148,7 @@ class Worker:
         try:
             self.loop()
             try:
+                check_here(self.spool.root, self.root_ident)  # a stop because it moved: nothing to make there
                 spool.sync()  # scans skip done/ (WORK_DIRS): leave an index that agrees with every directory
             except (SpoolError, sqlite3.Error, OSError):
                 pass  # a cache: the next command's own sync repairs it
@@ -194,6 +196,7 @@ class Worker:
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
+            check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
             waiting = 0
             busy = False
@@ -462,6 +465,13 @@ class Worker:
         if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
             spool.flush_index()
             self.flushed = time.monotonic()
+
+
+def check_here(root: str, ident: tuple[int, int] | None) -> None:
+    """SpoolError if the spool directory was moved, removed or replaced since its supervisor
+    opened it: the worker stops (its supervisor says why) instead of working in a new, empty one."""
+    if moved(root, ident):
+        raise SpoolError(f"the spool directory {root} was moved, removed or replaced")
 
 
 def watch(spool: Spool, poll: bool, wake_dirs: list[str]):

@@ -338,3 +338,35 @@ def test_ctrl_c_in_wait_exits_130(spool_dir):
             p.kill()
     assert p.returncode == 130, (out, err)  # was 1, as for a job that ended dead
     assert "Traceback" not in err and "Aborted" not in err
+
+
+# -- a spool moved under its workers (finding 15b) --------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["moved", "replaced"])
+def test_workers_stop_with_one_line_when_their_spool_is_moved(tmp_path, procs, how):
+    from support import heartbeats, wait_exit
+    spool = tmp_path / "spool"
+    cli(spool, "enqueue", "--id", "first", "true")
+    sup = procs.start(spool, "worker", "start", "--count", "2", name="sup")
+    wait_for(lambda: len(heartbeats(spool, "worker")) == 2 and (spool / "done" / "first.json").exists(), 60)
+    spool.rename(tmp_path / "elsewhere")
+    if how == "replaced":
+        spool.mkdir()  # an empty directory where the spool was
+    code = wait_exit(sup, 60, procs)  # was: workers crashed, restarted and made a new spool here
+    out = procs.output(sup)
+    assert code == 1, out
+    assert "Traceback" not in out and "restarting" not in out, out
+    lines = [line for line in out.splitlines() if "was moved, removed or replaced" in line]
+    assert len(lines) == 1 and "[supervisor]" in lines[0], out
+    if how == "moved":
+        assert not spool.exists()
+    else:
+        assert os.listdir(spool) == []
+    # the spool where it is now is whole, and its jobs run there
+    moved_to = tmp_path / "elsewhere"
+    assert (moved_to / "done" / "first.json").exists()
+    cli(moved_to, "enqueue", "--id", "second", "true")
+    cli(moved_to, "worker", "start", "--burst")
+    assert (moved_to / "done" / "second.json").exists()
