@@ -345,14 +345,16 @@ def due_time(h: History, jid: str, before: float, completed: dict[str, float]) -
             return None
         if completed[p] + SLACK > due:
             due, interval = completed[p] + SLACK, SCAN_BUSY
-    last_verb = None
+    held = False
     for o in h.ops_on(jid):
-        if o["t0"] >= before or o["rc"] != 0:
+        if o["t0"] >= before:
             continue
-        if o["t1"] > due:
+        if o["t1"] > due:  # tried, whether it worked or not: it may have moved the file meanwhile
             due, interval = o["t1"], SCAN_AFTER_EVENT
-        last_verb = o["op"]
-    if last_verb in ("hold", "cancel", "kill"):
+        verb = {"hold": "held", "cancel": "cancelled", "release": "released"}.get(o["op"])
+        if verb and re.search(rf"^{verb} job {re.escape(jid)}$", o.get("out") or "", re.M):
+            held = o["op"] != "release"
+    if held:
         return None
     return due, interval
 

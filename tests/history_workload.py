@@ -31,19 +31,20 @@ STATE_DIRS = ("pending", "processing", "done", "failed", "dead", "held", "cancel
 LIMITED, OTHER = "lim", "bulk"  # the two named queues; LIMITED has concurrency 1
 
 JOB_SH = r"""#!/bin/sh
-# job.sh HIST TOKEN SLEEP FAIL_UPTO BACKGROUND
+# job.sh HIST TOKEN SLEEP FAIL_UPTO BACKGROUND: 1 = a child prints after the command ended,
+# 2 = the same from a command that prints nothing itself (its worker may reuse its scratch log)
 h=$1
 s=$(date +%s.%N)
 echo "S $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT ${QUEUECTL_NODE:-local} $$ $s" >> "$h"
-echo "QCMARK $2 $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT start"
-if [ "$5" = 1 ]; then
+[ "$5" = 2 ] || echo "QCMARK $2 $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT start"
+if [ "$5" != 0 ]; then
   # output of a child that outlives the command: it must never reach another job's log
   (sleep 0.4; echo "QCMARK $2 $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT late") &
 fi
 sleep "$3"
 x=0
 [ "$QUEUECTL_ATTEMPT" -le "$4" ] && x=1
-echo "QCMARK $2 $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT end"
+[ "$5" = 2 ] || echo "QCMARK $2 $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT end"
 e=$(date +%s.%N)
 echo "E $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT ${QUEUECTL_NODE:-local} $$ $s $e $x" >> "$h"
 exit $x
@@ -104,7 +105,7 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
         sleep = round(rng.choice([0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5]) * rng.random() + 0.01, 3)
         fail_upto = rng.choices([0, 1, 2, 99], [14, 3, 1, 1])[0]
         spec = {"id": jid, "queue": queue, "priority": rng.choice([0, 0, 0, 1, 5, 10, 50, -5]),
-                "sleep": sleep, "fail_upto": fail_upto, "bg": int(rng.random() < 0.08),
+                "sleep": sleep, "fail_upto": fail_upto, "bg": rng.choices([0, 1, 2], [88, 5, 7])[0],
                 "method": method, "after": [], "delay": 0}
         if method in ("cli", "file") and cli_ids and rng.random() < 0.25:
             spec["after"] = sorted(set(rng.sample(cli_ids[-12:], min(len(cli_ids[-12:]), rng.choice([1, 1, 2])))))
