@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,9 @@ def run_workload(params: Params, work: Path, log=print) -> Workload:
     w.rec.add("meta", params=params.as_dict(), token=w.token, t=t_start, limits={LIMITED: 1})
     for spec in w.specs:
         w.rec.add("job", spec=spec)
-    for key, value in SETTINGS.items():
+    # shared mode judges a node dead by its heartbeat's age: short leases, or recovery takes 35 s
+    settings = {**SETTINGS, **({"lease": 3, "clock_skew": 1} if params.shared or len(params.spools) > 1 else {})}
+    for key, value in settings.items():
         r = w.config(key, value)
         if r["rc"] != 0:
             raise RuntimeError(f"config set {key} {value} failed: {r['err']}")
@@ -53,11 +56,11 @@ def run_workload(params: Params, work: Path, log=print) -> Workload:
     for h in w.hosts:
         for k in range(params.supervisors):
             h.start_supervisor(k)
-    threads = [threading.Thread(target=f, daemon=True, name=f.__name__)
+    threads = [threading.Thread(target=guarded, args=(w, f), daemon=True, name=f.__name__)
                for f in (w.enqueuer, w.controller, w.waiter, w.faulter, w.keeper)]
     for t in threads:
         t.start()
-    threads[0].join(params.duration * 3)
+    threads[0].join(max(600.0, params.duration * 3))  # every job goes in, however slow the machine
     w.stop.wait(max(0.0, t_start + params.duration - time.time()))
     w.stop.set()
     for t in threads:
@@ -66,6 +69,15 @@ def run_workload(params: Params, work: Path, log=print) -> Workload:
     w.rec.add("end", t=time.time())
     w.rec.close()
     return w
+
+
+def guarded(w: Workload, f) -> None:
+    """Run one of the workload's threads; a crash of the harness is recorded, and fails the run."""
+    try:
+        f()
+    except BaseException:
+        w.rec.add("harness_error", t=time.time(), thread=f.__name__, error=traceback.format_exc())
+        raise
 
 
 def quiesce(w: Workload, log) -> None:
@@ -156,6 +168,9 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
             kw["fill_dir"] = str(mnt)
         else:
             spools = [str(base / f"spool-{seed}")]
+    for s in spools:
+        if any(_listdir(Path(s, d)) for d in ("pending", "done", "dead", "failed", "held", "cancelled")):
+            raise SystemExit(f"spool {s} already holds jobs: give each run a fresh spool")
     try:
         params = Params(seed, jobs=jobs, spools=spools, nodes=nodes,
                         duration=duration if duration is not None else max(10.0, jobs / 8), work=str(work), **kw)

@@ -79,6 +79,7 @@ class History:
         self.accepted: set[str] = set()        # ids an enqueue or drop-in reported accepted
         self.maybe: set[str] = set()           # ids whose enqueue failed (it may still have gone in)
         self.drained_left: list[str] = []
+        self.harness_errors: list[str] = []     # the workload itself crashed: the run proves nothing
         self.leftover: list[list] = []
         self.token = ""
         self.limits: dict[str, int] = {}
@@ -478,7 +479,7 @@ INVARIANTS = (check_states, check_runs, check_limits, check_dependencies, check_
 
 
 def check(h: History) -> list[str]:
-    out = []
+    out = [f"harness error (the run is not valid): {e}" for e in h.harness_errors]
     for f in INVARIANTS:
         out += f(h)
     return out

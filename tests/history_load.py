@@ -21,7 +21,7 @@ def stats(h: History) -> str:
     faults = Counter(f["fault"] for f in h.faults)
     killed = sum(1 for e in h.execs if e.killed)
     deps = sum(1 for s in h.specs.values() if s.get("after"))
-    return (f"{len(h.specs)} jobs ({deps} with --after), {len(h.execs)} runs ({killed} cut short); ops "
+    return (f"{len(h.accepted)} of {len(h.specs)} jobs enqueued ({deps} with --after), {len(h.execs)} runs ({killed} cut short); ops "
             + ", ".join(f"{k} {ok[k]}/{n}" for k, n in sorted(ops.items()))
             + "; faults " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none"))
 
@@ -77,6 +77,8 @@ def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> Histo
             h.t_quiesce = ev["t"]
         elif k == "drained":
             h.drained_left = ev["left"]
+        elif k == "harness_error":
+            h.harness_errors.append(f"{ev['thread']}: {ev['error'].strip().splitlines()[-1]}")
         elif k == "leftover":
             h.leftover = ev["executions"]
     for old, new in renamed.items():  # --lines gave its own ids
