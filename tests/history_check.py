@@ -442,7 +442,7 @@ def check_waits(h: History) -> list[str]:
         try:
             got = {r["id"]: r.get("state") for r in json.loads(o["out"] or "null")}
         except (ValueError, TypeError, KeyError):
-            gone_before = [j for j in ids if j in removed and removed[j][1]["t1"] < o["t1"]]
+            gone_before = [j for j in ids if j in removed and removed[j][1]["t0"] < o["t1"]]
             if o["rc"] == 1 and "no job" in o["err"] and gone_before:
                 continue  # it asked for a job a clean had removed
             if o["rc"] == 1 and "no space left on device" in o["err"] and any(

@@ -122,6 +122,13 @@ def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> Histo
     for n in sorted(os.listdir(rej)) if rej.exists() else []:
         if n.endswith(".reason"):
             h.rejected.append(f"{n[:-7]}: {(rej / n).read_text(errors='replace').strip()}")
+    # a failed `enqueue --lines` may have placed some of its jobs, under ids of its own
+    for jid, found in h.files.items():
+        if jid not in h.specs and found[0][1]:
+            spec = (found[0][1].get("command") or "").rsplit(" ", 1)[-1]
+            if spec in h.specs and spec in h.maybe:
+                h.specs[jid] = dict(h.specs.pop(spec), id=jid)
+                h.maybe.add(jid)
     logs = root / "logs"
     for n in sorted(os.listdir(logs)) if logs.exists() else []:
         if n.endswith(".log") and (n[:-4] in h.files or n[:-4] in h.specs):

@@ -31,8 +31,9 @@ STATE_DIRS = ("pending", "processing", "done", "failed", "dead", "held", "cancel
 LIMITED, OTHER = "lim", "bulk"  # the two named queues; LIMITED has concurrency 1
 
 JOB_SH = r"""#!/bin/sh
-# job.sh HIST TOKEN SLEEP FAIL_UPTO BACKGROUND: 1 = a child prints after the command ended,
-# 2 = the same from a command that prints nothing itself (its worker may reuse its scratch log)
+# job.sh HIST TOKEN SLEEP FAIL_UPTO BACKGROUND SPEC: BACKGROUND 1 = a child prints after the command
+# ended, 2 = the same from a command that prints nothing itself (its worker may reuse its scratch
+# log); SPEC names the job's spec, whatever id `enqueue --lines` gave it
 h=$1
 s=$(date +%s.%N)
 echo "S $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT ${QUEUECTL_NODE:-local} $$ $s" >> "$h"
@@ -114,7 +115,7 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
         if method == "cli":
             cli_ids.append(jid)
         spec["command"] = " ".join(shlex.quote(str(a)) for a in (
-            "sh", work / "job.sh", work / "hist", token, spec["sleep"], spec["fail_upto"], spec["bg"]))
+            "sh", work / "job.sh", work / "hist", token, spec["sleep"], spec["fail_upto"], spec["bg"], jid))
         specs.append(spec)
     return specs
 
