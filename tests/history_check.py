@@ -217,7 +217,8 @@ def check_runs(h: History) -> list[str]:
 def check_limits(h: History) -> list[str]:
     out = []
     for queue, limit in sorted(h.limits.items()):
-        runs = [e for e in h.execs if h.specs.get(e.id, {}).get("queue") == queue]
+        # a run cut short before it was ever seen alive has an empty interval: it proves no overlap
+        runs = [e for e in h.execs if h.specs.get(e.id, {}).get("queue") == queue and e.end > e.start]
         points = sorted([(e.start, 1, e) for e in runs] + [(e.end, -1, e) for e in runs],
                         key=lambda p: (p[0], p[1]))
         live: set = set()

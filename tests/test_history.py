@@ -103,6 +103,9 @@ def test_invariant_3_a_queue_limit_exceeded():
     v = fired(h, 3)
     assert "2 runs of queue lim (limit 1) at once" in v[0] and "jobs a c" in v[0]
     assert check_limits(good_history()) == []
+    h = good_history()
+    h.execs.append(Execution("c", 2, "local", 998, T + 0.05, None))  # killed before it was seen alive
+    assert check_limits(h) == []
 
 
 def test_invariant_4_a_dependent_ran_before_its_parent_completed_or_was_cancelled_wrongly():
