@@ -29,7 +29,7 @@ FINAL = ("completed", "dead", "cancelled")
 # completion is seen by a busy worker at its next timed scan, BUSY_RESCAN_INTERVAL.
 SCAN_AFTER_EVENT = 1.0
 SCAN_BUSY = 5.0
-SLACK = 0.5  # process start-up and index flushes (INDEX_FLUSH_INTERVAL is 0.1 s)
+SLACK = 1.0  # process start-up and index flushes (INDEX_FLUSH_INTERVAL is 0.1 s) on a loaded machine
 MARK_RE = re.compile(r"QCMARK (\S+) (\S+) (\S+) (\w+)")
 DONE_LINE = re.compile(r"^(cancelled|held|released|requeued) job (\S+)$", re.M)
 PRIORITY_LINE = re.compile(r"^job (\S+) priority (-?\d+)$", re.M)
@@ -85,6 +85,8 @@ class History:
         self.limits: dict[str, int] = {}
         self.t_quiesce = float("inf")
         self.arrived: dict[str, float] = {}    # id -> when its enqueue returned (or its drop-in was renamed)
+        self.enqueue_began: dict[str, float] = {}  # id -> when the enqueue (or drop-in) that placed it began
+        self.enqueued_on: dict[str, int] = {}  # id -> the host (index in the run's spools) that enqueued it
 
     # -- derived facts ------------------------------------------------------------------
 
@@ -121,6 +123,13 @@ class History:
                 for jid, st in REMOVED_LINE.findall(o.get("out") or ""):
                     out[jid] = (st, o)
         return out
+
+    def node_of(self, host: int | None) -> str | None:
+        """The node name a host's jobs write in their S/E lines."""
+        if host is None:
+            return None
+        nodes = self.meta.get("params", {}).get("nodes") or []
+        return (nodes[host] if host < len(nodes) else None) or "local"
 
     def ops_on(self, jid: str) -> list[dict]:
         return [o for o in self.ops if o["op"] in ("priority", "hold", "release", "cancel", "kill", "dlq")
@@ -329,14 +338,17 @@ def priority_at(h: History, jid: str, t: float) -> tuple[int | None, float]:
     return p, changed
 
 
-def due_time(h: History, jid: str, before: float, completed: dict[str, float]) -> tuple[float, float] | None:
-    """(when the job became due, unblocked and not held, the scan interval that applies); None if it
-    was held or under an operation at `before`, or if the record cannot say."""
+def due_time(h: History, jid: str, before: float, completed: dict[str, float]) -> tuple[float, float, str | None] | None:
+    """(when the job became due, unblocked and not held; the scan interval that applies; the node whose
+    index said so from then on, written by the command that made it due, or None); None if it was
+    held or under an operation at `before`, or if the record cannot say."""
     spec = h.specs.get(jid)
     arrived = h.arrived.get(jid)
     if spec is None or arrived is None:
         return None
+    # enqueue writes the row before it returns; a drop-in's row waits for a worker's scan
     due, interval = arrived, SCAN_AFTER_EVENT
+    indexed = h.node_of(h.enqueued_on.get(jid)) if spec.get("method") != "dropin" else None
     rec = h.record(jid) or {}
     run_at = epoch(rec.get("run_at")) if rec.get("run_at") else (arrived + spec.get("delay", 0) if spec.get("delay")
                                                                  else None)
@@ -345,23 +357,37 @@ def due_time(h: History, jid: str, before: float, completed: dict[str, float]) -
     for p in spec.get("after") or []:
         if p not in completed:
             return None
-        if completed[p] + SLACK > due:
-            due, interval = completed[p] + SLACK, SCAN_BUSY
+        if completed[p] + SLACK > due:  # the parent's row reaches the index when its worker flushes
+            due, interval, indexed = completed[p] + SLACK, SCAN_BUSY, None
     held = False
     for o in h.ops_on(jid):
         if o["t0"] >= before:
             continue
         if o["t1"] > due:  # tried, whether it worked or not: it may have moved the file meanwhile
-            due, interval = o["t1"], SCAN_AFTER_EVENT
+            due, interval, indexed = o["t1"], SCAN_AFTER_EVENT, h.node_of(o.get("host"))
         verb = {"hold": "held", "cancel": "cancelled", "release": "released"}.get(o["op"])
         if verb and re.search(rf"^{verb} job {re.escape(jid)}$", o.get("out") or "", re.M):
             held = o["op"] != "release"
     if held:
         return None
-    return due, interval
+    return due, interval, indexed
+
+
+def due_since(h: History, jid: str, completed: dict[str, float]) -> float | None:
+    """A time before which the job was surely not claimable: its enqueue began, it was scheduled,
+    its parents had not all completed."""
+    spec, t = h.specs.get(jid), h.enqueue_began.get(jid)
+    if spec is None or t is None:
+        return None
+    rec = h.record(jid) or {}
+    run_at = epoch(rec.get("run_at")) if rec.get("run_at") else None
+    return max([t, run_at or t] + [completed.get(p, t) for p in spec.get("after") or []])
 
 
 def check_priority(h: History) -> list[str]:
+    """Two kinds of evidence, each enough: the claimed job J became due after a higher-priority K was
+    due and in the index (any list of candidates holding J held K first), or K had been due for more
+    than one scan interval when J was claimed."""
     out = []
     execs = h.execs_of()
     completed = parent_completions(h)
@@ -373,11 +399,12 @@ def check_priority(h: History) -> list[str]:
     seen: set[str] = set()
     for jid, runs in sorted(execs.items()):
         queue = h.specs.get(jid, {}).get("queue", "default")
-        for e in runs:
+        for n, e in enumerate(runs):
             c = claim_time(h.record(jid), e)
             pj, _ = priority_at(h, jid, c)
             if pj is None:
                 continue
+            jdue = due_since(h, jid, completed) if n == 0 and first.get(jid) == c else None
             for k in by_queue[queue]:
                 if k == jid or k in seen or first.get(k) is None or first[k] <= c:
                     continue
@@ -387,15 +414,19 @@ def check_priority(h: History) -> list[str]:
                 due = due_time(h, k, c, completed)
                 if due is None:
                     continue
-                d, interval = due
-                if c <= d + interval + SLACK:
+                d, interval, indexed = due
+                # each node has its own index: the claimer's had the row only if its node wrote it
+                overtaken = indexed == e.node and jdue is not None and jdue > d + SLACK
+                if c <= d + interval + SLACK and not overtaken:
                     continue
                 if any(t1 >= d - 1 and t0 <= c + 1 for t0, t1 in fault_times):
                     continue  # a stopped or killed worker may have held it meanwhile
                 seen.add(k)
-                out.append(_v(5, "priority", f"{jid} (priority {pj}, queue {queue}) was claimed at {c:.3f} while "
-                              f"{k} (priority {pk}) had been due since {d:.3f} ({c - d:.1f}s, more than one scan "
-                              f"interval of {interval:g}s) and waited until {first[k]:.3f}", [jid, k]))
+                why = (f"became due after {jdue:.3f}, after" if overtaken else
+                       f"was claimed {c - d:.1f}s, more than one scan interval ({interval:g}s), after")
+                out.append(_v(5, "priority", f"{jid} (priority {pj}, queue {queue}, claimed at {c:.3f}) {why} "
+                              f"{k} (priority {pk}) was due at {d:.3f}; {k} waited until {first[k]:.3f}",
+                              [jid, k]))
     return out
 
 

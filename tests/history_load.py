@@ -91,6 +91,8 @@ def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> Histo
             (h.accepted if o["rc"] == 0 else h.maybe).update(ids)
             for i in ids:
                 h.arrived.setdefault(i, o["t1"])
+                h.enqueue_began.setdefault(i, o["t0"])
+                h.enqueued_on.setdefault(i, o.get("host", 0))
     ends = {}
     starts = []
     for line in (work / "hist").read_text(errors="replace").splitlines():

@@ -442,7 +442,8 @@ class Workload:
         threads = []
         while not self.stop.wait(rng.uniform(0.3, 1.5)):
             ids = self.some_ids(rng, rng.choice([1, 2, 3, 5]))
-            if not ids:
+            threads = [t for t in threads if t.is_alive()]
+            if not ids or len(threads) >= 3:  # at most three at once: a slow machine is not swamped
                 continue
             t = threading.Thread(target=self.op, args=("wait", "--json", "--timeout", rng.choice([1, 3, 8, 20]),
                                                        *ids), kwargs={"host": self.rng_host(rng)}, daemon=True)

@@ -38,6 +38,7 @@ def good_history() -> History:
                "c": {"id": "c", "queue": "lim", "priority": 0, "after": []}}
     h.accepted = {"a", "b", "c"}
     h.arrived = {"a": T, "b": T, "c": T}
+    h.enqueue_began = {"a": T - 0.1, "b": T - 0.1, "c": T - 0.1}
     h.ops = [{"op": "enqueue", "args": [], "t0": T - 0.1, "t1": T, "rc": 0, "out": "", "err": "", "ids": ["a", "b", "c"]}]
     runs = {"a": (T + 0.1, T + 0.5), "b": (T + 0.7, T + 0.9), "c": (T + 0.2, T + 0.6)}
     for jid, (s, e) in runs.items():
@@ -125,11 +126,11 @@ def test_invariant_5_a_lower_priority_job_claimed_while_a_higher_one_waited():
     h = good_history()
     h.specs["d"] = {"id": "d", "queue": "default", "priority": 50, "after": []}
     h.accepted.add("d")
-    h.arrived["d"] = T
+    h.arrived["d"], h.enqueue_began["d"] = T, T - 0.1
     late = T + 5  # d waited 5 s; `e` (priority 0) was claimed at T + 3 meanwhile
     h.specs["e"] = {"id": "e", "queue": "default", "priority": 0, "after": []}
     h.accepted.add("e")
-    h.arrived["e"] = T
+    h.arrived["e"], h.enqueue_began["e"] = T, T - 0.1
     for jid, s in (("d", late), ("e", T + 3)):
         h.execs.append(Execution(jid, 1, "local", 300, s, s + 0.1, 0))
         entry = {"attempt": 1, "started_at": iso(s - 0.01), "finished_at": iso(s + 0.1), "exit_code": 0}
@@ -138,8 +139,27 @@ def test_invariant_5_a_lower_priority_job_claimed_while_a_higher_one_waited():
     h.index_after["0"] = [list(r) for r in h.index_before["0"]]
     v = fired(h, 5)
     assert "jobs d e" in v[0] or "jobs e d" in v[0], v
-    # the same within one scan interval is fine, and so is a fault in the window
+    # a fault in the window may explain it
     h.faults.append({"fault": "sigstop", "t": T + 1, "t1": T + 2})
+    assert check_priority(h) == []
+
+
+def test_invariant_5_a_job_that_came_later_overtakes_a_higher_priority_one():
+    """No scan interval needed: any list of candidates that held f (enqueued after d was in the
+    index) held d first."""
+    h = good_history()
+    for jid, prio, began, s in (("d", 50, T - 0.1, T + 1.9), ("f", 0, T + 1.2, T + 1.5)):
+        h.specs[jid] = {"id": jid, "queue": "default", "priority": prio, "after": [], "method": "cli"}
+        h.accepted.add(jid)
+        h.arrived[jid], h.enqueue_began[jid], h.enqueued_on[jid] = began + 0.1, began, 0
+        h.execs.append(Execution(jid, 1, "local", 400, s, s + 0.1, 0))
+        entry = {"attempt": 1, "started_at": iso(s - 0.01), "finished_at": iso(s + 0.1), "exit_code": 0}
+        h.files[jid] = [("completed", {"id": jid, "priority": prio, "history": [entry]})]
+        h.index_before["0"].append([jid, "completed", prio, 0.0, 1, None])
+    h.index_after["0"] = [list(r) for r in h.index_before["0"]]
+    v = fired(h, 5)
+    assert "f (priority 0, queue default" in v[0] and "became due after" in v[0] and "jobs d f" in v[0], v
+    h.specs["d"]["method"] = "dropin"  # its row waited for a scan: no proof then
     assert check_priority(h) == []
 
 
