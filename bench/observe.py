@@ -3,7 +3,7 @@
 
     python bench/observe.py                      # 200,000 jobs, 5 rounds
     python bench/observe.py --jobs 2000 --rounds 3 --markdown
-    python bench/observe.py --screenshots docs/img   # the README's screenshots (needs chromium)
+    python bench/observe.py --screenshots docs/img   # the dashboard's screenshots (needs chromium)
 
 The spool is built cheaply: canonical job files are written straight into
 done/, dead/, failed/, pending/ and processing/ (with histories, so the
@@ -133,7 +133,7 @@ def bench(spool: Path, job: str, rounds: int) -> list[tuple[str, float, float]]:
 
 
 def screenshots(out: Path) -> None:
-    """Overview and job page of a small live spool, as PNGs for the README."""
+    """Every page of the dashboard on a small live spool, and one action's result, as PNGs for the docs."""
     sys.path.insert(0, str(REPO / "tests"))
     from browser_util import Browser, demo_spool, iso, place_job, serve  # noqa: E402  (tests' helpers)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"queuectl-shots-{os.getpid()}"
@@ -142,18 +142,27 @@ def screenshots(out: Path) -> None:
     try:
         spool, job = demo_spool(work / "spool")
         # An hour of history for the throughput chart: jobs that finished at
-        # a rate that rises and falls.
+        # a rate that rises and falls, a few of them dead.
         rng = random.Random(7)
         now = time.time()
         for i in range(900):
             end = now - 3600 * (1 - (rng.random() ** 0.7))
             start = end - rng.uniform(0.05, 4)
-            place_job(spool, "done", f"import-{i:04d}", f"import-batch {i}", state="completed", attempts=1,
-                      exit_code=0, created_at=iso(start - rng.uniform(0, 20)), history=[
-                          {"attempt": 1, "worker": "worker-0", "host": "demo", "pid": 1,
-                           "started_at": iso(start), "finished_at": iso(end), "exit_code": 0, "error": None}])
-        queuectl(spool, "enqueue", "--id", "render-video", "echo rendering; sleep 60")
-        queuectl(spool, "enqueue", "--id", "train-model", "echo epoch 1; sleep 60")
+            dead = rng.random() < 0.04
+            place_job(spool, "dead" if dead else "done", f"import-{i:04d}", f"import-batch {i}",
+                      state="dead" if dead else "completed", attempts=1, exit_code=1 if dead else 0,
+                      last_error="exit 1" if dead else None, max_retries=0,
+                      created_at=iso(start - rng.uniform(0, 20)), history=[
+                          {"attempt": 1, "worker": "worker-0", "node": "demo", "host": "demo", "pid": 1,
+                           "started_at": iso(start), "finished_at": iso(end), "exit_code": 1 if dead else 0,
+                           "error": "exit 1" if dead else None}])
+        queuectl(spool, "config", "set", "queue.gpu.concurrency", "1")
+        queuectl(spool, "enqueue", "--id", "render-video", "echo rendering; sleep 600")
+        queuectl(spool, "enqueue", "--id", "train-model", "--queue", "gpu", "echo epoch 1; sleep 600")
+        queuectl(spool, "enqueue", "--id", "train-model-2", "--queue", "gpu", "--label", "nightly", "sleep 600")
+        queuectl(spool, "enqueue", "--id", "publish-report", "--after", "render-video", "echo publish")
+        queuectl(spool, "pause", "--queue", "mail")
+        queuectl(spool, "enqueue", "--id", "newsletter", "--queue", "mail", "send-newsletter")
         supervisor = subprocess.Popen([sys.executable, "-m", "queuectl", "--spool", str(spool), "worker", "start",
                                        "--count", "2", "--stop-timeout", "1"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,11 +176,30 @@ def screenshots(out: Path) -> None:
         later.write_text("".join(json.dumps({"id": f"digest-{k}", "command": f"send-digest {k}",
                                              "run_at": now + 3600 * k}) + "\n" for k in (1, 2, 3)))
         queuectl(spool, "enqueue", "--file", str(later))
-        with serve(spool) as url, Browser() as browser:
+        queuectl(spool, "enqueue", "--id", "resize-photos", "--hold", "--label", "images", "resize *.jpg")
+        queuectl(spool, "enqueue", "--id", "old-export", "--delay", "2h", "export --all")
+        queuectl(spool, "cancel", "old-export")
+        pages = [("overview", "", "#workers"), ("all", "jobs/all", "#jobs"), ("pending", "jobs/pending", "#jobs"),
+                 ("processing", "jobs/processing", "#jobs"), ("completed", "jobs/completed", "#jobs"),
+                 ("failed", "jobs/failed", "#jobs"), ("held", "jobs/held", "#jobs"),
+                 ("cancelled", "jobs/cancelled", "#jobs"), ("dlq", "dlq", "#jobs"), ("rejected", "rejected", "#rejected"),
+                 ("job", f"job/{job}", "#log"), ("job-dead", "job/sync-mirror", "#log"),
+                 ("job-running", "job/render-video", "#log"), ("search", "jobs/all?q=train", "#jobs")]
+        with serve(spool, "--allow-actions") as url, Browser() as browser:
+            browser.context.close()
+            browser.context = browser.browser.new_context(viewport={"width": 1400, "height": 900})
             out.mkdir(parents=True, exist_ok=True)
-            browser.shot(url, out / "overview.png", wait="#workers")
-            browser.shot(url + f"job/{job}", out / "job.png", wait="#log")
-        log(f"wrote {out / 'overview.png'} and {out / 'job.png'}")
+            for name, path, wait in pages:
+                browser.shot(url + path, out / f"{name}.png", wait=wait)
+            # One action and its result: the dead letter queue's retry of a job.
+            page = browser.page()
+            page.goto(url + "dlq")
+            with page.expect_navigation():
+                page.click('tr[data-id="sync-mirror"] button[data-action="requeue"]')
+            page.wait_for_selector("#result", timeout=10_000)
+            page.screenshot(path=str(out / "action.png"), full_page=False)
+            page.close()
+        log(f"wrote {len(pages) + 1} screenshots in {out}")
     finally:
         if supervisor is not None:
             supervisor.terminate()
@@ -185,7 +213,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workdir", default=str(HERE / "_work" / "observe"))
     ap.add_argument("--markdown", action="store_true", help="Print a table for bench/results.md.")
-    ap.add_argument("--screenshots", metavar="DIR", help="Only make the README's screenshots in DIR.")
+    ap.add_argument("--screenshots", metavar="DIR", help="Only make the dashboard's screenshots in DIR.")
     args = ap.parse_args()
     if args.screenshots:
         screenshots(Path(args.screenshots))
