@@ -24,9 +24,11 @@ log = lazylog.get("queuectl.cli_observe")
 def metrics(obj, textfile):
     """Print the queue's metrics in the Prometheus text format.
 
-    Jobs per state, finished jobs by outcome, attempts and retries, run-time
-    and queue-wait histograms, the oldest pending job's age, live and busy
-    workers per node, the dead letter queue and rejected drop-ins.
+    Jobs per state and queue; finished jobs, attempts and retries per queue
+    (counters that never go down, kept across clean and retention); run-time
+    and queue-wait histograms; per queue the wait of the oldest job that
+    could run, scheduled and blocked jobs, paused and limit; live and busy
+    workers per node; rejected drop-ins.
 
     \b
     Examples:
@@ -50,13 +52,16 @@ def metrics(obj, textfile):
               help="TCP port (0: any free port, printed at start).")
 @click.option("--token", envvar="QUEUECTL_WEB_TOKEN", metavar="T",
               help="Require this token on every request [env QUEUECTL_WEB_TOKEN].")
-@click.option("--allow-actions", is_flag=True, help="Allow retrying dead jobs from the dashboard (POST + CSRF).")
+@click.option("--allow-actions", is_flag=True,
+              help="Allow actions from the dashboard: cancel, hold, release, priority, kill, requeue, "
+                   "delete, dlq retry/purge all, pause/resume (POST + CSRF).")
 @click.pass_obj
 def web(obj, bind, port, token, allow_actions):
-    """Serve a read-only dashboard of the queue over HTTP until Ctrl-C.
+    """Serve a dashboard of the queue over HTTP until Ctrl-C.
 
-    Pages: overview, jobs per state, each job with its log, dead letters,
-    rejected drop-ins, /metrics, and /api/... JSON of every page. Without a
+    Pages: overview with queues, jobs per state and across states (search,
+    sort), each job with its log, dead letters, rejected drop-ins, /metrics,
+    and /api/... JSON of every page. Read-only unless --allow-actions. Without a
     token it listens on loopback only; with one, every request must carry
     it (`Authorization: Bearer T`, or `?token=T` once, which sets a cookie).
 

@@ -1,4 +1,4 @@
-"""`queuectl web`: a read-only dashboard over the spool (Flask, Jinja, no CDN).
+"""`queuectl web`: the dashboard over the spool (Flask, Jinja, no CDN), read-only unless --allow-actions.
 
 Pages are rendered on the server and then refresh themselves from the /api
 JSON of the same view (static/app.js), so the HTML and the API never differ.

@@ -176,6 +176,7 @@ def real(tmp_path_factory) -> dict[tuple[str, int], set[str]]:
     qc("resume")
     out[("`GET /api/overview`", 0)] = set(overview)
     out[("`GET /api/overview`", 1)] = set().union(*(w.keys() for w in overview["workers"]))
+    out[("`GET /api/overview`", 2)] = set().union(*(q.keys() for q in overview["queues"]))
     jobs = client.get("/api/jobs/completed").get_json()
     out[("`GET /api/jobs/STATE?page=N&q=TEXT&queue=Q&label=L`, `GET /api/dlq?...`", 0)] = set(jobs)
     out[("`GET /api/jobs/STATE?page=N&q=TEXT&queue=Q&label=L`, `GET /api/dlq?...`", 1)] = \
