@@ -78,10 +78,15 @@ def test_watcher_polls_when_inotify_is_used_up(tmp_path, monkeypatch, init, watc
     try:
         assert w.running and w.poll
         assert says in w.degraded
-        time.sleep(0.2)  # the polling observer's first snapshot
-        (pending / "a.json").write_text("{}")
-        assert w.wait(5)
-        wait_for(w.arrived, 5)
+        made = []
+
+        def arrival() -> bool:
+            # A file made before the polling observer's first snapshot is no arrival: make another.
+            made.append(pending / f"{len(made)}.json")
+            made[-1].write_text("{}")
+            w.wait(0.5)
+            return w.arrived()
+        wait_for(arrival, 30)
     finally:
         w.stop()
 
