@@ -24,6 +24,7 @@ from .errors import InvalidJob, SpoolError
 from .fsio import close_quietly, lock_fd, lock_file, open_nofollow, read_fd
 from .hosts import SPOOL_ID_FILE
 from .job import PROGRESS, Job, JobState, loads, parse_file
+from .queues import slot_problems
 from .recovery import recover_orphan
 from .registry import claimed_by_live_workers
 from .spool import STATE_DIRS, SUBDIRS, Spool, unsafe_dirs
@@ -35,7 +36,7 @@ TOP_LEVEL = {*SUBDIRS, "config.json", "counters.json", "index.db", "index.db-wal
 REREADS = 2           # on a shared filesystem, reads of a file before it is called invalid...
 REREAD_DELAY = 0.2    # ...this many seconds apart
 # Kinds, in the order they are reported and repaired.
-KINDS = ("permissions", "duplicate", "invalid-job", "state-mismatch", "orphan", "replaced-claim", "stale-tmp",
+KINDS = ("permissions", "slot", "duplicate", "invalid-job", "state-mismatch", "orphan", "replaced-claim", "stale-tmp",
          "unexpected-file", "stale-dropin", "index")
 
 
@@ -76,6 +77,7 @@ def check(spool: Spool, *, repair: bool = False, allow_shared: bool = False,
     now = time.time() if now is None else now
     problems: list[Problem] = []
     problems += _check_permissions(spool, allow_shared)
+    problems += _check_slots(spool)
     entries: dict[str, list[_Entry]] = {}
     problems += _scan_state_dirs(spool, entries, now)
     problems += _check_duplicates(spool, entries)
@@ -110,6 +112,21 @@ def _check_permissions(spool: Spool, allow_shared: bool) -> list[Problem]:
         out.append(Problem("permissions", sub, None,
                            f"directory {why}: anyone who can write there can run commands as "
                            "the worker's user", _fix=fix))
+    return out
+
+
+def _check_slots(spool: Spool) -> list[Problem]:
+    """Slot files of a limited queue no worker can lock: the queue runs fewer jobs at once, or none."""
+    out = []
+    for queue, path, why in slot_problems(spool):
+        fix = None
+        if os.path.islink(path):
+            def fix(path=path) -> str:  # nobody holds a lock through a link: slot files are never followed
+                os.unlink(path)
+                return "removed the link"
+        out.append(Problem("slot", _rel(spool, path), None,
+                           f"slot file of queue {queue} is {why}: no worker can lock it, so the queue runs "
+                           "fewer jobs at once than its limit (none if it is the only one); remove it", _fix=fix))
     return out
 
 

@@ -16,8 +16,11 @@ explicitly, so a finished job's leftover background process holds nothing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
+
 from . import lazylog
 from .dropins import is_ignored
 from .fsio import atomic_write, close_quietly, unlink_quietly
@@ -82,16 +85,60 @@ def take_slot(spool: Spool, queue: str, limit: int) -> int | None:
         return None
     for k in range(limit):
         try:
-            fd = os.open(os.path.join(d, f"slot.{k}"),
+            fd = os.open(slot_path(spool, queue, k),
                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError:
-            continue
+            continue  # unusable (queues.slot_problems): the supervisor and `check` say why
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except OSError:
             close_quietly(fd)
     return None
+
+
+def slot_path(spool: Spool, queue: str, k: int) -> str:
+    return spool.path("queues", queue, f"slot.{k}")
+
+
+def unusable_slot(path: str) -> str | None:
+    """Why no worker of this user can lock the slot file at path (None: it can, or it is not made yet).
+
+    take_slot() skips such a slot as if it were held: a root-owned slot.0 left by
+    a `sudo` run, or a symlink, silently took a queue limited to 1 down to none.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return e.strerror
+        if stat.S_ISLNK(st.st_mode):
+            return "a symbolic link (slot files are never followed)"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"not writable by this user (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
+        return e.strerror
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+    finally:
+        close_quietly(fd)
+    return None
+
+
+def slot_problems(spool: Spool) -> list[tuple[str, str, str]]:
+    """(queue, path, why) for each slot file of a limited queue that workers cannot lock."""
+    out = []
+    for queue, limit in spool.config.concurrency:
+        for k in range(limit):
+            path = slot_path(spool, queue, k)
+            why = unusable_slot(path)
+            if why is not None:
+                out.append((queue, path, why))
+    return out
 
 
 def release_slot(fd: int | None) -> None:

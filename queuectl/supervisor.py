@@ -29,7 +29,7 @@ from .errors import SpoolError, WorkerError
 from .fsio import dir_ident, moved, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
-from .queues import known_queues
+from .queues import known_queues, slot_problems
 from .registry import (Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name, pid_alive, read_workers,
                        signal_process)
 from .sdnotify import notify
@@ -141,6 +141,8 @@ class Supervisor:
         self.wake_fds: tuple[int, ...] = ()
         self.recovered_at = time.monotonic()  # the start-up recovery is the first
         self.recovery_failed = False  # said once
+        self.slots_at = 0.0  # when the queues' slot files were last looked at
+        self.slots_said: set[str] = set()  # unusable slot files already said (said again once fixed and broken again)
         if allow_shared:
             os.environ["QUEUECTL_ALLOW_SHARED_SPOOL"] = "1"  # the workers' Spools inherit it
         self.spool = Spool(root, shared=allow_shared)
@@ -303,6 +305,26 @@ class Supervisor:
         finally:
             self.spool.close()
 
+    def _check_slots(self) -> None:
+        """A slot file no worker can lock (root-owned after a `sudo` run, a symlink) leaves its
+        queue fewer slots, or none, without a word from the workers, which skip it: say it here, once."""
+        now = time.monotonic()
+        if now - self.slots_at < RECOVER_EVERY:
+            return
+        self.slots_at = now
+        try:
+            self.spool.configfile.refresh()
+            problems = slot_problems(self.spool)
+        except (OSError, SpoolError):
+            return
+        for queue, path, why in problems:
+            if path not in self.slots_said:
+                limit = self.spool.config.limit(queue) or 0
+                usable = limit - sum(1 for q, _p, _w in problems if q == queue)
+                log.warning("queue %s: slot file %s is %s: no worker can lock it, so at most %d of its %d jobs "
+                            "run at once; remove it", queue, path, why, usable, limit)
+        self.slots_said = {path for _q, path, _w in problems}
+
     def _spool_gone(self) -> None:
         """The spool directory was moved, removed or replaced under the workers: one line, then stop."""
         if not self.gone:
@@ -355,6 +377,7 @@ class Supervisor:
                 self._spool_gone()
             if not self.gone:
                 hb.beat()  # never into another spool made at this path
+                self._check_slots()
             if stop_sent_at is None and self.spool.multihost and not self.gone:
                 self._recover_others(hb)
             if not self.ready and stop_sent_at is None:

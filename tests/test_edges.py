@@ -375,3 +375,46 @@ def test_workers_stop_with_one_line_when_their_spool_is_moved(tmp_path, procs, h
     cli(moved_to, "enqueue", "--id", "second", "true")
     cli(moved_to, "worker", "start", "--burst")
     assert (moved_to / "done" / "second.json").exists()
+
+
+# -- a slot file no worker can lock (finding 8) -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_unusable_slot_file_is_said_once_and_check_reports_it(tmp_path, procs):
+    spool = tmp_path / "spool"
+    cli(spool, "config", "set", "queue.gpu.concurrency", "1")
+    cli(spool, "enqueue", "--id", "g", "--queue", "gpu", "true")
+    slot = spool / "queues" / "gpu" / "slot.0"
+    slot.parent.mkdir(parents=True, mode=0o700)
+    slot.symlink_to(tmp_path / "nowhere")  # as a dangling link, or a root-owned file left by a sudo run
+    sup = procs.start(spool, "worker", "start", "--count", "2", name="sup")
+    said = "queue gpu: slot file"
+    wait_for(lambda: said in procs.output(sup), 30)  # was: no line at all, and the job never ran
+    t0 = time.monotonic()
+    wait_for(lambda: time.monotonic() - t0 >= 4.5, 10, interval=0.1)  # two more looks by the supervisor
+    lines = [line for line in procs.output(sup).splitlines() if said in line]
+    assert len(lines) == 1 and "[supervisor]" in lines[0] and "symbolic link" in lines[0], procs.output(sup)
+    assert "at most 0 of its 1 jobs run at once; remove it" in lines[0]
+    r = qc(spool, "check")  # said "ok"
+    assert r.returncode == 1
+    assert r.stdout.startswith("slot: queues/gpu/slot.0: slot file of queue gpu is a symbolic link"), r.stdout
+    assert not (spool / "done" / "g.json").exists()
+    r = qc(spool, "check", "--repair")
+    assert "[repaired: removed the link]" in r.stdout
+    wait_for(lambda: (spool / "done" / "g.json").exists(), 30)
+
+
+def test_unusable_slot_reasons(tmp_path):
+    from queuectl.queues import unusable_slot
+    assert unusable_slot(str(tmp_path / "missing")) is None
+    (tmp_path / "ok").write_bytes(b"")
+    assert unusable_slot(str(tmp_path / "ok")) is None
+    (tmp_path / "dir").mkdir()
+    assert unusable_slot(str(tmp_path / "dir")) == "Is a directory"
+    os.mkfifo(tmp_path / "fifo")
+    assert unusable_slot(str(tmp_path / "fifo")) == "not a regular file"
+    if os.geteuid() != 0:  # root opens any file: a root-owned slot only stops other users' workers
+        (tmp_path / "foreign").write_bytes(b"")
+        os.chmod(tmp_path / "foreign", 0)
+        assert unusable_slot(str(tmp_path / "foreign")).startswith("not writable by this user (owner uid ")
