@@ -45,7 +45,7 @@ def drain(c: Cluster, spool: str, jobs: int, nodes: int, command: str) -> tuple[
     marks.mkdir()
     lines = "\n".join(json.dumps({"id": f"j{i:05d}", "command": f"{command}; touch {marks}/j{i:05d}.$QUEUECTL_NODE"})
                       for i in range(jobs)) + "\n"
-    r = c.cli(0, spool, "enqueue", "-q", "-f", "-", input=lines, timeout=600)
+    r = c.cli(0, spool, "enqueue", "-q", "--file", "-", input=lines, timeout=600)
     if r.returncode:
         raise SystemExit(f"enqueue failed: {r.stderr}")
     t0 = time.monotonic()

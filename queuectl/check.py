@@ -21,7 +21,7 @@ from typing import Callable
 
 from .dropins import is_canonical, is_fs_artifact, is_ignored, reject
 from .errors import InvalidJob, SpoolError
-from .fsio import close_quietly, lock_fd, lock_file, open_nofollow, read_fd
+from .fsio import close_quietly, lock_fd, lock_file, open_nofollow, read_fd, read_nofollow
 from .hosts import SPOOL_ID_FILE
 from .job import PROGRESS, Job, JobState, loads, parse_file
 from .queues import slot_problems
@@ -32,7 +32,7 @@ from .spool import STATE_DIRS, SUBDIRS, Spool, unsafe_dirs
 STALE_AFTER = 3600.0  # seconds: scratch files older than this are leftovers
 READ_LIMIT = 64 << 20  # never read more than this of one file
 TOP_LEVEL = {*SUBDIRS, "config.json", "counters.json", "index.db", "index.db-wal", "index.db-shm",
-             "index.db-journal", ".lock", SPOOL_ID_FILE}
+             "index.db-journal", ".lock", SPOOL_ID_FILE, ".readonly"}
 REREADS = 2           # on a shared filesystem, reads of a file before it is called invalid...
 REREAD_DELAY = 0.2    # ...this many seconds apart
 # Kinds, in the order they are reported and repaired.
@@ -576,3 +576,14 @@ def _repair(spool: Spool, problems: list[Problem]) -> None:
         for p in reindex:
             p.repaired = True
             p.action = f"reindexed ({summary})"
+
+
+def readonly_note(spool: Spool) -> str | None:
+    """The text of the spool's .readonly file, which says why it is kept as it is (and so
+    what `check` will find there, as spool_example/'s does); None if there is none."""
+    try:
+        data, _ = read_nofollow(spool.path(".readonly"), 4096)
+    except OSError:
+        return None
+    text = " ".join(data[:4096].decode("utf-8", "replace").split())
+    return text or None

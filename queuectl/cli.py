@@ -51,21 +51,23 @@ main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "log
              "resume": (".cli_service", "resume"), "clean": (".cli_service", "clean"),
              "metrics": (".cli_observe", "metrics"), "web": (".cli_observe", "web"),
              "systemd-unit": (".cli_service", "systemd_unit"),
-             **{name: (".cli_jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority")}}
+             **{name: (".cli_jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority", "requeue", "rm")}}
 
 
 # -- enqueue -------------------------------------------------------------------
 
 
-@main.command()
-@click.argument("command", required=False)
-@click.option("-f", "--file", "file", type=click.File("rb"),
+# Options end at the command: `enqueue sh -c 'echo hi'` passes -c to sh (as tsp,
+# nq and pueue do); `--` ends them too.
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, metavar="[CMD [ARG...]]")
+@click.option("--file", "file", type=click.File("rb"),
               help="Read job specs from FILE ('-' for stdin): a JSON object, array, or JSON Lines.")
 @click.option("--id", "job_id", help="Job id (default: a time-sortable id).")
 @click.option("--max-retries", type=click.IntRange(0, 1000), help="Retries after the first attempt.")
 @click.option("--timeout", type=Seconds(0, min_open=True), help="Seconds before the job is killed.")
 @click.option("--priority", type=PRIORITY, help="Higher runs first (default 0).")
-@click.option("--queue", help="The job's queue (default: default).")
+@click.option("-Q", "--queue", help="The job's queue (default: default).")
 @click.option("--on-finish", help="Shell command run once the job is completed or dead.")
 @click.option("--lines", "lines", type=click.File("rb"),
               help="Read one shell command per line from FILE ('-' for stdin); the options apply to each.")
@@ -90,9 +92,16 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
             hold, after, after_any, labels, env, cwd, skip_invalid, quiet, print_id, as_json):
     """Add jobs to the queue, durably (fsynced before this returns).
 
+    One argument is a shell command, run by /bin/sh -c as written. Several
+    are a command and its arguments, quoted for the shell (shlex.join): options
+    end at the command's first word, so `enqueue sh -c 'echo $HOME'` passes -c
+    to sh. `--` also ends the options.
+
     \b
     Examples:
-      queuectl enqueue 'echo hi'
+      queuectl enqueue echo hi
+      queuectl enqueue 'echo hi; sleep 1 && echo done'
+      queuectl enqueue --id fetch -- curl -fsS -o page.html https://example.org/
       queuectl enqueue --id backup --max-retries 5 'rsync -a src/ dst/'
       queuectl enqueue --queue gpu --on-finish 'notify-send done' './train.sh'
       queuectl enqueue --file job.json
@@ -102,9 +111,14 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
       id=$(queuectl enqueue --print-id 'make build'); queuectl enqueue --after "$id" 'make test'
       queuectl enqueue --lines commands.txt --label batch1
     """
+    if len(command) > 1:
+        import shlex
+        command = shlex.join(command)
+    else:
+        command = command[0] if command else None
     given = sum(x is not None for x in (command, file, lines))
     if given != 1:
-        raise click.UsageError("give one of COMMAND, --file or --lines" + (", not both" if given else ""))
+        raise click.UsageError("give one of CMD [ARG...], --file or --lines" + (", not both" if given else ""))
     if delay is not None and at is not None:
         raise click.UsageError("give --delay or --at, not both")
     overrides = {k: v for k, v in (("max_retries", max_retries), ("timeout", timeout),
@@ -128,6 +142,9 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     # Synced: the duplicate check looks ids up in the index ignoring case, so
     # the index must reflect hand moves and drop-ins made since the last command.
     spool = obj.synced()
+    if spool.readonly:
+        raise click.ClickException(f"the spool {spool.root} is read-only: copy it to add jobs "
+                                   f"(cp -r {spool.root} /tmp/x && rm -f /tmp/x/.readonly)")
     cwd = os.path.abspath(cwd) if cwd else os.getcwd()
     jobs, bad = [], []
     for where, spec in specs:
@@ -157,6 +174,12 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     for line in bad:
         click.echo(f"skipped {line}", err=True)
     spool.enqueue_many(jobs)
+    # A hint for a person at a terminal: cron mail and scripts' logs are spared it.
+    if jobs and not quiet and not hold and sys.stderr.isatty():
+        from .queues import idle_reason
+        why = idle_reason(spool, {j.queue for j in jobs})
+        if why:
+            click.echo(f"queuectl: {why}", err=True)
     if print_id:
         if jobs:
             click.echo("\n".join(j.id for j in jobs))
@@ -219,7 +242,7 @@ def _state(value: str | None):
 @click.option("-s", "--state", type=click.Choice(STATE_NAMES, case_sensitive=False),
               help="Only jobs in this state ('done' means completed).")
 @click.option("-n", "--limit", type=click.IntRange(1, MAX_COUNT), help="At most N jobs.")
-@click.option("-q", "--queue", help="Only jobs of this queue.")
+@click.option("-Q", "--queue", help="Only jobs of this queue.")
 @click.option("-l", "--label", help="Only jobs with this label.")
 @json_option("Print full job records as a JSON array.")
 @click.option("--json-lines", "as_json_lines", is_flag=True,
@@ -239,7 +262,7 @@ def list_(obj: Context, state, limit, queue, label, as_json, as_json_lines):
       queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
     import time
-    from .controls import state_note
+    from .controls import list_fields, list_note
     if as_json and as_json_lines:
         raise click.UsageError("give --json or --json-lines, not both")
     if queue is not None:
@@ -247,6 +270,7 @@ def list_(obj: Context, state, limit, queue, label, as_json, as_json_lines):
         queue = check_queue(queue)
     idx = obj.synced().index
     keep = None if label is None else idx.ids_labelled(label)
+    blockers, now = idx.blockers(), time.time()
     if as_json_lines:
         # One record at a time from the cursor: memory stays flat on a big spool.
         try:
@@ -257,24 +281,23 @@ def list_(obj: Context, state, limit, queue, label, as_json, as_json_lines):
                 if limit is not None and n >= limit:
                     break
                 n += 1
-                click.echo(json.dumps(rec, ensure_ascii=False))
+                click.echo(json.dumps({**rec, **list_fields(rec, blockers.get(rec["id"]))}, ensure_ascii=False))
         except BrokenPipeError:
             # `| head` stopped reading: that is the reader's choice, not an error.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
+    records = [r for r in idx.records(_state(state), None if keep is not None else limit, queue)
+               if keep is None or r["id"] in keep][:limit]
     if as_json:
-        dump([r for r in idx.records(_state(state), None if keep is not None else limit, queue)
-              if keep is None or r["id"] in keep][:limit])
+        dump([{**r, **list_fields(r, blockers.get(r["id"]))} for r in records])
         return
-    rows = [r for r in idx.rows(_state(state), None if keep is not None else limit, queue) if keep is None or r.id in keep]
-    blockers, now = idx.blockers(), time.time()
-    lines = [f"{r.id} - {state_note(r, blockers, now)} - {one_line(r.command)}" for r in rows[:limit]]
+    lines = [f"{r['id']} - {list_note(r, blockers.get(r['id']), now)} - {one_line(r['command'])}" for r in records]
     if lines:
         click.echo("\n".join(lines))
 
 
 @main.command()
-@click.option("-q", "--queue", help="Only the jobs of this queue.")
+@click.option("-Q", "--queue", help="Only the jobs of this queue.")
 @json_option("Print the counts, live workers and spool path (and queues, once in use) as a JSON object.")
 @pass_ctx
 def status(obj: Context, queue, as_json):
@@ -325,7 +348,7 @@ def status(obj: Context, queue, as_json):
     width = max(map(len, counts))
     for name, n in counts.items():
         click.echo(f"{name + ':':<{width + 1}} {n}")
-    click.echo(f"{'workers:':<{width + 1}} {workers}")
+    click.echo(f"{'workers:':<{width + 1}} {workers}" + ("" if workers else " (no workers running)"))
     click.echo(f"{'spool:':<{width + 1}} {spool.root}")
     if pauses:
         click.echo(f"{'paused:':<{width + 1}} {'all queues' if PAUSE_ALL in pauses else ', '.join(sorted(pauses))}")
@@ -397,9 +420,12 @@ def check(obj: Context, repair, allow_shared_spool, as_json):
       queuectl check
       queuectl check --repair
     """
-    from .check import check as check_
+    from .check import check as check_, readonly_note
     problems = check_(obj.spool, repair=repair, allow_shared=allow_shared_spool)
     left = [p for p in problems if not p.repaired]
+    note = readonly_note(obj.spool)
+    if note and not as_json:
+        click.echo(f"note: this spool is read-only (.readonly): {note}")
     if as_json:
         dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems]})
     elif not problems:

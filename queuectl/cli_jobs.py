@@ -1,4 +1,4 @@
-"""Commands that control queued and running jobs: wait, cancel, kill, hold, release, priority.
+"""Commands that control jobs: wait, cancel, kill, hold, release, priority, requeue, rm.
 
 Loaded only when one of them runs. The moves and rules live in controls.py.
 """
@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli_base import PRIORITY, Context, Seconds, dump, pass_ctx
+from .cli_base import PRIORITY, Context, Seconds, complete_job_ids, dump, pass_ctx
 
 EXIT_FAILED = 1    # wait: a job ended dead or cancelled
 EXIT_TIMEOUT = 2   # wait: --timeout passed first
@@ -97,6 +97,44 @@ release = _mover("release", """Move held jobs back to pending/, where workers cl
     """)
 
 
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...", shell_complete=complete_job_ids)
+@pass_ctx
+def requeue(obj: Context, job_ids):
+    """Run finished jobs (completed, dead or cancelled) again: back to pending/, attempts 0.
+
+    Their history is kept, with a line saying they were requeued. Every id is
+    checked first: one that is waiting or running changes nothing.
+
+    \b
+    Examples:
+      queuectl requeue build
+      queuectl requeue $(queuectl list --state dead --json | jq -r '.[].id')
+    """
+    from .controls import requeue as requeue_
+    for job in requeue_(obj.synced(), list(job_ids)):
+        click.echo(f"requeued job {job.id}")
+
+
+@click.command("rm")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...", shell_complete=complete_job_ids)
+@pass_ctx
+def rm(obj: Context, job_ids):
+    """Delete finished jobs (completed, dead or cancelled) and their logs; their ids are free again.
+
+    Every id is checked first: one that is waiting or running changes nothing
+    (cancel or kill it first).
+
+    \b
+    Examples:
+      queuectl rm build
+      queuectl rm job1 job2
+    """
+    from .controls import remove
+    for job_id in remove(obj.synced(), list(job_ids)):
+        click.echo(f"removed job {job_id}")
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("job_id", metavar="ID")
 @click.argument("priority", type=PRIORITY, metavar="N")
@@ -116,7 +154,7 @@ def priority(obj: Context, job_id, priority):
 
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
-@click.option("-s", "--signal", "sig", default="TERM", show_default=True,
+@click.option("--signal", "sig", default="TERM", show_default=True,
               help="Signal to send to the job's process group (TERM, INT, KILL, HUP, ... or a number).")
 @click.option("--retry", is_flag=True, help="Count the attempt as an ordinary failure: retried if retries remain.")
 @pass_ctx

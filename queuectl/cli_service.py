@@ -11,7 +11,7 @@ from .cli_base import MAX_COUNT, Context, Seconds, pass_ctx
 
 
 @click.command()
-@click.option("-q", "--queue", help="Pause only this queue (default: every queue).")
+@click.option("-Q", "--queue", help="Pause only this queue (default: every queue).")
 @pass_ctx
 def pause(obj: Context, queue):
     """Stop workers claiming jobs (of one queue); running jobs finish.
@@ -33,7 +33,7 @@ def pause(obj: Context, queue):
 
 
 @click.command()
-@click.option("-q", "--queue", help="Resume only this queue (default: remove every pause).")
+@click.option("-Q", "--queue", help="Resume only this queue (default: remove every pause).")
 @pass_ctx
 def resume(obj: Context, queue):
     """Let workers claim jobs again (of one queue, or of all).
@@ -59,7 +59,7 @@ def resume(obj: Context, queue):
 @click.option("--older-than", metavar="AGE", help="Only jobs finished longer ago than AGE (90s, 15m, 12h, 7d, 2w).")
 @click.option("--keep", type=click.IntRange(0, MAX_COUNT), metavar="N", help="Keep the newest N jobs of each state.")
 @click.option("--all", "all_", is_flag=True, help="No filter: delete every finished job of the states.")
-@click.option("-n", "--dry-run", is_flag=True, help="Print what would be removed, remove nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed, remove nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the number of jobs removed.")
 @pass_ctx
 def clean(obj: Context, states, older_than, keep, all_, dry_run, quiet):

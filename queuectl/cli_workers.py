@@ -39,7 +39,7 @@ def worker():
               help="This machine's node name [env QUEUECTL_NODE; default hostname-<machine-id prefix>].")
 @click.option("--shared", is_flag=True,
               help="The spool is shared by several hosts (required on a network filesystem).")
-@click.option("-q", "--queue", "queues", multiple=True, metavar="NAME",
+@click.option("-Q", "--queue", "queues", multiple=True, metavar="NAME",
               help="Only claim jobs of this queue (repeatable; default: every queue).")
 @pass_ctx
 def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_shared_spool, node, shared, queues):
@@ -101,6 +101,25 @@ def worker_stop(obj: Context, timeout):
         click.echo(f"stopped supervisor PID={pid}")
 
 
+@worker.command("scale")
+@click.argument("count", type=click.IntRange(1, 256), metavar="N")
+@pass_ctx
+def worker_scale(obj: Context, count):
+    """Grow or shrink the running supervisors of this spool on this node to N workers each.
+
+    Takes effect within a second, without a restart. Workers taken away stop
+    as on `worker stop`: they claim nothing more and finish their running job.
+
+    \b
+    Examples:
+      queuectl worker scale 8
+      queuectl worker scale 1
+    """
+    from .supervisor import scale_supervisors
+    for pid, before in scale_supervisors(obj.spool, count):
+        click.echo(f"supervisor PID={pid}: {before} -> {count} worker{'' if count == 1 else 's'}")
+
+
 @worker.command("list")
 @json_option("Print workers as a JSON array.")
 @pass_ctx
@@ -121,6 +140,8 @@ def worker_list(obj: Context, as_json):
                "node": w.node, "age": None if w.age is None else round(w.age, 3), "alive": w.alive}
               for w in workers])
         return
+    if not workers:
+        click.echo("(none: no worker is running; start one with `queuectl worker start --detach`)", err=True)
     for w in workers:
         age = "-" if w.age is None else f"{w.age:.1f}s"
         click.echo(f"{w.get('id')} host={w.get('host')} pid={w.get('pid')} since={w.get('since')} "
@@ -159,11 +180,14 @@ def logs(obj: Context, job_id, follow):
         except FileNotFoundError:
             pass
         if not follow:
-            return
+            break
         state, _ = spool.find(job_id)
         if state in FINAL and (not os.path.exists(path) or os.path.getsize(path) <= offset):
-            return
+            break
         _time.sleep(0.2)
+    if offset == 0:
+        # A silent success leaves no log at all: say so, on stderr, where a pipe reading the log does not see it.
+        click.echo("(no output)", err=True)
 
 
 # -- the dead letter queue ---------------------------------------------------------
@@ -194,6 +218,8 @@ def dlq_list(obj: Context, as_json):
     if as_json:
         dump(jobs)
         return
+    if not jobs:
+        click.echo("(none)", err=True)
     for j in jobs:
         click.echo(f"{j['id']} - attempts {j['attempts']} - {one_line(j.get('last_error') or '')} "
                    f"- {one_line(j['command'])}")

@@ -21,7 +21,7 @@ from .deps import WAITING as WAITING_STATES, cycles, describe
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
 from .fsio import (close_quietly, db_ino, fsync_dir, lock_file, read_fd, space_error, unlink_quietly,
                    write_tmp)
-from .index import Row, row_values
+from .index import row_values
 from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
 from .recovery import kill_path
 from .registry import hostname, pid_alive, processes_with_env, read_workers
@@ -298,16 +298,56 @@ def _cycle_on_disk(spool: Spool, cycle: list[str]) -> bool:
     return True
 
 
-def state_note(row: Row, blockers: dict[str, list[tuple[str, str, bool]]], now: float) -> str:
-    """`list`'s state column: the state, and for a waiting job what it waits for."""
-    text = row.state.value
-    waits = blockers.get(row.id)
-    if waits and row.state in WAITING:
-        text += " (waiting for " + ", ".join(dict.fromkeys(f"{d}: {s}" for d, s, _any in waits)) + ")"
-    elif row.state in (JobState.PENDING, JobState.HELD) and row.run_at > now:
-        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(row.run_at))
-        text += f" (scheduled {when}, in {_span(row.run_at - now)})"
-    return text
+def list_fields(record: dict, waits: list[tuple[str, str, bool]] | None) -> dict:
+    """What `list` adds to a record: the last attempt's run time, and the jobs it still waits for."""
+    from .index import timing
+    state = JobState.parse(record.get("state", "pending"))
+    history = record.get("history")
+    duration = timing(history, state)[2] if isinstance(history, list) else None
+    return {"duration": None if duration is None else round(duration, 6),
+            "waiting_for": list(dict.fromkeys(d for d, _s, _any in waits or ())) if state in WAITING else []}
+
+
+def list_note(record: dict, waits: list[tuple[str, str, bool]] | None, now: float) -> str:
+    """`list`'s state column: the state, then what a person asks next about a job in it:
+    how it ended (exit code, run time), when it retries or runs, what it waits for."""
+    state = JobState.parse(record.get("state", "pending"))
+    extra = list_fields(record, waits)
+    notes = []
+    if state in (JobState.COMPLETED, JobState.DEAD, JobState.FAILED):
+        code, error = record.get("exit_code"), record.get("last_error")
+        if isinstance(code, int) and not isinstance(code, bool):
+            notes.append(f"exit {code}")
+        elif error and state is not JobState.COMPLETED:  # killed, timed out, its worker died
+            notes.append(str(error).split("\n")[0][:80])
+        if extra["duration"] is not None and state is not JobState.FAILED:
+            notes.append(_run_time(extra["duration"]))
+    if waits and state in WAITING:
+        notes.append("after " + ", ".join(dict.fromkeys(f"{d}: {s}" for d, s, _any in waits)))
+    run_at = _epoch_or_none(record.get("next_run_at"))
+    if run_at is not None and run_at > now and state in WAITING:
+        if state is JobState.FAILED:
+            notes.append(f"retry in {_span(run_at - now)}")
+        else:
+            local = time.localtime(run_at)
+            same_day = time.localtime(now)[:3] == local[:3]
+            notes.append(f"at {time.strftime('%H:%M' if same_day else '%Y-%m-%d %H:%M', local)}, "
+                         f"in {_span(run_at - now)}")
+    elif state is JobState.FAILED:
+        notes.append("retry due")
+    return state.value + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _epoch_or_none(value: object) -> float | None:
+    from .job import parse_time
+    try:
+        return None if value is None else parse_time(value)
+    except InvalidJob:
+        return None
+
+
+def _run_time(secs: float) -> str:
+    return f"{secs:.2f}s" if secs < 10 else f"{secs:.1f}s" if secs < 60 else _span(secs)
 
 
 def _span(secs: float) -> str:

@@ -385,13 +385,14 @@ class Index:
                 sql, states = sql + f" AND d.{column} = ?", [*states, value]
         return self.db.execute(sql, states).fetchall()
 
-    def retries_of(self, host: str, pids: Iterable[int]) -> int:
-        """Jobs in failed/ whose last attempt one of these processes recorded (ran, or recovered)."""
+    def retries_of(self, host: str, pids: Iterable[int]) -> list[tuple[str, float]]:
+        """(id, due) of jobs in failed/ whose last attempt one of these processes recorded
+        (ran, or recovered), the soonest due first."""
         pids = list(pids)
         return self.db.execute(
-            "SELECT count(*) FROM jobs WHERE state = 'failed' AND json_extract(record, '$.history[#-1].pid') "
-            f"IN ({', '.join('?' * len(pids))}) AND json_extract(record, '$.history[#-1].host') = ?",
-            (*pids, host)).fetchone()[0]
+            "SELECT id, run_at FROM jobs WHERE state = 'failed' AND json_extract(record, '$.history[#-1].pid') "
+            f"IN ({', '.join('?' * len(pids))}) AND json_extract(record, '$.history[#-1].host') = ? "
+            "ORDER BY run_at, id", (*pids, host)).fetchall()
 
     def scheduled(self, now: float | None = None) -> int:
         """Waiting jobs (pending or failed) not claimable now: due later, or blocked."""
@@ -411,9 +412,9 @@ class Index:
 
     def records(self, state: JobState | None = None, limit: int | None = None,
                 queue: str | None = None) -> Iterator[dict]:
-        """Full job records, oldest first."""
-        for (rec,) in self._select("record", state, limit, queue):
-            yield json.loads(rec)
+        """Full job records, oldest first, each with the state of the directory that holds it."""
+        for state_, rec in self._select("state, record", state, limit, queue):
+            yield {**json.loads(rec), "state": state_}
 
     def rows(self, state: JobState | None = None, limit: int | None = None, queue: str | None = None) -> list[Row]:
         return [Row(r[0], JobState(r[1]), *r[2:]) for r in self._select(_ROW_COLUMNS, state, limit, queue)]

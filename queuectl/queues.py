@@ -150,3 +150,32 @@ def release_slot(fd: int | None) -> None:
             pass  # ESTALE on a network filesystem: closing frees it all the same
         finally:
             close_quietly(fd)
+
+
+# A heartbeat file written this recently is a live process's: workers beat every
+# 2 s (registry.HEARTBEAT_INTERVAL), idle or not. Only for the hint below, which
+# must not cost an enqueue the import of registry; liveness proper is registry's.
+HINT_FRESH = 10.0
+
+
+def idle_reason(spool: Spool, queues: set[str]) -> str | None:
+    """Why no worker would take a job of these queues now, as a hint for a person; None if one would.
+
+    Cheap on purpose (a listing of workers/ and paused/): enqueue asks it.
+    """
+    import time
+    now = time.time()
+    try:
+        with os.scandir(spool.path("workers")) as it:
+            live = any(e.name.endswith(".json") and now - e.stat().st_mtime < HINT_FRESH for e in it)
+    except OSError:
+        live = False
+    if not live:
+        return "no worker is running on this spool: start one with `queuectl worker start --detach`"
+    names = set(os.listdir(spool.path("paused"))) if os.path.isdir(spool.path("paused")) else set()
+    if PAUSE_ALL in names:
+        return "every queue is paused: `queuectl resume` lifts that"
+    stopped = sorted(q for q in queues if q in names)
+    if stopped:
+        return (f"queue {', '.join(stopped)} is paused: `queuectl resume --queue {stopped[0]}` lifts that")
+    return None

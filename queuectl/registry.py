@@ -342,6 +342,7 @@ def forget(spool: Spool, w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".out"))  # a scratch log (runner.CommandLog)
+    unlink_quietly(spool.path("workers", w.file[:-5] + ".scale"))  # a `worker scale` request it never read
 
 
 CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded

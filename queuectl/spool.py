@@ -56,9 +56,11 @@ class Spool:
         # workers through the environment): other users' drop-ins are jobs too.
         self.shared = shared or os.environ.get("QUEUECTL_ALLOW_SHARED_SPOOL") == "1"
         self.fresh = False
-        # A read-only spool (a snapshot, a backup, a read-only mount) can still
-        # be inspected: no locks, no drop-in admission, an index in memory.
-        self.readonly = os.path.isdir(self.root) and not os.access(self.root, os.W_OK)
+        # A read-only spool (a snapshot, a backup, a read-only mount, or one marked
+        # so by a .readonly file, as spool_example/ is) can still be inspected, and
+        # is left as it was: no locks, no drop-in admission, an index in memory.
+        self.readonly = os.path.isdir(self.root) and (not os.access(self.root, os.W_OK)
+                                                       or os.path.lexists(self.path(".readonly")))
         if create and not self.readonly:
             self.fresh = create_spool(self.root)
         elif not os.path.isdir(self.root):

@@ -26,7 +26,7 @@ import time
 
 from . import lazylog
 from .errors import SpoolError, WorkerError
-from .fsio import dir_ident, moved, unreachable
+from .fsio import dir_ident, moved, read_nofollow, unlink_quietly, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues, slot_problems
@@ -51,6 +51,8 @@ WORKER_STOPPED = 3    # a worker's exit code after a stop signal (0 is a burst w
 WORKER_SPOOL_GONE = 5  # a worker's exit code when its spool directory was moved, removed or replaced
 READY_POLL = 0.05     # the loop's period until every first worker watches (systemd's READY=1)
 DETACH_READY = 10.0   # seconds `worker start --detach` waits for the supervisor's heartbeat
+MAX_WORKERS = 256     # worker processes one supervisor may have (`worker start --count`, `worker scale`)
+SCALE_WAIT = 5.0      # seconds `worker scale` waits for each supervisor to take the new count
 
 
 def check_spool_permissions(spool: Spool) -> None:
@@ -66,6 +68,11 @@ def hold_stop_signals() -> None:
     the supervisor before its workers know.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def readonly_why(spool: Spool) -> str:
+    """Why a spool is read-only, for a message: its .readonly file, or its permissions."""
+    return " (marked so by its .readonly file)" if os.path.lexists(spool.path(".readonly")) else ""
 
 
 def _die_with_parent() -> None:
@@ -138,6 +145,7 @@ class Supervisor:
         self.born: dict[int, float] = {}   # worker slot -> when its process started
         self.due: dict[int, float] = {}    # worker slot -> when to (re)start it
         self.delay: dict[int, float] = {}  # worker slot -> its next restart delay
+        self.retiring: set[int] = set()    # slots `worker scale` took away: their workers finish, then go
         self.wake_fds: tuple[int, ...] = ()
         self.recovered_at = time.monotonic()  # the start-up recovery is the first
         self.recovery_failed = False  # said once
@@ -195,6 +203,9 @@ class Supervisor:
         of this machine is a clone: both would recover each other's jobs.
         """
         spool = self.spool
+        if spool.readonly:
+            raise WorkerError(f"the spool {spool.root} is read-only{readonly_why(spool)}: workers need one they can "
+                              f"change; run them on a copy (cp -r {spool.root} /tmp/x && rm -f /tmp/x/.readonly)")
         if spool.network and not spool.shared_mode:
             raise WorkerError(
                 f"the spool {spool.root} is on a network filesystem ({spool.fstype}): flock and inotify do not "
@@ -375,6 +386,8 @@ class Supervisor:
             _drain(self.wake_fds[0])
             if not self.gone and moved(self.spool.root, self.root_ident):
                 self._spool_gone()
+            if stop_sent_at is None and not self.gone:
+                self._check_scale(hb)
             if not self.gone:
                 hb.beat()  # never into another spool made at this path
                 self._check_slots()
@@ -383,6 +396,42 @@ class Supervisor:
             if not self.ready and stop_sent_at is None:
                 self._check_ready()
             self._reap(stopping=stop_sent_at is not None)
+
+    def _check_scale(self, hb: Heartbeat) -> None:
+        """`worker scale N`: a request file beside this supervisor's heartbeat, read each pass
+        (at least every WAKE seconds). Growing starts workers at once; shrinking asks the
+        highest slots to stop as on SIGTERM: their running jobs finish first."""
+        path = scale_path(hb.path)
+        try:
+            data, _ = read_nofollow(path, 64)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            data = str(e).encode()
+        unlink_quietly(path)
+        try:
+            n = int(data.strip()[:8])
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_WORKERS:
+            log.warning("ignored a scale request that is not a count from 1 to %d: %r", MAX_WORKERS, data[:40])
+            return
+        old, self.count = self.count, n
+        now = time.monotonic()
+        for i in range(n, old):  # shrink: the highest slots go
+            self.due.pop(i, None)
+            if i in self.procs:
+                self.retiring.add(i)
+                _signal(self.procs[i].pid, signal.SIGTERM)
+        for i in range(old, n):  # grow (a slot still finishing its job restarts once it is done)
+            self.retiring.discard(i)
+            if i not in self.procs:
+                self.due[i] = now
+        hb.info["workers"] = n
+        hb.beat(force=True)
+        if n != old:
+            log.info("scaled from %d to %d worker%s%s", old, n, "" if n == 1 else "s",
+                     "; the stopped ones finish their running jobs first" if n < old else "")
 
     def _check_ready(self) -> None:
         """READY=1 for systemd once every worker started so far watches the spool."""
@@ -399,7 +448,7 @@ class Supervisor:
         for i, at in sorted(self.due.items()):
             if self.stop_asked:
                 return  # a signal since the loop's check: the next pass stops instead
-            if at > now:
+            if at > now or i in self.procs:
                 continue
             del self.due[i]
             if i in self.born:
@@ -417,6 +466,11 @@ class Supervisor:
             code = p.exitcode
             if self.burst and code == EXIT_JOB_DIED:
                 self.died = True
+            if i in self.retiring:  # `worker scale` took its slot away: gone, as asked
+                self.retiring.discard(i)
+                if i < self.count and not stopping:
+                    self.due[i] = now  # and given back before it was done: start it again
+                continue
             if stopping or (code in (0, EXIT_JOB_DIED) and self.burst):
                 continue
             if code == WORKER_SPOOL_GONE:
@@ -489,6 +543,37 @@ def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = No
             forced = True
             deadline = now + spool.config.kill_grace + 5
         time.sleep(0.05)
+
+
+def scale_path(heartbeat_path: str) -> str:
+    """Where `worker scale` asks a supervisor for a new count: beside its heartbeat file."""
+    return heartbeat_path[:-len(".json")] + ".scale"
+
+
+def scale_supervisors(spool: Spool, count: int) -> list[tuple[int, int]]:
+    """Ask every supervisor of this spool on this node to run `count` workers; wait until
+    each has taken it (within a second, as it looks every WAKE seconds). [(pid, count before)]."""
+    if not 1 <= count <= MAX_WORKERS:
+        raise WorkerError(f"a supervisor runs 1 to {MAX_WORKERS} workers, not {count}")
+    sups = supervisors_here(spool)
+    if not sups:
+        raise WorkerError("no supervisor of this spool runs on this node: start one with "
+                          f"`queuectl worker start --count {count} --detach`")
+    for s in sups:
+        spool.write_file(scale_path(spool.path("workers", s.file)), f"{count}\n".encode(), durable=False)
+    deadline = time.monotonic() + SCALE_WAIT
+    waiting = {s.pid for s in sups}
+    while waiting:
+        for w in read_workers(spool):
+            if w.pid in waiting and w.get("workers") == count and \
+                    not os.path.exists(scale_path(spool.path("workers", w.file))):
+                waiting.discard(w.pid)
+        if waiting and time.monotonic() >= deadline:
+            raise WorkerError(f"supervisor PID {', '.join(map(str, sorted(waiting)))} did not take the new "
+                              f"count within {SCALE_WAIT:g}s")
+        if waiting:
+            time.sleep(0.05)
+    return [(s.pid, s.get("workers")) for s in sups]
 
 
 def supervisor_log(spool: Spool) -> str:

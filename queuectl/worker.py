@@ -48,6 +48,7 @@ CANDIDATES = 16            # jobs a worker takes from one index query (times its
 SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
 RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
+SAY_WAITING = 5.0          # seconds: a burst waiting longer than this for a retry says what it waits for
 EXIT_JOB_DIED = 4          # a burst worker's exit status when a job it ran ended in dead/ (3: stopped)
 
 log_ = lazylog.get("queuectl.worker")
@@ -65,6 +66,20 @@ class _Run:
     proc: object | None = None
     failed: Outcome | None = None
     slot: int | None = None  # the queue's concurrency slot lock, held until the outcome is recorded
+
+
+def say_waiting(spool: Spool, parent: int, said: tuple[str, float] | None) -> tuple[str, float] | None:
+    """A burst that waits for a far retry of its own says so, once a retry, rather than
+    minutes of silence; returns the retry it has said it waits for."""
+    retries = spool.index.retries_of(hostname(), (os.getpid(), parent))
+    if not retries:
+        return said
+    job_id, due = retries[0]
+    if (job_id, due) != said and due - time.time() >= SAY_WAITING:
+        log_.info("waiting for the retry of %s at %s (in %s); Ctrl-C stops, the job stays in failed/",
+                  job_id, time.strftime("%H:%M:%S", time.localtime(due)), fmt_secs(due - time.time()))
+        return job_id, due
+    return said
 
 
 class Worker:
@@ -91,6 +106,7 @@ class Worker:
         self.parent = os.getppid()
         self.candidates: list[tuple[str, JobState, str]] = []
         self.running: Job | None = None
+        self.said_waiting: tuple[str, float] | None = None  # burst: the retry it said it waits for
         self.devnull = -1
         self.output = CommandLog(None)
         self.job_pid = 0
@@ -271,10 +287,11 @@ class Worker:
             if PAUSE_ALL not in self.pauses and idx.claimable(1, queues=self.queues, paused=self.pauses):
                 return False
             # A retry this worker (or its supervisor, recovering at start) scheduled is part of its run.
-            return idx.retries_of(hostname(), (os.getpid(), self.parent)) == 0
+            return not idx.retries_of(hostname(), (os.getpid(), self.parent))
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync(dirs=self.scan_dirs).waiting or not empty():
+            self.said_waiting = say_waiting(spool, self.parent, self.said_waiting)
             return False
         # The confirming look lists every directory, once a burst: a row a scan dropped
         # while another worker's record was batched comes back before the burst reports.

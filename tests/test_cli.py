@@ -147,7 +147,7 @@ def test_enqueue_id_needs_one_job(run, job_file):
 
 def test_enqueue_needs_command_or_file(run, job_file):
     r = run("enqueue")
-    assert r.exit_code == 2 and "give one of COMMAND, --file or --lines" in r.stderr
+    assert r.exit_code == 2 and "give one of CMD [ARG...], --file or --lines" in r.stderr
     r = run("enqueue", "--file", job_file(JOB1), "echo hi")
     assert r.exit_code == 2 and "not both" in r.stderr
 

@@ -78,7 +78,7 @@ class Hosts:
         for job_id, before in jobs:
             mark = f"touch {self.marks}/{job_id}.$QUEUECTL_NODE.$$"
             lines.append(json.dumps({"id": job_id, "command": f"{mark}; {before}" if before else mark}))
-        out = self.ok(0, "enqueue", "-q", "-f", "-", input="\n".join(lines) + "\n")
+        out = self.ok(0, "enqueue", "-q", "--file", "-", input="\n".join(lines) + "\n")
         assert out.strip() in (f"enqueued {len(jobs)} jobs", "enqueued 1 job")
 
     def start(self, i: int, *args: str, node: str | None = None) -> subprocess.Popen:

@@ -210,8 +210,8 @@ def test_enqueue_delay_and_at_schedule_the_job(run, spool_dir, read_job):
     enq(run, "--id", "t", "--at", "2099-01-01T00:00:00Z", "echo t")
     assert read_job("pending", "t")["next_run_at"] == "2099-01-01T00:00:00.000000Z"
     lines = run("list").stdout.splitlines()
-    assert lines[0].startswith("d - pending (scheduled ") and lines[0].endswith(", in 1m30s) - echo d")
-    assert lines[1].startswith("t - pending (scheduled 2099-01-01 ")
+    assert lines[0].startswith("d - pending (at ") and lines[0].endswith(", in 1m30s) - echo d")
+    assert lines[1].startswith("t - pending (at 2099-01-01 ")
     r = burst(spool_dir)  # nothing due: a burst worker does not wait for them
     assert r.returncode == 0 and "[supervisor] 2 jobs remain scheduled for later" in r.stdout
     assert "executing" not in r.stdout
@@ -286,7 +286,7 @@ def test_every_job_sees_its_id_attempt_spool_and_env(run, spool_dir, tmp_path):
 def test_dependent_waits_and_becomes_claimable_when_its_dependency_completes(run, spool_dir):
     enq(run, "--id", "a", "--delay", "1h", "echo a")
     enq(run, "--id", "b", "--after", "a", "echo b")
-    assert run("list").stdout.splitlines()[1] == "b - pending (waiting for a: pending) - echo b"
+    assert run("list").stdout.splitlines()[1] == "b - pending (after a: pending) - echo b"
     spool = Spool(str(spool_dir))
     spool.sync()
     assert spool.index.candidates() == [] and spool.index.next_due() > time.time() + 3000
@@ -338,7 +338,7 @@ def test_after_in_drop_in_files(run, spool_dir):
         "bad3.json.reason": "after: id '../x' contains '..'",
         "bad4.json.reason": "job bad4 cannot wait for itself (after)",
     }
-    assert run("list").stdout.splitlines()[1] == "ok - pending (waiting for a: pending) - echo ok"
+    assert run("list").stdout.splitlines()[1] == "ok - pending (after a: pending) - echo ok"
 
 
 def test_two_drop_ins_naming_each_other_are_not_a_cycle_that_waits_forever(run, spool_dir, read_job):

@@ -772,7 +772,7 @@ def test_no_workers(run):
     r = run("worker", "list")
     assert (r.exit_code, r.stdout) == (0, "")
     assert json.loads(run("worker", "list", "--json").stdout) == []
-    assert "workers:    0" in run("status").stdout.splitlines()
+    assert "workers:    0 (no workers running)" in run("status").stdout.splitlines()
     r = run("worker", "stop")
     assert (r.exit_code, r.stdout) == (0, "no running supervisor\n")
 

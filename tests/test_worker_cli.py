@@ -48,7 +48,7 @@ def test_seed_walkthrough(spool_dir, tmp_path):
 
     status = lines_of(cli(spool_dir, "status").stdout)
     assert status[:8] == ["pending:    0", "processing: 0", "completed:  1", "failed:     0", "dead:       0",
-                          "held:       0", "cancelled:  0", "workers:    0"]
+                          "held:       0", "cancelled:  0", "workers:    0 (no workers running)"]
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
         {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
     assert cli(spool_dir, "list").stdout == "job1 - completed - echo Hello from QueueCTL\n"
@@ -180,7 +180,7 @@ def test_detach_list_status_stop(spool_dir, tmp_path, bg):
     wait_for(lambda: all(pid_gone(p) for p in worker_pids), 5, what="worker processes gone")
     assert cli(spool_dir, "worker", "list").stdout == ""
     assert heartbeats(spool_dir) == []
-    assert "workers:    0" in lines_of(cli(spool_dir, "status").stdout)
+    assert "workers:    0 (no workers running)" in lines_of(cli(spool_dir, "status").stdout)
     text = unstamped(open(log).read())
     assert re.search(r"^\[worker-[01]\] completed long$", text, re.M)
     assert text.splitlines()[-1] == "[supervisor] stopped"
