@@ -45,13 +45,14 @@ COMMAND_TIMEOUT = 90.0
 DIRECTIVE = re.compile(r"<!--\s*doc-test:\s*(\w[\w-]*)(.*?)-->", re.S)
 
 MASKS = [
+    # `list`: a time alone today, with its date otherwise (so also across midnight).
+    (re.compile(r"\bat (\d{4}-\d\d-\d\d )?\d\d:\d\d\b"), "at <when>"),
     # Generated ids: time-sortable, 20261128T052228718037-6c5e00.
     (re.compile(r"\b\d{8}T\d{12}-[0-9a-f]{6}\b"), "<id>"),
     # ISO 8601 times, with or without fractions and offset; `list`'s local times.
     (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)?"), "<time>"),
     (re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?( [+-]\d{4})?"), "<time>"),
     (re.compile(r"\b\d{4}-\d\d-\d\d\b"), "<date>"),
-    (re.compile(r"\bat \d\d:\d\d\b"), "at <hh:mm>"),
     # pids and process groups, and who ran a job on which host.
     (re.compile(r"\b(PID=|pid=|pid |process group |supervisor_pid=)\d+"), r"\1<pid>"),
     (re.compile(r"\((\S+) pid <pid>\)"), "(<host> pid <pid>)"),

@@ -143,10 +143,13 @@ def real(tmp_path_factory) -> dict[tuple[str, int], set[str]]:
     records = json.loads(qc("list", "--json"))
     lines = [json.loads(line) for line in qc("list", "--json-lines").splitlines()]
     shown = json.loads(qc("show", "--json", "rich"))
+    job_keys = set().union(*(json.loads(qc("show", "--json", i))["job"].keys() for i in ("rich", "child")),
+                           *(r.keys() for r in json.loads(qc("dlq", "list", "--json"))))
     status = json.loads(qc("status", "--json"))
     problems = json.loads(qc("check", "--json", check=False))
     out: dict[tuple[str, int], set[str]] = {
-        ("The job record", 0): set().union(*(r.keys() for r in records + lines + [shown["job"]])),
+        ("The job record", 0): set(job_keys),
+        ("`list --json`, `list --json-lines`", 0): set().union(*(r.keys() for r in records + lines)) - job_keys,
         ("The job record", 1): set().union(*(h.keys() for r in records for h in r["history"] if "attempt" in h)),
         ("`status --json`", 0): set(status),
         ("`status --json`", 1): set().union(*(q.keys() for q in status["queues"].values())),
