@@ -333,7 +333,7 @@ def list_note(record: dict, waits: list[tuple[str, str, bool]] | None, now: floa
             same_day = time.localtime(now)[:3] == local[:3]
             notes.append(f"at {time.strftime('%H:%M' if same_day else '%Y-%m-%d %H:%M', local)}, "
                          f"in {_span(run_at - now)}")
-    elif state is JobState.FAILED:
+    elif state is JobState.FAILED and run_at is not None:
         notes.append("retry due")
     return state.value + (f" ({', '.join(notes)})" if notes else "")
 

@@ -386,8 +386,7 @@ class Index:
         return self.db.execute(sql, states).fetchall()
 
     def retries_of(self, host: str, pids: Iterable[int]) -> list[tuple[str, float]]:
-        """(id, due) of jobs in failed/ whose last attempt one of these processes recorded
-        (ran, or recovered), the soonest due first."""
+        """(id, due), soonest first, of failed/ jobs whose last attempt these processes recorded or recovered."""
         pids = list(pids)
         return self.db.execute(
             "SELECT id, run_at FROM jobs WHERE state = 'failed' AND json_extract(record, '$.history[#-1].pid') "

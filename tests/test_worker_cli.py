@@ -51,7 +51,8 @@ def test_seed_walkthrough(spool_dir, tmp_path):
                           "held:       0", "cancelled:  0", "workers:    0 (no workers running)"]
     assert json.loads(cli(spool_dir, "status", "--json").stdout) == \
         {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "cancelled": 0, "workers": 0, "spool": str(spool_dir)}
-    assert cli(spool_dir, "list").stdout == "job1 - completed - echo Hello from QueueCTL\n"
+    assert re.fullmatch(r"job1 - completed \(exit 0, \d\.\d\ds\) - echo Hello from QueueCTL\n",
+                        cli(spool_dir, "list").stdout)
     assert where(spool_dir) == {"job1": ["done"]}
 
     log = lines_of(cli(spool_dir, "logs", "job1").stdout)
