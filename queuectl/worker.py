@@ -40,6 +40,8 @@ BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in t
 # spool other hosts' outcomes reach this node's index only by listings: all of them.
 WORK_DIRS = (JobState.PENDING.dirname, JobState.FAILED.dirname, JobState.PROCESSING.dirname)
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
+POLL_INTERVAL = 0.5        # an idle worker's scans on a shared spool (inotify sees nothing of other hosts)
+SHARED_FULL_SCAN = 5.0     # on a shared spool, done/, dead/, cancelled/ and held/ are listed this often
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
@@ -211,17 +213,22 @@ class Worker:
         # for a lost event, and relisting big directories once a second cost a 20,000-job
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
+        # Polling a shared spool is these scans (no per-file stat snapshots); its final-state
+        # directories, which only grow, are listed every SHARED_FULL_SCAN.
+        idle_rescan = POLL_INTERVAL if spool.multihost else RESCAN_INTERVAL
+        last_full = 0.0
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
             waiting = 0
             busy = False
-            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else RESCAN_INTERVAL)
+            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else idle_rescan)
             if scan or now - last_refresh >= RESCAN_INTERVAL:
                 self.refresh()  # `pause`, `config set`: before the next arrival, and within a second
                 last_refresh = now
             if scan:
-                report = spool.sync(dirs=self.scan_dirs)
+                full, last_full = (True, now) if now - last_full >= SHARED_FULL_SCAN else (False, last_full)
+                report = spool.sync(dirs=self.scan_dirs if full else WORK_DIRS)
                 waiting, busy = report.waiting, report.busy
                 # Dependents of a job that ended dead or cancelled are cancelled here,
                 # at most one scan after it ended (whichever worker ran it).
@@ -494,9 +501,13 @@ def check_here(root: str, ident: tuple[int, int] | None) -> None:
 def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
     """The worker's watcher, started. A fallback to polling (inotify's limits used up) is said once."""
     from .watcher import Watcher
-    # inotify sees nothing another host writes: poll a shared spool.
-    w = Watcher([spool.path("pending"), spool.path("failed")], poll=poll or spool.multihost,
-                wake_dirs=wake_dirs, ignore=is_ignored)
+    # inotify sees nothing another host writes: on a shared spool the worker's own scans poll
+    # (a snapshot of pending/ with a stat a file, in every worker, cost the server most of its time).
+    if spool.multihost:
+        w = Watcher([], poll=True)
+        w.start()
+        return w
+    w = Watcher([spool.path("pending"), spool.path("failed")], poll=poll, wake_dirs=wake_dirs, ignore=is_ignored)
     w.start()
     if w.degraded:
         log_.warning("%s: polling the spool every %gs instead", w.degraded, w.poll_interval)
@@ -511,7 +522,7 @@ def idle_timeout(w: Worker) -> float:
         w.candidates = []
         return SLOT_RETRY
     due = w.spool.index.next_due(w.queues, w.pauses)
-    timeout = RESCAN_INTERVAL
+    timeout = POLL_INTERVAL if w.spool.multihost else RESCAN_INTERVAL
     if due is not None:
         timeout = max(0.0, min(timeout, due - time.time()))
     return timeout
