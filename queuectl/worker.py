@@ -41,7 +41,9 @@ BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in t
 WORK_DIRS = (JobState.PENDING.dirname, JobState.FAILED.dirname, JobState.PROCESSING.dirname)
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 POLL_INTERVAL = 0.5        # an idle worker's scans on a shared spool (inotify sees nothing of other hosts)
-SHARED_FULL_SCAN = 5.0     # on a shared spool, done/, dead/, cancelled/ and held/ are listed this often
+# On a shared spool an idle worker's own scans are its polling (no per-file stat snapshots), and the
+# final-state directories, which only grow, are listed every SHARED_FULL_SCAN seconds (with held/).
+SHARED_FULL_SCAN = 5.0
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
@@ -213,10 +215,7 @@ class Worker:
         # for a lost event, and relisting big directories once a second cost a 20,000-job
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
         busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
-        # Polling a shared spool is these scans (no per-file stat snapshots); its final-state
-        # directories, which only grow, are listed every SHARED_FULL_SCAN.
-        idle_rescan = POLL_INTERVAL if spool.multihost else RESCAN_INTERVAL
-        last_full = 0.0
+        idle_rescan, last_full = (POLL_INTERVAL if spool.multihost else RESCAN_INTERVAL), 0.0  # (SHARED_FULL_SCAN)
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
