@@ -115,7 +115,7 @@ def worker_scale(obj: Context, count):
       queuectl worker scale 8
       queuectl worker scale 1
     """
-    from .supervisor import scale_supervisors
+    from .scaling import scale_supervisors
     for pid, before in scale_supervisors(obj.spool, count):
         click.echo(f"supervisor PID={pid}: {before} -> {count} worker{'' if count == 1 else 's'}")
 

@@ -32,6 +32,8 @@ class Spool(Protocol):
     def path(self, *parts: str) -> str: ...
 
 HEARTBEAT_INTERVAL = 2.0
+MAX_WORKERS = 256     # worker processes one supervisor may have (`worker start --count`, `worker scale`)
+SCALE_SUFFIX = ".scale"  # `worker scale`'s request to a supervisor: beside its heartbeat, NODE.PID.scale
 PRUNE_LEASES = 3  # another node's heartbeat older than this many leases is deleted
 _hostname: str | None = None
 _node: str | None = None
@@ -342,7 +344,7 @@ def forget(spool: Spool, w: WorkerInfo) -> None:
     unlink_quietly(spool.path("workers", w.file))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".claim"))
     unlink_quietly(spool.path("workers", w.file[:-5] + ".out"))  # a scratch log (runner.CommandLog)
-    unlink_quietly(spool.path("workers", w.file[:-5] + ".scale"))  # a `worker scale` request it never read
+    unlink_quietly(spool.path("workers", w.file[:-5] + SCALE_SUFFIX))  # a `worker scale` request it never read
 
 
 CLAIM_RECORD = 160  # bytes: one job id (<= 128 characters), space-padded

@@ -30,8 +30,8 @@ from .fsio import dir_ident, moved, read_nofollow, unlink_quietly, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues, slot_problems
-from .registry import (Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name, pid_alive, read_workers,
-                       signal_process)
+from .registry import (MAX_WORKERS, SCALE_SUFFIX, Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name,
+                       pid_alive, read_workers, signal_process)
 from .sdnotify import notify
 from .spool import Spool
 from .worker import EXIT_JOB_DIED, Worker
@@ -51,8 +51,6 @@ WORKER_STOPPED = 3    # a worker's exit code after a stop signal (0 is a burst w
 WORKER_SPOOL_GONE = 5  # a worker's exit code when its spool directory was moved, removed or replaced
 READY_POLL = 0.05     # the loop's period until every first worker watches (systemd's READY=1)
 DETACH_READY = 10.0   # seconds `worker start --detach` waits for the supervisor's heartbeat
-MAX_WORKERS = 256     # worker processes one supervisor may have (`worker start --count`, `worker scale`)
-SCALE_WAIT = 5.0      # seconds `worker scale` waits for each supervisor to take the new count
 
 
 def check_spool_permissions(spool: Spool) -> None:
@@ -401,7 +399,7 @@ class Supervisor:
         """`worker scale N`: a request file beside this supervisor's heartbeat, read each pass
         (at least every WAKE seconds). Growing starts workers at once; shrinking asks the
         highest slots to stop as on SIGTERM: their running jobs finish first."""
-        path = scale_path(hb.path)
+        path = hb.path[:-len('.json')] + SCALE_SUFFIX
         try:
             data, _ = read_nofollow(path, 64)
         except FileNotFoundError:
@@ -543,37 +541,6 @@ def stop_supervisors(spool: Spool, timeout: float, kill_grace: float | None = No
             forced = True
             deadline = now + spool.config.kill_grace + 5
         time.sleep(0.05)
-
-
-def scale_path(heartbeat_path: str) -> str:
-    """Where `worker scale` asks a supervisor for a new count: beside its heartbeat file."""
-    return heartbeat_path[:-len(".json")] + ".scale"
-
-
-def scale_supervisors(spool: Spool, count: int) -> list[tuple[int, int]]:
-    """Ask every supervisor of this spool on this node to run `count` workers; wait until
-    each has taken it (within a second, as it looks every WAKE seconds). [(pid, count before)]."""
-    if not 1 <= count <= MAX_WORKERS:
-        raise WorkerError(f"a supervisor runs 1 to {MAX_WORKERS} workers, not {count}")
-    sups = supervisors_here(spool)
-    if not sups:
-        raise WorkerError("no supervisor of this spool runs on this node: start one with "
-                          f"`queuectl worker start --count {count} --detach`")
-    for s in sups:
-        spool.write_file(scale_path(spool.path("workers", s.file)), f"{count}\n".encode(), durable=False)
-    deadline = time.monotonic() + SCALE_WAIT
-    waiting = {s.pid for s in sups}
-    while waiting:
-        for w in read_workers(spool):
-            if w.pid in waiting and w.get("workers") == count and \
-                    not os.path.exists(scale_path(spool.path("workers", w.file))):
-                waiting.discard(w.pid)
-        if waiting and time.monotonic() >= deadline:
-            raise WorkerError(f"supervisor PID {', '.join(map(str, sorted(waiting)))} did not take the new "
-                              f"count within {SCALE_WAIT:g}s")
-        if waiting:
-            time.sleep(0.05)
-    return [(s.pid, s.get("workers")) for s in sups]
 
 
 def supervisor_log(spool: Spool) -> str:
