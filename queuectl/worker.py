@@ -72,18 +72,19 @@ class _Run:
     slot: int | None = None  # the queue's concurrency slot lock, held until the outcome is recorded
 
 
-def say_waiting(spool: Spool, parent: int, said: tuple[str, float] | None) -> tuple[str, float] | None:
+_said_waiting: list[tuple[str, float]] = []  # the retry this process (one worker) last said it waits for
+
+
+def say_waiting(spool: Spool, parent: int) -> bool:
     """A burst that waits for a far retry of its own says so, once a retry, rather than
-    minutes of silence; returns the retry it has said it waits for."""
+    minutes of silence. Returns False: the burst is not over (for idle_for_good)."""
     retries = spool.index.retries_of(hostname(), (os.getpid(), parent))
-    if not retries:
-        return said
-    job_id, due = retries[0]
-    if (job_id, due) != said and due - time.time() >= SAY_WAITING:
+    if retries and retries[0] not in _said_waiting and retries[0][1] - time.time() >= SAY_WAITING:
+        _said_waiting[:] = retries[:1]
+        job_id, due = retries[0]
         log_.info("waiting for the retry of %s at %s (in %s); Ctrl-C stops, the job stays in failed/",
                   job_id, time.strftime("%H:%M:%S", time.localtime(due)), fmt_secs(due - time.time()))
-        return job_id, due
-    return said
+    return False
 
 
 class Worker:
@@ -110,7 +111,6 @@ class Worker:
         self.parent = os.getppid()
         self.candidates: list[tuple[str, JobState, str]] = []
         self.running: Job | None = None
-        self.said_waiting: tuple[str, float] | None = None  # burst: the retry it said it waits for
         self.devnull = -1
         self.output = CommandLog(None)
         self.job_pid = 0
@@ -297,8 +297,7 @@ class Worker:
 
         # The cheap look first; only a queue that looks empty is confirmed by a full listing.
         if spool.sync(dirs=self.scan_dirs).waiting or not empty():
-            self.said_waiting = say_waiting(spool, self.parent, self.said_waiting)
-            return False
+            return say_waiting(spool, self.parent)
         # The confirming look lists every directory, once a burst: a row a scan dropped
         # while another worker's record was batched comes back before the burst reports.
         return spool.sync(force=True).waiting == 0 and empty()
