@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 
 import click
@@ -71,7 +72,13 @@ class WorkerLines(logging.Handler):
                     return
             except FileNotFoundError:
                 pass
-            fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Never through a link, never into a FIFO (it would block every log line).
+            fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return
+            os.set_blocking(fd, True)
         except OSError:
             return  # keep writing where we were: a lost rotation beats lost lines
         os.dup2(fd, 1)

@@ -192,6 +192,28 @@ def disk_full(path: str) -> bool:
     return st.f_blocks > 0 and (st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0))
 
 
+def open_append(path: str, what: str) -> int:
+    """A descriptor appending to the regular file at path (made 0600 if missing).
+
+    SpoolError, never a write, if path is something else: a FIFO would block
+    the writer (or feed whoever reads it), a link would write where it points.
+    """
+    kind = not_regular(path, follow=False)
+    if kind is None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise space_error(e, f"opening {what} {path}") from None
+        st_mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(st_mode), "not a regular file")
+    raise SpoolError(f"{what} {path} is {kind}, not a regular file: refusing to write to it")
+
+
 def dir_ident(path: str) -> tuple[int, int] | None:
     """(device, inode) of the directory at path, or None if there is none."""
     try:

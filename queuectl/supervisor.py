@@ -26,7 +26,7 @@ import time
 
 from . import lazylog
 from .errors import SpoolError, WorkerError
-from .fsio import dir_ident, moved, read_nofollow, unlink_quietly, unreachable
+from .fsio import dir_ident, moved, open_append, read_nofollow, unlink_quietly, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
 from .queues import known_queues, slot_problems
@@ -556,7 +556,7 @@ def detach(spool: Spool, argv: list[str]) -> tuple[int, str]:
     finds it: until then it is a process nobody could stop by name.
     """
     log_path = supervisor_log(spool)
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_append(log_path, "the supervisor log")
     # The child inherits the blocked mask through exec: a stop during its
     # start-up waits for its handler (see hold_stop_signals).
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

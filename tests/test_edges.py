@@ -418,3 +418,23 @@ def test_unusable_slot_reasons(tmp_path):
         (tmp_path / "foreign").write_bytes(b"")
         os.chmod(tmp_path / "foreign", 0)
         assert unusable_slot(str(tmp_path / "foreign")).startswith("not writable by this user (owner uid ")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_detach_never_writes_its_log_into_a_fifo_or_through_a_link(tmp_path, kind):
+    spool = tmp_path / "spool"
+    cli(spool, "status")
+    log = spool / "logs" / "_supervisor.log"
+    target = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(log)  # was: `worker start --detach` blocked for ever opening it
+    else:
+        target.write_text("precious\n")
+        log.symlink_to(target)  # was: the supervisor's lines appended to the link's target
+    r = qc(spool, "worker", "start", "--detach", timeout=30)
+    what = "a FIFO" if kind == "fifo" else "a symbolic link"
+    assert (r.returncode, r.stderr) == (1, f"Error: the supervisor log {log} is {what}, not a regular file: "
+                                           "refusing to write to it\n")
+    assert qc(spool, "worker", "list", "--json").stdout.strip() in ("[]", "")
+    if kind == "symlink":
+        assert target.read_text() == "precious\n"
