@@ -23,6 +23,7 @@ import stat
 
 from . import lazylog
 from .dropins import is_ignored
+from .errors import SpoolError
 from .fsio import atomic_write, close_quietly, unlink_quietly
 from .job import check_queue, now_iso
 from .spool import Spool
@@ -139,6 +140,27 @@ def slot_problems(spool: Spool) -> list[tuple[str, str, str]]:
             if why is not None:
                 out.append((queue, path, why))
     return out
+
+
+def say_slot_problems(spool: Spool, said: set[str]) -> set[str]:
+    """One warning line for each unusable slot file not in `said`; the paths unusable now.
+
+    A slot file no worker can lock (root-owned after a `sudo` run, a symlink)
+    leaves its queue fewer slots, or none, and the workers skip it without a
+    word: their supervisor says it, once (again only after a fix and a new break).
+    """
+    try:
+        spool.configfile.refresh()
+        problems = slot_problems(spool)
+    except (OSError, SpoolError):
+        return said
+    for queue, path, why in problems:
+        if path not in said:
+            limit = spool.config.limit(queue) or 0
+            usable = limit - sum(1 for q, _p, _w in problems if q == queue)
+            log.warning("queue %s: slot file %s is %s: no worker can lock it, so at most %d of its %d jobs "
+                        "run at once; remove it", queue, path, why, usable, limit)
+    return {path for _q, path, _w in problems}
 
 
 def release_slot(fd: int | None) -> None:

@@ -29,7 +29,7 @@ from .errors import SpoolError, WorkerError
 from .fsio import dir_ident, moved, open_append, read_nofollow, unlink_quietly, unreachable
 from .hosts import shared_mode_warnings
 from .recovery import fmt_secs, prune_dead_workers, recover_all
-from .queues import known_queues, slot_problems
+from .queues import known_queues, say_slot_problems
 from .registry import (MAX_WORKERS, SCALE_SUFFIX, Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name,
                        pid_alive, read_workers, signal_process)
 from .sdnotify import notify
@@ -255,10 +255,8 @@ class Supervisor:
 
     def _check_inotify(self) -> None:
         """Used-up inotify limits make the workers poll: said once here, not by each worker."""
-        if self.poll or self.spool.multihost:
-            return
         from .watcher import POLL_INTERVAL, inotify_problem
-        why = inotify_problem([self.spool.path("pending"), self.spool.path("failed")])
+        why = None if self.poll or self.spool.multihost else inotify_problem([self.spool.path("pending")])
         if why is not None:
             log.warning("%s: workers poll the spool every %gs instead", why, POLL_INTERVAL)
             self.poll = True
@@ -315,24 +313,10 @@ class Supervisor:
             self.spool.close()
 
     def _check_slots(self) -> None:
-        """A slot file no worker can lock (root-owned after a `sudo` run, a symlink) leaves its
-        queue fewer slots, or none, without a word from the workers, which skip it: say it here, once."""
-        now = time.monotonic()
-        if now - self.slots_at < RECOVER_EVERY:
-            return
-        self.slots_at = now
-        try:
-            self.spool.configfile.refresh()
-            problems = slot_problems(self.spool)
-        except (OSError, SpoolError):
-            return
-        for queue, path, why in problems:
-            if path not in self.slots_said:
-                limit = self.spool.config.limit(queue) or 0
-                usable = limit - sum(1 for q, _p, _w in problems if q == queue)
-                log.warning("queue %s: slot file %s is %s: no worker can lock it, so at most %d of its %d jobs "
-                            "run at once; remove it", queue, path, why, usable, limit)
-        self.slots_said = {path for _q, path, _w in problems}
+        """Slot files no worker can lock, said here once (queues.say_slot_problems): the workers skip them."""
+        if time.monotonic() - self.slots_at >= RECOVER_EVERY:
+            self.slots_at = time.monotonic()
+            self.slots_said = say_slot_problems(self.spool, self.slots_said)
 
     def _spool_gone(self) -> None:
         """The spool directory was moved, removed or replaced under the workers: one line, then stop."""
