@@ -223,6 +223,13 @@ def dir_ident(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
+def check_here(root: str, ident: tuple[int, int] | None) -> None:
+    """SpoolError if the spool directory was moved, removed or replaced since its supervisor
+    opened it: a worker stops (its supervisor says why) instead of working in a new, empty one."""
+    if moved(root, ident):
+        raise SpoolError(f"the spool directory {root} was moved, removed or replaced")
+
+
 def moved(path: str, ident: tuple[int, int] | None) -> bool:
     """Is the directory at path no longer the one whose dir_ident() was `ident` (moved away,
     removed, or replaced by another)? A process working in it must stop, not make a new one."""

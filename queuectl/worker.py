@@ -19,7 +19,7 @@ from . import lazylog
 from .controls import resolve_dependencies
 from .dropins import is_ignored
 from .errors import SpoolError
-from .fsio import disk_full, moved, unreachable
+from .fsio import check_here, disk_full, unreachable
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
@@ -167,11 +167,7 @@ class Worker:
         self.pauses = paused(spool)
         try:
             self.loop()
-            try:
-                check_here(self.spool.root, self.root_ident)  # a stop because it moved: nothing to make there
-                spool.sync()  # scans skip done/ (WORK_DIRS): leave an index that agrees with every directory
-            except (SpoolError, sqlite3.Error, OSError):
-                pass  # a cache: the next command's own sync repairs it
+            last_sync(spool, self.root_ident)
         finally:
             self.watcher.stop()
             self.output.discard()
@@ -489,11 +485,13 @@ class Worker:
             self.flushed = time.monotonic()
 
 
-def check_here(root: str, ident: tuple[int, int] | None) -> None:
-    """SpoolError if the spool directory was moved, removed or replaced since its supervisor
-    opened it: the worker stops (its supervisor says why) instead of working in a new, empty one."""
-    if moved(root, ident):
-        raise SpoolError(f"the spool directory {root} was moved, removed or replaced")
+def last_sync(spool: Spool, root_ident: tuple[int, int] | None) -> None:
+    """A stopping worker's full sync (scans skip done/), unless the spool moved away: nothing is made there."""
+    try:
+        check_here(spool.root, root_ident)
+        spool.sync()
+    except (SpoolError, sqlite3.Error, OSError):
+        pass  # a cache: the next command's own sync repairs it
 
 
 def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
