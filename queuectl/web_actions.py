@@ -29,7 +29,9 @@ JOB_ACTIONS = ("cancel", "hold", "release", "kill", "requeue", "retry", "delete"
 def safe_next(default: str) -> str:
     """The page to go back to: a path of this site only (never //host or a scheme)."""
     nxt = request.form.get("next", "")
-    if nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt and "\n" not in nxt:
+    # Browsers drop tabs and newlines from a URL and read \ as /: "/\t/evil" would be //evil.
+    if (nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt
+            and all(32 < ord(c) < 127 for c in nxt)):
         return nxt
     return default
 

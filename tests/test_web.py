@@ -223,7 +223,7 @@ def test_dlq_page_retry_buttons_post_a_form(run, spool):
     r = c.post("/api/job/doomed2/requeue", data={"csrf_token": _csrf(c), "next": "/dlq"})
     assert r.status_code == 303 and r.headers["Location"] == "/dlq"
     assert c.get("/api/job/doomed2").get_json()["state"] == "pending"
-    for evil in ("//evil.example/x", "https://evil.example/", "\\evil"):  # only paths of this site
+    for evil in ("//evil.example/x", "https://evil.example/", "\\evil", "/\t/evil.example", "/\\evil.example"):
         r = c.post("/api/job/doomed2/hold", data={"csrf_token": _csrf(c), "next": evil})
         assert r.headers["Location"] == "/job/doomed2"
         c.post("/api/job/doomed2/release", data={"csrf_token": _csrf(c)})
