@@ -89,8 +89,9 @@ def live_totals(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
 
     # Named queues through their partial index; `default` is the total less them.
     named = {q: [0, 0, 0, 0] for (q,) in db.execute("SELECT DISTINCT queue FROM jobs WHERE queue != 'default'")}
-    for q, state, n in db.execute("SELECT queue, state, count(*) FROM jobs WHERE queue != 'default' "
-                                  "AND state IN ('completed', 'dead') GROUP BY queue, state"):
+    # INDEXED BY: left to itself SQLite walks every finished row through jobs_run (0.8 s at 170,000).
+    for q, state, n in db.execute("SELECT queue, state, count(*) FROM jobs INDEXED BY jobs_named_queue "
+                                  "WHERE queue != 'default' AND state IN ('completed', 'dead') GROUP BY queue, state"):
         named[q][0 if state == "completed" else 1] = n
     for q, runs, jobs_run in db.execute("SELECT queue, total(runs), count(*) FROM jobs WHERE queue != 'default' "
                                         "AND runs > 0 GROUP BY queue"):

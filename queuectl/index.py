@@ -571,15 +571,14 @@ class Index:
             lower = upper
         return counts, n, total
 
-    def finished_per_minute(self, since: float, minutes: int, state: JobState | None = None) -> list[int]:
-        """Jobs that reached done/ or dead/ (or only `state`) in each minute from `since` (jobs_finished index)."""
-        out = [0] * minutes
-        only = "" if state is None else f" AND state = '{state.value}'"
-        for m, n in self.db.execute(
-                "SELECT CAST((finished - ?) / 60 AS INTEGER) AS m, count(*) FROM jobs "
-                "WHERE finished >= ? AND finished < ?" + only + " GROUP BY m", (since, since, since + 60 * minutes)):
-            if 0 <= m < minutes:
-                out[m] += n
+    def finished_per_minute(self, since: float, minutes: int) -> dict[str, list[int]]:
+        """Jobs that reached done/ (`completed`) or dead/ (`dead`) in each minute from `since`."""
+        out = {"completed": [0] * minutes, "dead": [0] * minutes}
+        for m, state, n in self.db.execute(
+                "SELECT CAST((finished - ?) / 60 AS INTEGER) AS m, state, count(*) FROM jobs INDEXED BY jobs_finished "
+                "WHERE finished >= ? AND finished < ? GROUP BY m, state", (since, since, since + 60 * minutes)):
+            if 0 <= m < minutes and state in out:
+                out[state][m] += n
         return out
 
 

@@ -144,8 +144,8 @@ def throughput(spool: Spool, *, minutes: int = 60, now: float | None = None) -> 
     now = time.time() if now is None else now
     end = (int(now) // 60 + 1) * 60  # the current minute is the last bucket
     since = end - 60 * minutes
-    completed = spool.index.finished_per_minute(since, minutes, JobState.COMPLETED)
-    dead = spool.index.finished_per_minute(since, minutes, JobState.DEAD)
+    per = spool.index.finished_per_minute(since, minutes)
+    completed, dead = per["completed"], per["dead"]
     return {"since": since, "minute": 60, "completed": completed, "dead": dead,
             "finished": [a + b for a, b in zip(completed, dead)]}
 

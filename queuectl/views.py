@@ -215,7 +215,8 @@ def job_list(spool: Spool, state: str, *, page: int = 1, q: str = "", queue: str
                      "OR tags LIKE ? ESCAPE '\\')")
         args += [_like(q)] * 4
     if queue:
-        where.append("queue = ?")
+        # "!= 'default'" lets SQLite use the partial index of named queues' jobs
+        where.append("queue = ?" + (" AND queue != 'default'" if queue != DEFAULT_QUEUE else ""))
         args.append(queue)
     if label:
         where.append("tags LIKE ? ESCAPE '\\'")
