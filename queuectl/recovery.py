@@ -12,19 +12,20 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import stat
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import lazylog
 from .config import Config
 from .dropins import is_ignored
-from .errors import InvalidJob
-from .fsio import close_quietly, lock_file, read_nofollow, unlink_quietly
+from .errors import InvalidJob, SpoolError
+from .fsio import close_quietly, lock_file, read_nofollow, unlink_quietly, unreachable
 from .hosts import server_inodes
 from .job import Job, JobState, check_id, loads, now_iso
-from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, forget, hostname, node_name,
-                       owner_marker, processes_marked, read_claim, read_workers, signal_process)
+from .registry import (PRUNE_LEASES, WorkerInfo, claimed_by_live_workers, clones, forget, hostname, namespace_id,
+                       node_name, owner_marker, processes_marked, read_claim, read_workers, signal_process)
 from .runner import salvage_output
 
 from .spool import Claim, Spool
@@ -295,3 +296,55 @@ def recover_all(spool: Spool, by: str) -> list[str]:
             said.append(line)
     return said
 
+
+
+def recover_waiting(spool: Spool, stopping: Callable[[], bool]) -> None:
+    """A supervisor's start-up recovery (jobs left in processing/ by a crash), before anyone claims.
+
+    A spool out of reach for a moment (ESTALE, a server not answering) is waited
+    for, said once, instead of a crash that a service manager would turn into a
+    restart loop.
+    """
+    said = False
+    while True:
+        try:
+            spool.sync()
+            for line in recover_all(spool, "supervisor"):
+                log.info("%s", line)
+            return
+        except (OSError, SpoolError) as e:
+            if not unreachable(e) or stopping():
+                raise
+            if not said:
+                log.warning("the spool %s is out of reach for now (%s); looking again every 1s", spool.root, e)
+                said = True
+            time.sleep(1.0)
+
+
+_said_failed = False
+
+
+def recover_others(spool: Spool, since: str) -> bool:
+    """A supervisor's look, on a shared spool, for other hosts' orphans: workers look only
+    between jobs, and while each runs a long job a dead host's jobs would wait for one to
+    finish (a minute or more) instead of a lease. True: stop, a clone of this node (same
+    node name, another machine or namespace) started first; of two supervisors with one
+    node name started at the same instant (the start-up check saw nothing yet) the later stops."""
+    global _said_failed
+    me = (since, namespace_id(), os.getpid())
+    for w in clones(spool):
+        if w.role == "supervisor" and (w.since or "", w.get("ns") or "", w.pid) < me:
+            log.error("node name %s is also in use by another machine (live heartbeat workers/%s, pid %d, "
+                      "started first): stopping; give each host its own --node or QUEUECTL_NODE",
+                      node_name(), w.file, w.pid)
+            return True
+    try:
+        for line in recover_all(spool, "supervisor"):
+            log.info("%s", line)
+    except (OSError, SpoolError, sqlite3.Error) as e:
+        if not _said_failed:
+            log.warning("recovery of other hosts' jobs failed (%s); the workers and the next look retry", e)
+            _said_failed = True
+    finally:
+        spool.close()
+    return False

@@ -19,19 +19,18 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 from . import lazylog
-from .errors import SpoolError, WorkerError
-from .fsio import dir_ident, moved, open_append, read_nofollow, unlink_quietly, unreachable
+from .errors import WorkerError
+from .fsio import dir_ident, moved, open_append, read_nofollow, unlink_quietly
 from .hosts import shared_mode_warnings
-from .recovery import fmt_secs, prune_dead_workers, recover_all
+from .recovery import fmt_secs, prune_dead_workers, recover_others, recover_waiting
 from .queues import known_queues, say_slot_problems
-from .registry import (MAX_WORKERS, SCALE_SUFFIX, Heartbeat, WorkerInfo, check_node, clones, namespace_id, node_name,
-                       pid_alive, read_workers, signal_process)
+from .registry import (MAX_WORKERS, SCALE_SUFFIX, Heartbeat, WorkerInfo, check_node, clones, node_name, pid_alive,
+                       read_workers, signal_process)
 from .sdnotify import notify
 from .spool import Spool
 from .worker import EXIT_JOB_DIED, Worker
@@ -145,8 +144,7 @@ class Supervisor:
         self.delay: dict[int, float] = {}  # worker slot -> its next restart delay
         self.retiring: set[int] = set()    # slots `worker scale` took away: their workers finish, then go
         self.wake_fds: tuple[int, ...] = ()
-        self.recovered_at = time.monotonic()  # the start-up recovery is the first
-        self.recovery_failed = False  # said once
+        self.recovered_at = time.monotonic()  # on a shared spool: other hosts' orphans, every RECOVER_EVERY
         self.slots_at = 0.0  # when the queues' slot files were last looked at
         self.slots_said: set[str] = set()  # unusable slot files already said (said again once fixed and broken again)
         if allow_shared:
@@ -233,7 +231,7 @@ class Supervisor:
                          spool.indexes.path)
                 for line in shared_mode_warnings(spool):
                     log.warning("%s", line)
-            self._recover_at_start()
+            recover_waiting(spool, lambda: self.stop_asked)
             if self.queues is not None and not set(self.queues) & known_queues(spool):
                 # Allowed (a queue exists once a job names it), but a typo looks just like this.
                 log.warning("no job names queue %s yet", ", ".join(self.queues))
@@ -260,57 +258,6 @@ class Supervisor:
         if why is not None:
             log.warning("%s: workers poll the spool every %gs instead", why, POLL_INTERVAL)
             self.poll = True
-
-    def _recover_at_start(self) -> None:
-        """Jobs left in processing/ by a crash: recover before anyone claims.
-
-        A spool out of reach for a moment (ESTALE, a server not answering) is
-        waited for, said once, instead of a crash that the service manager
-        would turn into a restart loop.
-        """
-        said = False
-        while True:
-            try:
-                self.spool.sync()
-                for line in recover_all(self.spool, "supervisor"):
-                    log.info("%s", line)
-                return
-            except (OSError, SpoolError) as e:
-                if not unreachable(e) or self.stop_asked:
-                    raise
-                if not said:
-                    log.warning("the spool %s is out of reach for now (%s); looking again every 1s", self.root, e)
-                    said = True
-                time.sleep(1.0)
-
-    def _recover_others(self, hb: Heartbeat) -> None:
-        """On a shared spool, another host's orphans are recovered here too, every RECOVER_EVERY:
-        workers look only between jobs, and while each runs a long job a dead host's
-        jobs would wait for one to finish (a minute or more) instead of a lease.
-
-        A clone started at the same instant (the start-up check saw nothing yet) is seen
-        here: of two supervisors with one node name, the one that started later stops."""
-        now = time.monotonic()
-        if now - self.recovered_at < RECOVER_EVERY:
-            return
-        self.recovered_at = now
-        me = (hb.info["since"], namespace_id(), os.getpid())
-        for w in clones(self.spool):
-            if w.role == "supervisor" and (w.since or "", w.get("ns") or "", w.pid) < me:
-                log.error("node name %s is also in use by another machine (live heartbeat workers/%s, pid %d, "
-                          "started first): stopping; give each host its own --node or QUEUECTL_NODE",
-                          node_name(), w.file, w.pid)
-                self.stop_asked = self.died = True
-                return
-        try:
-            for line in recover_all(self.spool, "supervisor"):
-                log.info("%s", line)
-        except (OSError, SpoolError, sqlite3.Error) as e:
-            if not self.recovery_failed:
-                log.warning("recovery of other hosts' jobs failed (%s); the workers and the next look retry", e)
-                self.recovery_failed = True
-        finally:
-            self.spool.close()
 
     def _check_slots(self) -> None:
         """Slot files no worker can lock, said here once (queues.say_slot_problems): the workers skip them."""
@@ -373,8 +320,11 @@ class Supervisor:
             if not self.gone:
                 hb.beat()  # never into another spool made at this path
                 self._check_slots()
-            if stop_sent_at is None and self.spool.multihost and not self.gone:
-                self._recover_others(hb)
+            if stop_sent_at is None and self.spool.multihost and not self.gone \
+                    and time.monotonic() - self.recovered_at >= RECOVER_EVERY:
+                self.recovered_at = time.monotonic()
+                if recover_others(self.spool, hb.info["since"]):
+                    self.stop_asked = self.died = True  # a clone of this node started first
             if not self.ready and stop_sent_at is None:
                 self._check_ready()
             self._reap(stopping=stop_sent_at is not None)

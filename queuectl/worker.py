@@ -44,6 +44,7 @@ POLL_INTERVAL = 0.5        # an idle worker's scans on a shared spool (inotify s
 # On a shared spool an idle worker's own scans are its polling (no per-file stat snapshots), and the
 # final-state directories, which only grow, are listed every SHARED_FULL_SCAN seconds (with held/).
 SHARED_FULL_SCAN = 5.0
+SHARED_RESCANS = (RESCAN_INTERVAL, POLL_INTERVAL)  # a busy and an idle worker's scans on a shared spool
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
@@ -187,8 +188,7 @@ class Worker:
                         raise
                     self.spool.indexes.discard(e)
             except (OSError, SpoolError) as e:
-                # Mid-job an error is not waited out: exiting frees the claim and recovery counts the attempt.
-                if unreachable(e) and self.holding is None:
+                if unreachable(e) and self.holding is None:  # mid-job: exit; recovery counts the attempt
                     out_of_reach = _wait_out(self, e, out_of_reach)
                     continue
                 if isinstance(e, OSError):
@@ -205,13 +205,12 @@ class Worker:
 
     def _loop(self) -> None:
         spool = self.spool
-        last_scan = last_recover = last_refresh = 0.0
+        last_scan = last_recover = last_refresh = last_full = 0.0
         ran = False  # did the last turn run a job?
         # A busy worker finds its next jobs in the index; the timed scan is a safety net
         # for a lost event, and relisting big directories once a second cost a 20,000-job
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
-        busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
-        idle_rescan, last_full = (POLL_INTERVAL if spool.multihost else RESCAN_INTERVAL), 0.0  # (SHARED_FULL_SCAN)
+        busy_rescan, idle_rescan = SHARED_RESCANS if spool.multihost else (BUSY_RESCAN_INTERVAL, RESCAN_INTERVAL)
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
