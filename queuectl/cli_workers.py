@@ -63,6 +63,8 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
         hold_stop_signals()  # a stop from here on waits for the supervisor's handler
     spool = obj.spool
     if detach:
+        from .supervisor import check_writable
+        check_writable(spool)  # here, not in the background where only the log would say so
         if not allow_shared_spool:
             check_spool_permissions(spool)
         argv = ["--spool", spool.root, *(["--index", obj.index] if obj.index else []),

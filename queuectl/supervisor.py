@@ -67,9 +67,12 @@ def hold_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
-def readonly_why(spool: Spool) -> str:
-    """Why a spool is read-only, for a message: its .readonly file, or its permissions."""
-    return " (marked so by its .readonly file)" if os.path.lexists(spool.path(".readonly")) else ""
+def check_writable(spool: Spool) -> None:
+    """WorkerError for a read-only spool (not writable, or marked so by a .readonly file)."""
+    if spool.readonly:
+        why = " (marked so by its .readonly file)" if os.path.lexists(spool.path(".readonly")) else ""
+        raise WorkerError(f"the spool {spool.root} is read-only{why}: workers need one they can change; "
+                          f"run them on a copy (cp -r {spool.root} /tmp/x && rm -f /tmp/x/.readonly)")
 
 
 def _die_with_parent() -> None:
@@ -199,9 +202,7 @@ class Supervisor:
         of this machine is a clone: both would recover each other's jobs.
         """
         spool = self.spool
-        if spool.readonly:
-            raise WorkerError(f"the spool {spool.root} is read-only{readonly_why(spool)}: workers need one they can "
-                              f"change; run them on a copy (cp -r {spool.root} /tmp/x && rm -f /tmp/x/.readonly)")
+        check_writable(spool)
         if spool.network and not spool.shared_mode:
             raise WorkerError(
                 f"the spool {spool.root} is on a network filesystem ({spool.fstype}): flock and inotify do not "

@@ -319,8 +319,10 @@ def test_the_example_refuses_jobs_and_workers_and_a_copy_does_not(tmp_path):
     shutil.copytree(ROOT / "spool_example", example)
     r = cli(example, "enqueue", "true", check=False)
     assert r.returncode == 1 and r.stderr.startswith(f"Error: the spool {example} is read-only")
-    r = cli(example, "worker", "start", "--burst", check=False)
-    assert r.returncode == 1 and "read-only (marked so by its .readonly file)" in r.stderr
+    for detach in ([], ["--detach"]):
+        r = cli(example, "worker", "start", "--burst", *detach, check=False)
+        assert r.returncode == 1 and "read-only (marked so by its .readonly file)" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
     (example / ".readonly").unlink()
     os.chmod(example, 0o700)
     assert cli(example, "enqueue", "--id", "new", "true").returncode == 0
