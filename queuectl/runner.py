@@ -10,6 +10,7 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -85,6 +86,9 @@ def open_log(path: str, *, create: bool = True) -> int:
                 raise
             break
         except OSError:
+            break
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)  # a FIFO there would block the command once full (or feed its reader)
             break
         # A name that keeps naming another file (a network filesystem's stale cache)
         # costs a few reopens, never the output: the last one is kept as it is.

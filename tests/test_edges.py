@@ -443,3 +443,15 @@ def test_detach_never_writes_its_log_into_a_fifo_or_through_a_link(tmp_path, kin
     assert qc(spool, "worker", "list", "--json").stdout.strip() in ("[]", "")
     if kind == "symlink":
         assert target.read_text() == "precious\n"
+
+
+@pytest.mark.slow
+def test_a_fifo_in_place_of_a_jobs_log_never_blocks_the_job(tmp_path, procs):
+    from support import wait_exit
+    spool = tmp_path / "spool"
+    cli(spool, "enqueue", "--id", "big", "head -c 300000 /dev/zero; echo done")
+    os.mkfifo(spool / "logs" / "big.log")  # nobody reads it: was a job blocked for ever at 64 KiB
+    sup = procs.start(spool, "worker", "start", "--burst", name="burst")
+    assert wait_exit(sup, 60, procs) == 0, procs.output(sup)
+    assert (spool / "done" / "big.json").exists()
+    assert not (spool / "logs" / "big.log").is_file()  # still the FIFO, never replaced
