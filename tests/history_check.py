@@ -297,32 +297,36 @@ def _own_cancel(op: dict, jid: str) -> bool:
 # -- 5. priority decides the next claim -------------------------------------------------------------
 
 
-def claim_time(rec: dict | None, e: Execution) -> float:
-    """When the worker claimed the job for this run: its history entry's started_at (written just
-    after the claim, before the command starts), else the run's own start."""
-    best = None
+def claim_entry(rec: dict | None, e: Execution) -> tuple[float, int | None]:
+    """(when the worker claimed the job for this run, that worker's pid): its history entry's
+    started_at (written just after the claim, before the command starts), else the run's own start."""
+    best, pid = None, None
     for ent in (rec or {}).get("history") or []:
         t = epoch(ent.get("started_at"))
-        if ent.get("attempt") == e.attempt and t is not None and t <= e.start + 0.001:
-            best = t if best is None else max(best, t)
-    return best if best is not None else e.start
+        if ent.get("attempt") == e.attempt and t is not None and t <= e.start + 0.001 and (best is None or t > best):
+            best, pid = t, ent.get("pid")
+    return (best, pid) if best is not None else (e.start, None)
 
 
-def first_claim(h: History, jid: str, runs: list[Execution]) -> float | None:
-    """When the job stopped waiting for the first time (claimed, held or cancelled); None if unknown
-    or if a dead worker's claim hides it."""
-    times = [claim_time(h.record(jid), e) for e in runs]
+def claim_time(rec: dict | None, e: Execution) -> float:
+    return claim_entry(rec, e)[0]
+
+
+def first_claim(h: History, jid: str, runs: list[Execution]) -> tuple[float, int | None] | None:
+    """(when the job stopped waiting for the first time: claimed, held or cancelled; the claiming
+    worker's pid); None if unknown, or if a dead worker's claim hides it."""
+    times = [claim_entry(h.record(jid), e) for e in runs]
     rec = h.record(jid)
     for ent in (rec or {}).get("history") or []:
         if "attempt" in ent and ent.get("started_at") is None:
             died = epoch(ent.get("finished_at"))
-            if died is not None and (not times or died <= min(times) + 1):
+            if died is not None and (not times or died <= min(times)[0] + 1):
                 return None  # first claimed by a worker that died: when is unknown
         if ent.get("event") in ("cancelled", "held"):
             t = epoch(ent.get("at"))
             if t is not None:
-                times.append(t)
-    return min(times) if times else None
+                times.append((t, None))
+    return min(times, key=lambda x: x[0]) if times else None
 
 
 def priority_at(h: History, jid: str, t: float) -> tuple[int | None, float]:
@@ -394,13 +398,20 @@ def check_priority(h: History) -> list[str]:
     by_queue: dict[str, list[str]] = defaultdict(list)
     for jid, spec in h.specs.items():
         by_queue[spec.get("queue", "default")].append(jid)
-    first = {jid: first_claim(h, jid, execs.get(jid, [])) for jid in h.specs}
-    fault_times = sorted((f["t"], f.get("t1", f["t"])) for f in h.faults)
+    firsts = {jid: first_claim(h, jid, execs.get(jid, [])) for jid in h.specs}
+    first = {jid: f[0] for jid, f in firsts.items() if f is not None}
     seen: set[str] = set()
+
+    def explained(t0: float, t1: float, pids: set) -> bool:
+        """A full disk, or a stopped worker (its claim's started_at is late), in [t0, t1]."""
+        return any(f.get("t1", f["t"]) >= t0 - 1 and f["t"] <= t1 + 1
+                   and (f["fault"] == "full_disk" or (f["fault"] == "sigstop" and pids & set(f.get("pids", []))))
+                   for f in h.faults)
+
     for jid, runs in sorted(execs.items()):
         queue = h.specs.get(jid, {}).get("queue", "default")
         for n, e in enumerate(runs):
-            c = claim_time(h.record(jid), e)
+            c, jpid = claim_entry(h.record(jid), e)
             pj, _ = priority_at(h, jid, c)
             if pj is None:
                 continue
@@ -419,8 +430,8 @@ def check_priority(h: History) -> list[str]:
                 overtaken = indexed == e.node and jdue is not None and jdue > d + SLACK
                 if c <= d + interval + SLACK and not overtaken:
                     continue
-                if any(t1 >= d - 1 and t0 <= c + 1 for t0, t1 in fault_times):
-                    continue  # a stopped or killed worker may have held it meanwhile
+                if explained(d, first[k], {jpid, firsts[k][1]}):
+                    continue
                 seen.add(k)
                 why = (f"became due after {jdue:.3f}, after" if overtaken else
                        f"was claimed {c - d:.1f}s, more than one scan interval ({interval:g}s), after")

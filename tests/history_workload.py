@@ -96,19 +96,34 @@ class Recorder:
 
 def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
     """The jobs, decided by the seed alone: queue, priority, duration, failures, parents, delay,
-    and how each is enqueued. Parents are earlier jobs enqueued through the CLI."""
+    how each is enqueued, and with which others (`batch`: one `enqueue --file` or `--lines`, or
+    drop-ins in a row). Parents are earlier jobs enqueued one by one through the CLI."""
     specs: list[dict] = []
     cli_ids: list[str] = []
+    batch, left, method = 0, 0, "cli"
     for i in range(n):
         jid = f"h{i:04d}"
-        method = rng.choices(["cli", "file", "lines", "dropin"], [4, 3, 1, 2])[0]
+        if left == 0:
+            batch += 1
+            method = rng.choices(["cli", "file", "lines", "dropin"], [6, 3, 1, 2])[0]
+            # a file batch mixes queues and priorities: a backlog at once, for the workers to order
+            left = 1 if method == "cli" else rng.choice([2, 4, 8, 16, 32])
+            line_queue, line_prio = rng.choice(["default", LIMITED, OTHER]), rng.choice([0, 0, 5, -5])
+        left -= 1
         queue = rng.choices(["default", LIMITED, OTHER], [5, 3, 2])[0]
-        sleep = round(rng.choice([0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5]) * rng.random() + 0.01, 3)
+        # long enough on average (~0.4 s) that waves of enqueues queue up behind four workers
+        sleep = round(rng.choice([0.0, 0.05, 0.2, 0.5, 1.0]) * rng.uniform(0.5, 1.5) + 0.01, 3)
+        if rng.random() < 0.06:  # a long job keeps its worker busy while others drain the backlog
+            sleep = round(rng.uniform(2, 4), 3)
         fail_upto = rng.choices([0, 1, 2, 99], [14, 3, 1, 1])[0]
         spec = {"id": jid, "queue": queue, "priority": rng.choice([0, 0, 0, 1, 5, 10, 50, -5]),
                 "sleep": sleep, "fail_upto": fail_upto, "bg": rng.choices([0, 1, 2], [88, 5, 7])[0],
-                "method": method, "after": [], "delay": 0}
-        if method in ("cli", "file") and cli_ids and rng.random() < 0.25:
+                "method": method, "batch": batch, "after": [], "delay": 0}
+        if method == "lines":  # one --queue and --priority for the whole batch
+            spec["queue"], spec["priority"] = line_queue, line_prio
+        # not in a file: one record naming a parent `clean` removed fails the whole file
+        # (--skip-invalid does not skip it), and the batch's other jobs with it
+        if method == "cli" and cli_ids and rng.random() < 0.35:
             spec["after"] = sorted(set(rng.sample(cli_ids[-12:], min(len(cli_ids[-12:]), rng.choice([1, 1, 2])))))
         if method in ("cli", "file") and rng.random() < 0.1:
             spec["delay"] = rng.choice([1, 2, 3])
@@ -120,13 +135,10 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
     return specs
 
 
-def group_batches(rng: random.Random, specs: list[dict]) -> list[list[dict]]:
-    """Consecutive jobs of one method go together: one `enqueue --file` or `--lines` takes several."""
+def group_batches(specs: list[dict]) -> list[list[dict]]:
     out: list[list[dict]] = []
     for s in specs:
-        if (out and out[-1][0]["method"] == s["method"] and s["method"] in ("file", "lines", "dropin")
-                and len(out[-1]) < rng.choice([2, 4, 8]) and out[-1][0]["queue"] == s["queue"]
-                and out[-1][0]["priority"] == s["priority"]):
+        if out and out[-1][0]["batch"] == s["batch"]:
             out[-1].append(s)
         else:
             out.append([s])
@@ -363,7 +375,7 @@ class Workload:
 
     def enqueuer(self) -> None:
         rng = random.Random(self.p.seed * 7 + 1)
-        batches = group_batches(rng, self.specs)
+        batches = group_batches(self.specs)
         # in waves: a wave's batches go in back to back, so jobs queue up behind
         # busy workers and priorities and limits decide who runs next
         waves = max(1, min(len(batches), int(self.p.duration / 4)))

@@ -133,14 +133,17 @@ def test_invariant_5_a_lower_priority_job_claimed_while_a_higher_one_waited():
     h.arrived["e"], h.enqueue_began["e"] = T, T - 0.1
     for jid, s in (("d", late), ("e", T + 3)):
         h.execs.append(Execution(jid, 1, "local", 300, s, s + 0.1, 0))
-        entry = {"attempt": 1, "started_at": iso(s - 0.01), "finished_at": iso(s + 0.1), "exit_code": 0}
+        entry = {"attempt": 1, "started_at": iso(s - 0.01), "finished_at": iso(s + 0.1), "exit_code": 0,
+                 "pid": 70}  # the worker's
         h.files[jid] = [("completed", {"id": jid, "priority": h.specs[jid]["priority"], "history": [entry]})]
         h.index_before["0"].append([jid, "completed", h.specs[jid]["priority"], 0.0, 1, None])
     h.index_after["0"] = [list(r) for r in h.index_before["0"]]
     v = fired(h, 5)
     assert "jobs d e" in v[0] or "jobs e d" in v[0], v
-    # a fault in the window may explain it
-    h.faults.append({"fault": "sigstop", "t": T + 1, "t1": T + 2})
+    # another worker stopped meanwhile explains nothing; the claimer stopped (its started_at is late) does
+    h.faults.append({"fault": "sigstop", "t": T + 1, "t1": T + 2, "pids": [71]})
+    assert check_priority(h)
+    h.faults.append({"fault": "sigstop", "t": T + 1, "t1": T + 2, "pids": [70]})
     assert check_priority(h) == []
 
 
