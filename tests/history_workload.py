@@ -105,15 +105,15 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
         jid = f"h{i:04d}"
         if left == 0:
             batch += 1
-            method = rng.choices(["cli", "file", "lines", "dropin"], [6, 3, 1, 2])[0]
+            method = rng.choices(["cli", "file", "lines", "dropin"], [18, 3, 1, 2])[0]
             # a file batch mixes queues and priorities: a backlog at once, for the workers to order
-            left = 1 if method == "cli" else rng.choice([2, 4, 8, 16, 32])
+            left = 1 if method == "cli" else rng.choice([2, 4, 8, 16])
             line_queue, line_prio = rng.choice(["default", LIMITED, OTHER]), rng.choice([0, 0, 5, -5])
         left -= 1
         queue = rng.choices(["default", LIMITED, OTHER], [5, 3, 2])[0]
-        # long enough on average (~0.4 s) that waves of enqueues queue up behind four workers
-        sleep = round(rng.choice([0.0, 0.05, 0.2, 0.5, 1.0]) * rng.uniform(0.5, 1.5) + 0.01, 3)
-        if rng.random() < 0.06:  # a long job keeps its worker busy while others drain the backlog
+        # long enough on average (~0.3 s) that waves of enqueues queue up behind four workers
+        sleep = round(rng.choice([0.0, 0.05, 0.1, 0.3, 0.8]) * rng.uniform(0.5, 1.5) + 0.01, 3)
+        if rng.random() < 0.03:  # a long job keeps its worker busy while others drain the backlog
             sleep = round(rng.uniform(2, 4), 3)
         fail_upto = rng.choices([0, 1, 2, 99], [14, 3, 1, 1])[0]
         spec = {"id": jid, "queue": queue, "priority": rng.choice([0, 0, 0, 1, 5, 10, 50, -5]),
@@ -123,7 +123,7 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
             spec["queue"], spec["priority"] = line_queue, line_prio
         # not in a file: one record naming a parent `clean` removed fails the whole file
         # (--skip-invalid does not skip it), and the batch's other jobs with it
-        if method == "cli" and cli_ids and rng.random() < 0.35:
+        if method == "cli" and cli_ids and rng.random() < 0.5:
             spec["after"] = sorted(set(rng.sample(cli_ids[-12:], min(len(cli_ids[-12:]), rng.choice([1, 1, 2])))))
         if method in ("cli", "file") and rng.random() < 0.1:
             spec["delay"] = rng.choice([1, 2, 3])
