@@ -57,7 +57,7 @@ class Snapshot:
     wait: Histogram
     queues: dict[str, dict[str, int]] = field(default_factory=dict)   # queue -> state -> jobs
     totals: dict[str, dict[str, int]] = field(default_factory=dict)   # queue -> counters.SERIES
-    waiting: dict[str, dict[str, float]] = field(default_factory=dict)  # queue -> oldest_due, scheduled, blocked
+    waiting: dict[str, dict] = field(default_factory=dict)  # queue -> oldest_due, oldest_id, scheduled, blocked
     paused: set[str] = field(default_factory=set)
     limits: dict[str, int] = field(default_factory=dict)
     workers: list = field(default_factory=list)  # live heartbeats (WorkerInfo) of role "worker"
@@ -96,8 +96,8 @@ def count_rejected(spool: Spool) -> int:
         return 0
 
 
-def waiting(spool: Spool, now: float) -> dict[str, dict[str, float]]:
-    """queue -> {oldest_due, scheduled, blocked} of waiting jobs.
+def waiting(spool: Spool, now: float) -> dict[str, dict]:
+    """queue -> {oldest_due, oldest_id, scheduled, blocked} of waiting jobs.
 
     oldest_due: the earliest moment a job of the queue became claimable
     (pending or failed, due, no unmet dependency), max(created, run_at), so a
@@ -105,13 +105,15 @@ def waiting(spool: Spool, now: float) -> dict[str, dict[str, float]]:
     due yet not at all. scheduled: pending jobs due later (and not blocked);
     blocked: pending or failed jobs with an unmet dependency.
     """
-    out: dict[str, dict[str, float]] = {}
-    for queue, oldest, scheduled, blocked in spool.index.db.execute(
-            f"SELECT queue, min(CASE WHEN run_at <= :now AND NOT b THEN max(created, run_at) END), "
+    out: dict[str, dict] = {}
+    # `id` is a bare column beside min(): SQLite takes it from the row that has the minimum.
+    for queue, oldest, job_id, scheduled, blocked in spool.index.db.execute(
+            f"SELECT queue, min(CASE WHEN run_at <= :now AND NOT b THEN max(created, run_at) END), id, "
             f"sum(state = 'pending' AND run_at > :now AND NOT b), sum(b) FROM "
-            f"(SELECT queue, created, run_at, state, {BLOCKED} AS b FROM jobs "
+            f"(SELECT id, queue, created, run_at, state, {BLOCKED} AS b FROM jobs "
             f"WHERE state IN ('pending', 'failed')) GROUP BY queue", {"now": now}):
-        out[queue] = {"oldest_due": oldest, "scheduled": scheduled or 0, "blocked": blocked or 0}
+        out[queue] = {"oldest_due": oldest, "oldest_id": job_id if oldest is not None else None,
+                      "scheduled": scheduled or 0, "blocked": blocked or 0}
     return out
 
 
