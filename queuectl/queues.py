@@ -142,6 +142,13 @@ def slot_problems(spool: Spool) -> list[tuple[str, str, str]]:
     return out
 
 
+def stalled(spool: Spool) -> set[str]:
+    """Queues none of whose slot files a worker can lock: their jobs cannot start until a person
+    fixes the files, so a burst does not wait for them (its supervisor says why)."""
+    problems = slot_problems(spool)
+    return {q for q, limit in spool.config.concurrency if sum(1 for p in problems if p[0] == q) >= limit}
+
+
 def say_slot_problems(spool: Spool, said: set[str]) -> set[str]:
     """One warning line for each unusable slot file not in `said`; the paths unusable now.
 

@@ -23,7 +23,7 @@ from .fsio import check_here, disk_full, unreachable
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
-from .queues import PAUSE_ALL, paused, release_slot, take_slot
+from .queues import PAUSE_ALL, paused, release_slot, stalled, take_slot
 from .recovery import apply_kill, apply_outcome, fmt_secs, kill_request, recover_all
 from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
@@ -284,8 +284,10 @@ class Worker:
             idx = spool.index
             if idx.counts()["processing"]:
                 return False
-            # Jobs of other queues, or of paused ones, are not this burst's to wait for.
-            if PAUSE_ALL not in self.pauses and idx.claimable(1, queues=self.queues, paused=self.pauses):
+            # Jobs of other queues, of paused ones, or of one whose every slot file is broken, are not
+            # this burst's to wait for.
+            skip = self.pauses | stalled(spool)
+            if PAUSE_ALL not in self.pauses and idx.claimable(1, queues=self.queues, paused=skip):
                 return False
             # A retry this worker (or its supervisor, recovering at start) scheduled is part of its run.
             return not idx.retries_of(hostname(), (os.getpid(), self.parent))

@@ -410,6 +410,22 @@ def test_an_unusable_slot_file_is_said_once_and_check_reports_it(tmp_path, procs
     wait_for(lambda: (spool / "done" / "g.json").exists(), 30)
 
 
+@pytest.mark.slow
+def test_a_burst_does_not_wait_for_a_queue_whose_every_slot_is_unusable(tmp_path, procs):
+    from support import wait_exit
+    spool = tmp_path / "spool"
+    cli(spool, "config", "set", "queue.gpu.concurrency", "1")
+    cli(spool, "enqueue", "--id", "g", "--queue", "gpu", "true")
+    cli(spool, "enqueue", "--id", "d", "true")
+    slot = spool / "queues" / "gpu" / "slot.0"
+    slot.parent.mkdir(parents=True, mode=0o700)
+    slot.symlink_to(tmp_path / "nowhere")
+    sup = procs.start(spool, "worker", "start", "--burst", name="burst")
+    assert wait_exit(sup, 60, procs) == 0, procs.output(sup)  # was: a burst that never ended, without a word
+    assert (spool / "done" / "d.json").exists() and (spool / "pending" / "g.json").exists()
+    assert "queue gpu: slot file" in procs.output(sup)
+
+
 def test_unusable_slot_reasons(tmp_path):
     from queuectl.queues import unusable_slot
     assert unusable_slot(str(tmp_path / "missing")) is None
