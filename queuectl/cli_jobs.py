@@ -205,7 +205,7 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
     """Wait until jobs are final (completed, dead or cancelled).
 
     Exit status: 0 when all completed, 1 when one ended dead or cancelled, 2
-    on --timeout. On a terminal a progress bar shows done/total, failures,
+    on --timeout, 130 on Ctrl-C. On a terminal a progress bar shows done/total, failures,
     elapsed time and ETA; otherwise one summary line is printed at the end.
     Needs no running worker: it only watches the spool.
 
