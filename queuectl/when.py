@@ -92,6 +92,10 @@ def _zone(text: str) -> tuple[str, tzinfo | None]:
     if word.upper() in _AMBIGUOUS:
         raise InvalidJob(f"time zone {word} in {text!r} is ambiguous ({_AMBIGUOUS[word.upper()]}): "
                          "give an offset such as -06:00 or a name such as America/Chicago")
+    if re.fullmatch(r"Etc/GMT[+-]\d+", word, re.I):
+        # IANA's POSIX-signed names: Etc/GMT+3 is 3 hours *behind* UTC, the reverse of what it reads as.
+        raise InvalidJob(f"time zone {word} in {text!r} counts hours the POSIX way (Etc/GMT+3 is UTC-3): "
+                         "give an offset such as +03:00 instead")
     if "/" in word:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
         try:

@@ -282,6 +282,7 @@ def test_at_reads_the_zone_a_person_means(text, expected, recwarn):
     ("tomorrow 10:00 XYZ", "unknown time zone XYZ in 'tomorrow 10:00 XYZ'"),
     ("tomorrow 10:00 Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
     ("tomorrow 10:00 UTC+25", "is not one a clock uses"),
+    ("tomorrow 10:00 Etc/GMT+3", "counts hours the POSIX way"),
 ])
 def test_at_refuses_a_zone_it_cannot_be_sure_of(run, text, says):
     r = run("enqueue", "--at", text, "true")
