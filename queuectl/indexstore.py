@@ -71,8 +71,9 @@ def refuse_path(path: str, *, named: bool) -> None:
 
 
 def _ours_to_replace(path: str) -> bool:
-    """May a broken file at a path a user named be replaced? Only if it is empty or an SQLite
-    database: anything else (`--index /etc/hosts`) was never an index."""
+    """May a broken file at a path a user named be replaced? Only if it is empty, a broken
+    SQLite database or one with queuectl's `jobs` table: anything else (`--index /etc/hosts`,
+    another program's database) was never an index."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -83,7 +84,24 @@ def _ours_to_replace(path: str) -> bool:
         head = os.pread(fd, len(SQLITE_MAGIC), 0)
     finally:
         os.close(fd)
-    return not head or head == SQLITE_MAGIC
+    if head != SQLITE_MAGIC:
+        return not head
+    from urllib.parse import quote
+    try:
+        # immutable: no lock, no -shm made; this only reads the schema
+        con = sqlite3.connect(f"file:{quote(path)}?immutable=1", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True  # a broken database: an index that broke
+    return not tables or "jobs" in tables
+
+
+def _not_ours(path: str) -> SpoolError:
+    return SpoolError(f"the index {path} is not a queuectl index (another kind of file, or another program's "
+                      "database): refusing to use or replace it (give --index a file of its own)")
 
 
 def _remove_db(path: str) -> None:
@@ -145,6 +163,9 @@ class IndexStore:
         if path == ":memory:":
             return Index(path)  # a read-only spool's: built from the directories by sync
         refuse_path(path, named=self.named)
+        if self.named and not _ours_to_replace(path):
+            # Index() would add its tables to another program's database, or take a text file for a corrupt index.
+            raise _not_ours(path)
         existed = os.path.exists(path)
         made = False
         if not existed:
@@ -183,8 +204,7 @@ class IndexStore:
         except IndexCorrupt as e:
             refuse_path(path, named=self.named)  # replaced by a device or FIFO since the check above
             if self.named and not _ours_to_replace(path):
-                raise SpoolError(f"the index {path} is not an SQLite database: refusing to replace it "
-                                 "(give --index a file of its own)") from None
+                raise _not_ours(path)
             if fsio_disk_full(os.path.dirname(path)) or is_full(e):
                 # SQLite cannot even open its WAL: a full disk, not a corrupt index.
                 # Deleting the index here would only make things worse.

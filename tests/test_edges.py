@@ -206,12 +206,27 @@ def test_index_that_is_some_other_file_is_not_replaced(run, tmp_path):
     text = tmp_path / "hosts"
     text.write_text("127.0.0.1 localhost\n")
     r = run("--index", text, "status")
-    assert (r.exit_code, r.stderr) == (1, f"Error: the index {text} is not an SQLite database: "
-                                          "refusing to replace it (give --index a file of its own)\n")
+    assert (r.exit_code, r.stderr) == (1, f"Error: the index {text} is not a queuectl index (another kind of file, "
+                                          "or another program's database): refusing to use or replace it "
+                                          "(give --index a file of its own)\n")
     assert text.read_text() == "127.0.0.1 localhost\n"
     # /proc/version said "no space left on device"
     r = run("--index", "/proc/version", "status")
-    assert r.exit_code == 1 and "not an SQLite database" in r.stderr and "space" not in r.stderr
+    assert r.exit_code == 1 and "not a queuectl index" in r.stderr and "space" not in r.stderr
+    # another program's database
+    import sqlite3
+    other = tmp_path / "app.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE accounts (name)")
+    con.execute("INSERT INTO accounts VALUES ('alice')")
+    con.commit()
+    con.close()
+    r = run("--index", other, "status")
+    assert r.exit_code == 1 and "refusing to use or replace it" in r.stderr
+    con = sqlite3.connect(other)  # was: queuectl's tables added to it
+    assert [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["accounts"]
+    assert con.execute("SELECT name FROM accounts").fetchall() == [("alice",)]
+    con.close()
     # an index of this user's that broke is still rebuilt
     good = tmp_path / "good.db"
     assert run("--index", good, "enqueue", "true").exit_code == 0
