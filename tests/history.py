@@ -167,7 +167,7 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
             spools = [str(mnt / "spool")]
             kw["fill_dir"] = str(mnt)
         else:
-            spools = [str(base / f"spool-{seed}")]
+            spools = [str(work / "spool")]  # beside its record, where --check WORKDIR looks
     for s in spools:
         if any(_listdir(Path(s, d)) for d in ("pending", "done", "dead", "failed", "held", "cancelled")):
             raise SystemExit(f"spool {s} already holds jobs: give each run a fresh spool")
