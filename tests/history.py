@@ -60,15 +60,40 @@ def run_workload(params: Params, work: Path, log=print) -> Workload:
                for f in (w.enqueuer, w.controller, w.waiter, w.faulter, w.keeper)]
     for t in threads:
         t.start()
-    threads[0].join(max(600.0, params.duration * 3))  # every job goes in, however slow the machine
-    w.stop.wait(max(0.0, t_start + params.duration - time.time()))
-    w.stop.set()
-    for t in threads:
-        t.join(120)
-    quiesce(w, log)
-    w.rec.add("end", t=time.time())
-    w.rec.close()
+    try:
+        threads[0].join(max(600.0, params.duration * 3))  # every job goes in, however slow the machine
+        w.stop.wait(max(0.0, t_start + params.duration - time.time()))
+        w.stop.set()
+        for t in threads:
+            t.join(120)
+        quiesce(w, log)
+    except BaseException:  # Ctrl-C, SIGTERM, a bug: leave no process behind
+        w.stop.set()
+        for t in threads:
+            t.join(5)
+        kill_everything(w)
+        raise
+    finally:
+        w.rec.add("end", t=time.time())
+        w.rec.close()
     return w
+
+
+def kill_everything(w: Workload) -> None:
+    """Every supervisor's whole tree, and every job still running; the disk emptied again."""
+    w.quiet.set()
+    for pid in list(w.stopped):
+        _kill(pid, signal.SIGCONT)
+    for h in w.hosts:
+        for s in h.sups:
+            if s is not None:
+                for pid in [s.pid, *descendants(s.pid)]:
+                    _kill(pid, signal.SIGKILL)
+                s.wait()
+    for k in w.poller.running():
+        if w.token in _cmdline(int(k[3])):
+            _kill(int(k[3]), signal.SIGKILL)
+    w.unfill()
 
 
 def guarded(w: Workload, f) -> None:
@@ -171,6 +196,12 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
     for s in spools:
         if any(_listdir(Path(s, d)) for d in ("pending", "done", "dead", "failed", "held", "cancelled")):
             raise SystemExit(f"spool {s} already holds jobs: give each run a fresh spool")
+    def terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (timeout, CI) cleans up too
+        old_term = signal.signal(signal.SIGTERM, terminate)
     try:
         params = Params(seed, jobs=jobs, spools=spools, nodes=nodes,
                         duration=duration if duration is not None else max(10.0, jobs / 8), work=str(work), **kw)
@@ -186,6 +217,8 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
             log(v)
         return violations
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if mnt is not None:
             shutil.copytree(mnt / "spool", work / "spool", symlinks=True, dirs_exist_ok=True,
                             ignore_dangling_symlinks=True)
