@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from history_load import check_history  # noqa: E402
+from support import mount_tmpfs, unmount  # noqa: E402
 from history_workload import (FAULTS, LIMITED, Params, Workload, _alive, _cmdline, _kill,  # noqa: E402
                               _listdir, descendants)
 
@@ -163,24 +164,6 @@ def quiesce(w: Workload, log) -> None:
     time.sleep(0.5)  # background children (sleep 0.4) end
 
 
-def small_fs(size: str, where: Path) -> Path:
-    """A fresh tmpfs of `size` (root only): a disk the harness may fill."""
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise OSError(f"cannot mount a tmpfs: {(r.stderr or r.stdout).strip()}")
-    return where
-
-
-def unmount(where: Path) -> None:
-    for _ in range(50):
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
-    subprocess.run(["umount", "-l", str(where)])
-
-
 def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None, nodes: list[str] | None = None,
             small: str | None = None, duration: float | None = None, log=print, **kw) -> list[str]:
     """One seed: run, check; the violations found (empty: every promise held)."""
@@ -188,7 +171,7 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
     mnt = None
     if spools is None:
         if small:
-            mnt = small_fs(small, base / f"fs-{seed}")
+            mnt = mount_tmpfs(base / f"fs-{seed}", small)
             spools = [str(mnt / "spool")]
             kw["fill_dir"] = str(mnt)
         else:

@@ -80,6 +80,7 @@ class History:
         self.maybe: set[str] = set()           # ids whose enqueue failed (it may still have gone in)
         self.drained_left: list[str] = []
         self.harness_errors: list[str] = []     # the workload itself crashed: the run proves nothing
+        self.skipped: list[str] = []            # faults the run could not inject, with the reason
         self.leftover: list[list] = []
         self.token = ""
         self.limits: dict[str, int] = {}

@@ -23,7 +23,8 @@ def stats(h: History) -> str:
     deps = sum(1 for s in h.specs.values() if s.get("after"))
     return (f"{len(h.accepted)} of {len(h.specs)} jobs enqueued ({deps} with --after), {len(h.execs)} runs ({killed} cut short); ops "
             + ", ".join(f"{k} {ok[k]}/{n}" for k, n in sorted(ops.items()))
-            + "; faults " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none"))
+            + "; faults " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none")
+            + "".join(f"; {s}" for s in h.skipped))
 
 
 
@@ -77,6 +78,8 @@ def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> Histo
             h.t_quiesce = ev["t"]
         elif k == "drained":
             h.drained_left = ev["left"]
+        elif k == "fault_skipped":
+            h.skipped.append(f"{ev['fault']} skipped: {ev['reason']}")
         elif k == "harness_error":
             h.harness_errors.append(f"{ev['thread']}: {ev['error'].strip().splitlines()[-1]}")
         elif k == "leftover":

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from support import fill_disk
+
 STATE_DIRS = ("pending", "processing", "done", "failed", "dead", "held", "cancelled")
 LIMITED, OTHER = "lim", "bulk"  # the two named queues; LIMITED has concurrency 1
 
@@ -529,17 +531,7 @@ class Workload:
         self.rec.add("fault", fault=kind, t=t, pids=[pid], **extra)
 
     def fill(self) -> None:
-        self.ballast = Path(self.p.fill_dir, ".ballast")
-        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            block = b"\0" * 65536
-            while len(block):
-                try:
-                    os.write(fd, block)
-                except OSError:
-                    block = block[: len(block) // 2]
-        finally:
-            os.close(fd)
+        self.ballast = fill_disk(Path(self.p.fill_dir), ".ballast")
 
     def unfill(self) -> None:
         if self.ballast is not None:

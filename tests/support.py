@@ -10,6 +10,7 @@ process group at teardown.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -256,6 +257,44 @@ def bg(spool_dir: Path, tmp_path: Path):
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def mount_tmpfs(where: Path, size: str) -> Path:
+    """A fresh tmpfs of `size` at where (root only): a disk a test may fill. OSError if it cannot."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise OSError(f"cannot mount a tmpfs here: {(r.stderr or r.stdout).strip()}")
+    return where
+
+
+def unmount(where: Path) -> None:
+    """Unmount, waiting up to 5 s for its last users to let go (then lazily)."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(where)])
+
+
+def fill_disk(directory: Path, name: str = "ballast") -> Path:
+    """Write a ballast file until the filesystem is full, to the last byte; its path."""
+    ballast = directory / name
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                if len(block) == 1:
+                    break
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
+    return ballast
 
 
 def heartbeats(spool: Path, role: str | None = None) -> list[dict]:

@@ -6,20 +6,18 @@ Every command a bad job carries would leave a marker file if it ever ran.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shlex
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from support import (STATE_DIRS, age_file, assert_check_clean, configure, dir_counts, names,  # noqa: F401
-                          qc, status_json, wait_exit, wait_for)
+from support import (STATE_DIRS, age_file, assert_check_clean, configure, dir_counts, fill_disk,  # noqa: F401
+                     mount_tmpfs, names, qc, status_json, unmount, wait_exit, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -391,39 +389,14 @@ def test_pending_job_edited_into_invalid_json(spool, tmp_path, procs):
 @pytest.fixture
 def small_fs(tmp_path: Path):
     mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {(r.stderr or r.stdout).strip()}")
+    try:
+        mount_tmpfs(mnt, "2m")
+    except OSError as e:
+        pytest.skip(str(e))
     try:
         yield mnt
     finally:
-        for _ in range(50):
-            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run(["umount", "-l", str(mnt)])
-
-
-def _fill(directory: Path) -> Path:
-    """Write a ballast file until the filesystem is full."""
-    ballast = directory / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        block = b"\0" * 65536
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-                if len(block) == 1:
-                    break
-                block = block[: len(block) // 2]
-    finally:
-        os.close(fd)
-    return ballast
+        unmount(mnt)
 
 
 def test_enqueue_on_a_full_disk_fails_cleanly(small_fs):
@@ -432,7 +405,7 @@ def test_enqueue_on_a_full_disk_fails_cleanly(small_fs):
     for d in STATE_DIRS:  # listed well after their last change: no racy second look needed
         age_file(spool / d, 5)
     assert qc(spool, "status").returncode == 0
-    ballast = _fill(small_fs)
+    ballast = fill_disk(small_fs)
     r = qc(spool, "enqueue", "--id", "one", "echo hi")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr.startswith("Error: no space left"), r.stderr
@@ -472,7 +445,7 @@ def _disk_fills_mid_job(small_fs: Path, tmp_path: Path, procs, notice: str, *, s
     spool, started, go, runs = _job_that_waits_for_go(small_fs, tmp_path, silent=silent)
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
     wait_for(lambda: started.exists(), what="job started")
-    ballast = _fill(small_fs)
+    ballast = fill_disk(small_fs)
     go.touch()
     wait_for(lambda: notice in procs.output(sup), what="worker noticed the full disk")
     time.sleep(1.0)
@@ -512,7 +485,7 @@ def test_worker_killed_on_a_full_disk_loses_nothing(small_fs, tmp_path, procs):
     assert qc(spool, "enqueue", "--id", "other", "true").returncode == 0
     sup = procs.start(spool, "worker", "start", "--burst", name="worker")
     wait_for(lambda: started.exists(), what="job started")
-    ballast = _fill(small_fs)
+    ballast = fill_disk(small_fs)
     go.touch()
     wait_for(lambda: "cannot record full" in procs.output(sup), what="worker noticed the full disk")
     os.killpg(sup.pid, 9)
