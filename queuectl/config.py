@@ -156,6 +156,8 @@ SETTINGS: dict[str, Setting] = {
     "max_job_size": Setting(1048576, _number(1, MAX_JOB_SIZE, integer=True), "largest job file accepted, bytes"),
     "lease": Setting(30, _number(1, MAX_WAIT), "seconds without a heartbeat before a worker counts as dead"),
     "clock_skew": Setting(5, _number(0, MAX_WAIT), "seconds another host's clock may be off (added to its lease)"),
+    "poll_interval": Setting(0.5, _number(0.05, 60), "seconds between an idle worker's scans of a shared spool: "
+                                                      "its pickup latency, against listings on the file server"),
     "shared": Setting(False, _flag, "the spool is shared by several hosts (required on a network filesystem)"),
     "index": Setting(None, _path_or_none, "this node's index.db (none: SPOOL/index.db, or a local cache "
                                           "directory on a network filesystem)"),
@@ -217,6 +219,7 @@ class Config(NamedTuple):
     max_job_size: int = SETTINGS["max_job_size"].default
     lease: float = SETTINGS["lease"].default
     clock_skew: float = SETTINGS["clock_skew"].default
+    poll_interval: float = SETTINGS["poll_interval"].default
     shared: bool = SETTINGS["shared"].default
     index: str | None = SETTINGS["index"].default
     keep_done: Retention = SETTINGS["keep_done"].default

@@ -40,11 +40,9 @@ BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in t
 # spool other hosts' outcomes reach this node's index only by listings: all of them.
 WORK_DIRS = (JobState.PENDING.dirname, JobState.FAILED.dirname, JobState.PROCESSING.dirname)
 RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
-POLL_INTERVAL = 0.5        # an idle worker's scans on a shared spool (inotify sees nothing of other hosts)
 # On a shared spool an idle worker's own scans are its polling (no per-file stat snapshots), and the
 # final-state directories, which only grow, are listed every SHARED_FULL_SCAN seconds (with held/).
 SHARED_FULL_SCAN = 5.0
-SHARED_RESCANS = (RESCAN_INTERVAL, POLL_INTERVAL)  # a busy and an idle worker's scans on a shared spool
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
@@ -210,13 +208,13 @@ class Worker:
         # A busy worker finds its next jobs in the index; the timed scan is a safety net
         # for a lost event, and relisting big directories once a second cost a 20,000-job
         # queue a share that grew with it. Other hosts' moves are seen by scans only.
-        busy_rescan, idle_rescan = SHARED_RESCANS if spool.multihost else (BUSY_RESCAN_INTERVAL, RESCAN_INTERVAL)
+        busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
             waiting = 0
             busy = False
-            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else idle_rescan)
+            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else idle_rescan(spool))
             if scan or now - last_refresh >= RESCAN_INTERVAL:
                 self.refresh()  # `pause`, `config set`: before the next arrival, and within a second
                 last_refresh = now
@@ -510,6 +508,12 @@ def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
         log_.warning("%s: polling the spool every %gs instead", w.degraded, w.poll_interval)
     return w
 
+def idle_rescan(spool: Spool) -> float:
+    """An idle worker's scan interval: on a shared spool its polling (inotify sees nothing of other
+    hosts), config poll_interval, which trades pickup latency against listings on the file server."""
+    return spool.config.poll_interval if spool.multihost else RESCAN_INTERVAL
+
+
 def idle_timeout(w: Worker) -> float:
     """How long an idle worker may wait before its next look."""
     if PAUSE_ALL in w.pauses:
@@ -519,7 +523,7 @@ def idle_timeout(w: Worker) -> float:
         w.candidates = []
         return SLOT_RETRY
     due = w.spool.index.next_due(w.queues, w.pauses)
-    timeout = POLL_INTERVAL if w.spool.multihost else RESCAN_INTERVAL
+    timeout = idle_rescan(w.spool)
     if due is not None:
         timeout = max(0.0, min(timeout, due - time.time()))
     return timeout

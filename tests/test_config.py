@@ -25,6 +25,7 @@ dropin_grace = 2
 max_job_size = 1048576
 lease = 30
 clock_skew = 5
+poll_interval = 0.5
 shared = false
 index = none
 keep_done = 7d,100000
