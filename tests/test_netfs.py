@@ -212,3 +212,15 @@ def test_a_clone_in_another_pid_namespace_is_refused(spool, spool_dir, run_proc)
     (spool_dir / "workers" / f"hostX.{os.getpid()}.json").write_text(json.dumps(info))
     r = run_proc("worker", "start", "--burst", env={**os.environ, "QUEUECTL_NODE": "hostX"})
     assert r.returncode == 0, (r.stdout, r.stderr)
+
+
+def test_poll_interval_is_how_often_an_idle_worker_scans_a_shared_spool(shared, spool_dir, run, monkeypatch):
+    from queuectl.worker import RESCAN_INTERVAL, idle_rescan
+    assert idle_rescan(shared) == 0.5
+    assert run("config", "set", "poll_interval", "0.2").exit_code == 0
+    shared.configfile.forget()
+    assert idle_rescan(shared) == 0.2
+    r = run("config", "set", "poll_interval", "0.01")
+    assert r.exit_code != 0 and "poll_interval" in r.output
+    monkeypatch.delenv("QUEUECTL_SHARED")
+    assert not shared.multihost and idle_rescan(shared) == RESCAN_INTERVAL  # a local disk: inotify and 1 s
