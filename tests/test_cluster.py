@@ -285,8 +285,9 @@ def test_a_frozen_node_keeps_its_locked_job(hosts):
     hosts.start(1, "--count", "1")
     hosts.enqueue([("p", "sleep 2")])
     claims = c.export / hosts.name / "workers"
-    wait_for(lambda: any(f.read_text().split()[:1] == ["p"] for f in claims.glob("hostB.*.claim")), 60,
-             "hostB running p")
+    # The claim record is written before the claim's rename: wait for the job in processing/ too.
+    wait_for(lambda: any(f.read_text().split()[:1] == ["p"] for f in claims.glob("hostB.*.claim"))
+             and (c.export / hosts.name / "processing" / "p.json").exists(), 60, "hostB running p")
     frozen = processes_of_node("hostB")
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
@@ -366,7 +367,7 @@ def test_a_dead_node_s_job_is_recovered_while_every_survivor_is_busy(hosts):
     claims = c.export / hosts.name / "workers"
     wait_for(lambda: any(f.read_text().split()[:1] == ["v"] for f in claims.glob("hostB.*.claim")), 30,
              "hostB running v")
-    hosts.enqueue([("busy0", "sleep 30"), ("busy1", "sleep 30")])
+    hosts.enqueue([("busy0", "sleep 15"), ("busy1", "sleep 15")])
     hosts.start(0, "--count", "1")
     hosts.start(2, "--count", "1")
     wait_for(lambda: {w for f in claims.glob("host[AC].*.claim") for w in f.read_text().split()[:1]}
@@ -385,12 +386,13 @@ def test_a_dead_node_s_job_is_recovered_while_every_survivor_is_busy(hosts):
                     return None
         return None
 
-    job = wait_for(recovered, LEASE + SKEW + 15, "v recovered while hostA and hostC run 30 s jobs")
+    job = wait_for(recovered, LEASE + SKEW + 8, "v recovered while hostA and hostC run 15 s jobs")
     from queuectl.job import parse_time
     died = [h for h in job["history"] if h.get("error") == "worker died"]
     took = parse_time(died[0]["finished_at"]) - killed_at
     assert took <= LEASE + SKEW + 5, f"v recovered {took:.1f}s after the kill"
     assert hosts.bad_lines() == []
+    kill_node("hostA"), kill_node("hostC")  # not a graceful stop that waits for their 15 s jobs
 
 
 def test_queue_limits_hold_across_hosts_where_locks_do_and_say_so_where_they_do_not(hosts):
@@ -403,7 +405,7 @@ def test_queue_limits_hold_across_hosts_where_locks_do_and_say_so_where_they_do_
     lines = "\n".join(json.dumps({"id": f"q{i}", "queue": "one",
                                   "command": f"echo $(date +%s.%N) > {spans}/q{i}.a; sleep 0.4; "
                                              f"echo $(date +%s.%N) > {spans}/q{i}.b"}) for i in range(n))
-    hosts.ok(0, "enqueue", "-q", "-f", "-", input=lines + "\n")
+    hosts.ok(0, "enqueue", "-q", "--file", "-", input=lines + "\n")
     ps = [hosts.start(i, "--count", "2", "--burst") for i in range(3)]
     for p in ps:
         assert p.wait(120) == 0
