@@ -509,8 +509,7 @@ def watch(spool: Spool, poll: bool, wake_dirs: list[str]):
     return w
 
 def idle_rescan(spool: Spool) -> float:
-    """An idle worker's scan interval: on a shared spool its polling (inotify sees nothing of other
-    hosts), config poll_interval, which trades pickup latency against listings on the file server."""
+    """An idle worker's scan interval; on a shared spool its polling (config poll_interval)."""
     return spool.config.poll_interval if spool.multihost else RESCAN_INTERVAL
 
 
@@ -532,8 +531,7 @@ def idle_timeout(w: Worker) -> float:
 def _wait_out(w: Worker, e: BaseException, said: bool) -> bool:
     """A spool out of reach for a moment (ESTALE, a server not answering): say so once, wait, look again."""
     if not said:
-        log_.warning("the spool %s is out of reach for now (%s); looking again every %gs", w.spool.root, e,
-                     UNREACHABLE_RETRY)
+        log_.warning("the spool %s is out of reach for now (%s); looking again every 1s", w.spool.root, e)
     w.candidates = []
     w.watcher.wait(UNREACHABLE_RETRY)
     return True
