@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from history_load import check_history  # noqa: E402
+from history_workload import (FAULTS, LIMITED, Params, Workload, cmdline, descendants, entries,  # noqa: E402
+                              proc_alive, signal_quietly)
 from support import mount_tmpfs, unmount  # noqa: E402
-from history_workload import (FAULTS, LIMITED, Params, Workload, _alive, _cmdline, _kill,  # noqa: E402
-                              _listdir, descendants)
 
 SETTINGS = {"backoff_max": 0.5, "backoff_base": 2, "max_retries": 2, "dropin_grace": 0.5, "kill_grace": 1,
             f"queue.{LIMITED}.concurrency": 1}
@@ -84,16 +84,16 @@ def kill_everything(w: Workload) -> None:
     """Every supervisor's whole tree, and every job still running; the disk emptied again."""
     w.quiet.set()
     for pid in list(w.stopped):
-        _kill(pid, signal.SIGCONT)
+        signal_quietly(pid, signal.SIGCONT)
     for h in w.hosts:
         for s in h.sups:
             if s is not None:
                 for pid in [s.pid, *descendants(s.pid)]:
-                    _kill(pid, signal.SIGKILL)
+                    signal_quietly(pid, signal.SIGKILL)
                 s.wait()
     for k in w.poller.running():
-        if w.token in _cmdline(int(k[3])):
-            _kill(int(k[3]), signal.SIGKILL)
+        if w.token in cmdline(int(k[3])):
+            signal_quietly(int(k[3]), signal.SIGKILL)
     w.unfill()
 
 
@@ -110,7 +110,7 @@ def quiesce(w: Workload, log) -> None:
     """Stop the faults, let the workers drain the queue, stop them, and note what still ran."""
     w.quiet.set()
     for pid in list(w.stopped):
-        _kill(pid, signal.SIGCONT)
+        signal_quietly(pid, signal.SIGCONT)
     w.unfill()
     t0 = time.time()
     w.rec.add("quiesce", t=t0)
@@ -122,11 +122,11 @@ def quiesce(w: Workload, log) -> None:
     deadline = time.time() + w.p.drain_timeout
     left: list[str] = []
     while time.time() < deadline:
-        held = sorted(n[:-5] for n in _listdir(spool / "held") if n.endswith(".json"))
+        held = sorted(n[:-5] for n in entries(spool / "held") if n.endswith(".json"))
         if held:
             w.op("release", *held, host=w.hosts[0])
         left = [f"{d}/{n}" for d in ("pending", "processing", "failed", "held")
-                for n in _listdir(spool / d) if n.endswith(".json") and not n.startswith(".")]
+                for n in entries(spool / d) if n.endswith(".json") and not n.startswith(".")]
         if not left and not w.poller.running():
             break
         time.sleep(0.2)
@@ -136,7 +136,7 @@ def quiesce(w: Workload, log) -> None:
     for h in w.hosts:
         for s in h.sups:
             if s is not None and s.poll() is None:
-                _kill(s.pid, signal.SIGTERM)
+                signal_quietly(s.pid, signal.SIGTERM)
     for h in w.hosts:
         for s in h.sups:
             if s is None:
@@ -146,7 +146,7 @@ def quiesce(w: Workload, log) -> None:
             except subprocess.TimeoutExpired:
                 pids = [s.pid, *descendants(s.pid)]
                 for pid in pids:
-                    _kill(pid, signal.SIGKILL)
+                    signal_quietly(pid, signal.SIGKILL)
                 w.rec.add("harness_kill", t=time.time(), pids=pids, why="supervisor did not stop within 60s")
                 s.wait()
     # a job's background child may still print for a moment; the executions themselves should be gone
@@ -155,9 +155,9 @@ def quiesce(w: Workload, log) -> None:
         time.sleep(0.05)
     w.poller.stop.set()
     w.poller.join()
-    leftover = [k for k, _ in w.poller.last_seen.items() if _alive(int(k[3])) and w.token in _cmdline(int(k[3]))]
+    leftover = [k for k in w.poller.last_seen if proc_alive(int(k[3])) and w.token in cmdline(int(k[3]))]
     for k in leftover:
-        _kill(int(k[3]), signal.SIGKILL)
+        signal_quietly(int(k[3]), signal.SIGKILL)
     if leftover:
         w.rec.add("leftover", t=time.time(), executions=[list(k) for k in leftover])
     (w.work / "alive.json").write_text(json.dumps([[*k, t] for k, t in w.poller.last_seen.items()]))
@@ -177,7 +177,7 @@ def run_one(seed: int, jobs: int, base: Path, *, spools: list[str] | None = None
         else:
             spools = [str(work / "spool")]  # beside its record, where --check WORKDIR looks
     for s in spools:
-        if any(_listdir(Path(s, d)) for d in ("pending", "done", "dead", "failed", "held", "cancelled")):
+        if any(entries(Path(s, d)) for d in ("pending", "done", "dead", "failed", "held", "cancelled")):
             raise SystemExit(f"spool {s} already holds jobs: give each run a fresh spool")
     def terminate(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")

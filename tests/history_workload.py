@@ -167,7 +167,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
@@ -175,7 +175,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def proc_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
@@ -222,7 +222,7 @@ class Poller(threading.Thread):
         with self.lock:
             for key in list(self.open):
                 pid = int(key[3])
-                if _alive(pid) and self.token in _cmdline(pid):
+                if proc_alive(pid) and self.token in cmdline(pid):
                     self.open[key] = now
                     self.last_seen[key] = now
                 else:
@@ -297,14 +297,14 @@ class Workload:
         host = host or self.rng_host()
         t0 = time.time()
         try:
-            r = subprocess.run(host.argv(op, *args) if op != "_" else host.argv(*args), input=input,
+            r = subprocess.run(host.argv(op, *args), input=input,
                                capture_output=True, text=True, timeout=timeout, env=host.env,
                                stdin=None if input is not None else subprocess.DEVNULL)
             rc, out, err = r.returncode, r.stdout, r.stderr
         except subprocess.TimeoutExpired as e:
             rc, out, err = None, str(e.stdout or ""), f"harness: timed out after {timeout}s"
         return self.rec.add("op", op=op, args=[str(a) for a in args], host=host.n, t0=t0, t1=time.time(),
-                            rc=rc, out=out[-20000:], err=err[-4000:], **extra)
+                            rc=rc, out=out, err=err[-4000:], **extra)  # all of it: wait's JSON is checked
 
     def rng_host(self, rng: random.Random | None = None) -> Host:
         return (rng or self.rng).choice(self.hosts)
@@ -330,7 +330,7 @@ class Workload:
                 if s["after"]:
                     rec["after"] = s["after"]
                 if s["delay"]:
-                    rec["run_at"] = _iso(time.time() + s["delay"])
+                    rec["run_at"] = iso_time(time.time() + s["delay"])
                 lines.append(json.dumps(rec))
             r = self.op("enqueue", "--file", "-", host=host, input="\n".join(lines) + "\n", ids=ids)
         elif method == "lines":
@@ -396,7 +396,7 @@ class Workload:
             pool = self.enqueued[-40:]
         if waiting and rng.random() < 0.8:
             root = Path(self.hosts[0].spool)
-            found = [n[:-5] for d in ("pending", "failed") for n in _listdir(root / d)
+            found = [n[:-5] for d in ("pending", "failed") for n in entries(root / d)
                      if n.endswith(".json") and not n.startswith(".")]
             pool = sorted(set(found)) or pool
         return rng.sample(pool, min(k, len(pool))) if pool else []
@@ -433,7 +433,7 @@ class Workload:
                     # signals reach jobs on the host that runs them only: ask every mount's node
                     self.op("kill", *args, jid, host=host)
             elif what == "dlq":
-                dead = sorted(n[:-5] for n in _listdir(Path(self.hosts[0].spool, "dead")) if n.endswith(".json"))
+                dead = sorted(n[:-5] for n in entries(Path(self.hosts[0].spool, "dead")) if n.endswith(".json"))
                 if dead:
                     self.op("dlq", "retry", *rng.sample(dead, min(2, len(dead))), host=host)
             elif what == "clean":
@@ -473,7 +473,7 @@ class Workload:
         for h in self.hosts:
             for s in h.sups:
                 if s is not None and s.poll() is None:
-                    out += [(h, pid) for pid in _children(s.pid)]
+                    out += [(h, pid) for pid in children_of(s.pid)]
         return out
 
     def faulter(self) -> None:
@@ -501,7 +501,7 @@ class Workload:
                 h.sups[k] = None  # not the keeper's to restart
                 t = time.time()
                 for pid in victims:
-                    _kill(pid, signal.SIGKILL)
+                    signal_quietly(pid, signal.SIGKILL)
                 self.rec.add("fault", fault=kind, t=t, pids=victims, host=h.n)
                 s.wait()
                 self.stop.wait(rng.uniform(0.2, 1.0))
@@ -513,9 +513,9 @@ class Workload:
                 h, pid = rng.choice(ws)
                 t = time.time()
                 self.stopped.append(pid)
-                _kill(pid, signal.SIGSTOP)
+                signal_quietly(pid, signal.SIGSTOP)
                 self.stop.wait(rng.uniform(0.3, 1.5))
-                _kill(pid, signal.SIGCONT)
+                signal_quietly(pid, signal.SIGCONT)
                 self.stopped.remove(pid)
                 self.rec.add("fault", fault=kind, t=t, t1=time.time(), pids=[pid], host=h.n)
             elif kind == "full_disk":
@@ -527,7 +527,7 @@ class Workload:
 
     def fault(self, kind: str, pid: int, sig: int, **extra) -> None:
         t = time.time()
-        _kill(pid, sig)
+        signal_quietly(pid, sig)
         self.rec.add("fault", fault=kind, t=t, pids=[pid], **extra)
 
     def fill(self) -> None:
@@ -554,7 +554,7 @@ class Workload:
 # -- small helpers ---------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(x) for x in f.read().split()]
@@ -562,19 +562,19 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _kill(pid: int, sig: int) -> None:
+def signal_quietly(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _listdir(d: Path) -> list[str]:
+def entries(d: Path) -> list[str]:
     try:
         return os.listdir(d)
     except OSError:
         return []
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"

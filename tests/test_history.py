@@ -25,8 +25,8 @@ T = 1_800_000_000.0  # a time like the ones runs record
 
 
 def iso(t: float) -> str:
-    from history_workload import _iso
-    return _iso(t)
+    from history_workload import iso_time
+    return iso_time(t)
 
 
 def good_history() -> History:
