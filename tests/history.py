@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="workers per supervisor")
     ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated: " + ",".join(FAULTS))
     ap.add_argument("--fault-every", type=float, default=2.5, help="mean seconds between faults")
-    ap.add_argument("--small-fs", metavar="SIZE", help="put the spool on a fresh tmpfs of SIZE (root): full-disk faults")
+    ap.add_argument("--small-fs", metavar="SIZE",
+                    help="put the spool on a fresh tmpfs of SIZE (root): full-disk faults")
     ap.add_argument("--workdir", help="where records go (default: a new temp directory, kept)")
     ap.add_argument("--check", metavar="WORKDIR", help="only check a recorded history (give its --spool too)")
     a = ap.parse_args(argv)

@@ -343,7 +343,8 @@ def priority_at(h: History, jid: str, t: float) -> tuple[int | None, float]:
     return p, changed
 
 
-def due_time(h: History, jid: str, before: float, completed: dict[str, float]) -> tuple[float, float, str | None] | None:
+def due_time(h: History, jid: str, before: float,
+             completed: dict[str, float]) -> tuple[float, float, str | None] | None:
     """(when the job became due, unblocked and not held; the scan interval that applies; the node whose
     index said so from then on, written by the command that made it due, or None); None if it was
     held or under an operation at `before`, or if the record cannot say."""

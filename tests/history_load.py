@@ -21,7 +21,8 @@ def stats(h: History) -> str:
     faults = Counter(f["fault"] for f in h.faults)
     killed = sum(1 for e in h.execs if e.killed)
     deps = sum(1 for s in h.specs.values() if s.get("after"))
-    return (f"{len(h.accepted)} of {len(h.specs)} jobs enqueued ({deps} with --after), {len(h.execs)} runs ({killed} cut short); ops "
+    return (f"{len(h.accepted)} of {len(h.specs)} jobs enqueued ({deps} with --after), "
+            f"{len(h.execs)} runs ({killed} cut short); ops "
             + ", ".join(f"{k} {ok[k]}/{n}" for k, n in sorted(ops.items()))
             + "; faults " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none")
             + "".join(f"; {s}" for s in h.skipped))

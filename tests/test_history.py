@@ -39,7 +39,8 @@ def good_history() -> History:
     h.accepted = {"a", "b", "c"}
     h.arrived = {"a": T, "b": T, "c": T}
     h.enqueue_began = {"a": T - 0.1, "b": T - 0.1, "c": T - 0.1}
-    h.ops = [{"op": "enqueue", "args": [], "t0": T - 0.1, "t1": T, "rc": 0, "out": "", "err": "", "ids": ["a", "b", "c"]}]
+    h.ops = [{"op": "enqueue", "args": [], "t0": T - 0.1, "t1": T, "rc": 0, "out": "", "err": "",
+              "ids": ["a", "b", "c"]}]
     runs = {"a": (T + 0.1, T + 0.5), "b": (T + 0.7, T + 0.9), "c": (T + 0.2, T + 0.6)}
     for jid, (s, e) in runs.items():
         h.execs.append(Execution(jid, 1, "local", 100 + len(h.execs), s, e, 0))
