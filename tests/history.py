@@ -115,9 +115,10 @@ def quiesce(w: Workload, log) -> None:
     t0 = time.time()
     w.rec.add("quiesce", t=t0)
     for h in w.hosts:
-        for k, s in enumerate(h.sups):
-            if s is None or s.poll() is not None:
-                h.start_supervisor(k)
+        with h.lock:
+            for k, s in enumerate(h.sups):
+                if s is None or s.poll() is not None:
+                    h.start_supervisor(k)
     spool = Path(w.hosts[0].spool)
     deadline = time.time() + w.p.drain_timeout
     left: list[str] = []
@@ -149,6 +150,15 @@ def quiesce(w: Workload, log) -> None:
                     signal_quietly(pid, signal.SIGKILL)
                 w.rec.add("harness_kill", t=time.time(), pids=pids, why="supervisor did not stop within 60s")
                 s.wait()
+    # a supervisor the harness lost track of would run on after the run: find it by its spool
+    strays = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+              if any(f"--spool {sp} worker start" in cmdline(pid) for sp in w.p.spools)]
+    for pid in strays:
+        for p in [pid, *descendants(pid)]:
+            signal_quietly(p, signal.SIGKILL)
+    if strays:
+        w.rec.add("harness_error", t=time.time(), thread="quiesce",
+                  error=f"supervisors {strays} were not the harness's own any more; killed")
     # a job's background child may still print for a moment; the executions themselves should be gone
     end = time.time() + 3
     while w.poller.running() and time.time() < end:

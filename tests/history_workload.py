@@ -250,6 +250,8 @@ class Host:
         self.params, self.work = params, work
         self.sups: list[subprocess.Popen | None] = [None] * params.supervisors
         self.started = 0
+        # the keeper and the faulter both restart supervisors: one at a time, or one is orphaned
+        self.lock = threading.RLock()
 
     def argv(self, *args) -> list[str]:
         return [sys.executable, "-m", "queuectl", "--spool", self.spool, *map(str, args)]
@@ -494,18 +496,21 @@ class Workload:
             elif kind in ("kill9_supervisor", "kill9_tree"):
                 h = rng.choice(self.hosts)
                 k = rng.randrange(len(h.sups))
-                s = h.sups[k]
-                if s is None or s.poll() is not None:
-                    continue
-                victims = [s.pid] + (descendants(s.pid) if kind == "kill9_tree" else [])
-                h.sups[k] = None  # not the keeper's to restart
+                with h.lock:
+                    s = h.sups[k]
+                    if s is None or s.poll() is not None:
+                        continue
+                    victims = [s.pid] + (descendants(s.pid) if kind == "kill9_tree" else [])
+                    h.sups[k] = None  # not the keeper's to restart
                 t = time.time()
                 for pid in victims:
                     signal_quietly(pid, signal.SIGKILL)
                 self.rec.add("fault", fault=kind, t=t, pids=victims, host=h.n)
                 s.wait()
                 self.stop.wait(rng.uniform(0.2, 1.0))
-                h.start_supervisor(k)
+                with h.lock:
+                    if h.sups[k] is None:
+                        h.start_supervisor(k)
             elif kind == "sigstop":
                 ws = self.workers()
                 if not ws:
@@ -545,10 +550,11 @@ class Workload:
         """Restarts a supervisor that exited on its own (a crash is recorded by its log)."""
         while not self.stop.wait(0.3):
             for h in self.hosts:
-                for k, s in enumerate(h.sups):
-                    if s is not None and s.poll() is not None and not self.quiet.is_set():
-                        self.rec.add("supervisor_exit", host=h.n, pid=s.pid, rc=s.returncode, t=time.time())
-                        h.start_supervisor(k)
+                with h.lock:
+                    for k, s in enumerate(h.sups):
+                        if s is not None and s.poll() is not None and not self.quiet.is_set():
+                            self.rec.add("supervisor_exit", host=h.n, pid=s.pid, rc=s.returncode, t=time.time())
+                            h.start_supervisor(k)
 
 
 # -- small helpers ---------------------------------------------------------------------
