@@ -405,9 +405,13 @@ def check_priority(h: History) -> list[str]:
     seen: set[str] = set()
 
     def explained(t0: float, t1: float, pids: set) -> bool:
-        """A full disk, or a stopped worker (its claim's started_at is late), in [t0, t1]."""
+        """In [t0, t1], a stopped worker of the two (its claim's started_at is late), or a fault that
+        may stall any worker: a full disk, or one this checker does not know (a frozen host, a frozen
+        network filesystem client: tests/test_gluster_history.py adds them). A kill -9 leaves a
+        `worker died` entry, which first_claim already refuses to date."""
         return any(f.get("t1", f["t"]) >= t0 - 1 and f["t"] <= t1 + 1
-                   and (f["fault"] == "full_disk" or (f["fault"] == "sigstop" and pids & set(f.get("pids", []))))
+                   and (f["fault"] not in ("sigstop", "kill9_worker", "kill9_supervisor", "kill9_tree")
+                        or (f["fault"] == "sigstop" and pids & set(f.get("pids", []))))
                    for f in h.faults)
 
     for jid, runs in sorted(execs.items()):

@@ -146,6 +146,8 @@ def test_invariant_5_a_lower_priority_job_claimed_while_a_higher_one_waited():
     assert check_priority(h)
     h.faults.append({"fault": "sigstop", "t": T + 1, "t1": T + 2, "pids": [70]})
     assert check_priority(h) == []
+    h.faults[-1] = {"fault": "sigstop_host", "t": T + 1, "t1": T + 2, "pids": [71]}  # a fault of another harness
+    assert check_priority(h) == []
 
 
 def test_invariant_5_a_job_that_came_later_overtakes_a_higher_priority_one():
