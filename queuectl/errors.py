@@ -1,4 +1,4 @@
-"""Domain errors. The core raises these; cli.py turns them into click errors."""
+"""Domain errors. The core raises these; the CLI (queuectl/cli/) turns them into click errors."""
 
 from __future__ import annotations
 

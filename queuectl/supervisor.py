@@ -497,7 +497,7 @@ def detach(spool: Spool, argv: list[str]) -> tuple[int, str]:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         # QUEUECTL_LOG_FILE: every process of the tree reopens the file once
-        # logrotate has moved it (cli_lines.WorkerLines), so no signal is needed.
+        # logrotate has moved it (cli.lines.WorkerLines), so no signal is needed.
         proc = subprocess.Popen([sys.executable, "-m", "queuectl", *argv], stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True, close_fds=True,
                                 env={**os.environ, "QUEUECTL_LOG_FILE": log_path})

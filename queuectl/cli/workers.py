@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from .cli_base import (Context, Lines, Seconds, complete_dead_ids, complete_job_ids, dump, json_option, one_line,
-                       pass_ctx)
+from .base import (Context, Lines, Seconds, complete_dead_ids, complete_job_ids, dump, json_option, one_line,
+                   pass_ctx)
 
 # -- workers -------------------------------------------------------------------
 
@@ -55,15 +55,15 @@ def worker_start(obj: Context, count, burst, detach, poll, stop_timeout, allow_s
       queuectl worker start --count 4 --detach
       queuectl worker start --queue gpu --queue default
     """
-    from .job import check_queue
+    from ..job import check_queue
     queues = tuple(dict.fromkeys(check_queue(q) for q in queues)) or None
-    from .supervisor import Supervisor, check_spool_permissions, hold_stop_signals
-    from .supervisor import detach as detach_
+    from ..supervisor import Supervisor, check_spool_permissions, hold_stop_signals
+    from ..supervisor import detach as detach_
     if not detach:
         hold_stop_signals()  # a stop from here on waits for the supervisor's handler
     spool = obj.spool
     if detach:
-        from .supervisor import check_writable
+        from ..supervisor import check_writable
         check_writable(spool)  # here, not in the background where only the log would say so
         if not allow_shared_spool:
             check_spool_permissions(spool)
@@ -95,7 +95,7 @@ def worker_stop(obj: Context, timeout):
     Example:
       queuectl worker stop --timeout 30
     """
-    from .supervisor import stop_supervisors
+    from ..supervisor import stop_supervisors
     pids = stop_supervisors(obj.spool, timeout)
     if not pids:
         click.echo("no running supervisor")
@@ -117,7 +117,7 @@ def worker_scale(obj: Context, count):
       queuectl worker scale 8
       queuectl worker scale 1
     """
-    from .scaling import scale_supervisors
+    from ..scaling import scale_supervisors
     for pid, before in scale_supervisors(obj.spool, count):
         click.echo(f"supervisor PID={pid}: {before} -> {count} worker{'' if count == 1 else 's'}")
 
@@ -133,7 +133,7 @@ def worker_list(obj: Context, as_json):
     Example:
       queuectl worker list
     """
-    from .registry import read_workers
+    from ..registry import read_workers
     # Other nodes' lapsed workers are shown (marked STALE) until pruned; a dead
     # process of this node is simply gone (its pid may since be another's).
     workers = [w for w in read_workers(obj.spool) if w.alive or not w.local]
@@ -166,7 +166,7 @@ def logs(obj: Context, job_id, follow):
       queuectl logs job1 --follow
     """
     import time as _time
-    from .job import FINAL
+    from ..job import FINAL
     spool = obj.spool
     path = spool.log_of(job_id)
     out = sys.stdout.buffer  # bytes: logs hold whatever the command wrote

@@ -1,4 +1,4 @@
-"""The handlers that turn the core's log records into the lines a person sees (cli_base.Lines)."""
+"""The handlers that turn the core's log records into the lines a person sees (cli.base.Lines)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_base import MAX_COUNT, Context, Seconds, pass_ctx
+from .base import MAX_COUNT, Context, Seconds, pass_ctx
 
 
 @click.command()
@@ -24,7 +24,7 @@ def pause(obj: Context, queue):
       queuectl pause --queue gpu
       queuectl pause
     """
-    from .queues import pause as pause_
+    from ..queues import pause as pause_
     what = f"queue {queue}" if queue else "all queues"
     if pause_(obj.spool, queue):
         click.echo(f"paused {what}")
@@ -43,7 +43,7 @@ def resume(obj: Context, queue):
       queuectl resume --queue gpu
       queuectl resume
     """
-    from .queues import PAUSE_ALL, paused, resume as resume_
+    from ..queues import PAUSE_ALL, paused, resume as resume_
     names = resume_(obj.spool, queue)
     for name in names:
         click.echo("resumed all queues" if name == PAUSE_ALL else f"resumed queue {name}")
@@ -76,8 +76,8 @@ def clean(obj: Context, states, older_than, keep, all_, dry_run, quiet):
       queuectl clean --state dead --keep 100 --dry-run
       queuectl clean --state completed --all
     """
-    from .config import Retention, parse_age
-    from .retention import FINAL_STATES, clean as clean_, final_state
+    from ..config import Retention, parse_age
+    from ..retention import FINAL_STATES, clean as clean_, final_state
     if older_than is None and keep is None and not all_:
         raise click.UsageError("give --older-than, --keep, or --all to delete every finished job")
     if all_ and (older_than is not None or keep is not None):
@@ -116,7 +116,7 @@ def systemd_unit(obj: Context, user, count, stop_timeout):
     """
     import getpass
     import sys
-    from .sdunit import unit_text
+    from ..sdunit import unit_text
     spool = obj.spool
     # A node's own index (many hosts) must be the service's too.
     argv = [sys.executable, "-m", "queuectl", *(["--index", obj.index] if obj.index else [])]

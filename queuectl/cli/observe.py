@@ -1,6 +1,6 @@
 """The observe commands (`metrics`, `web`), loaded only when one of them runs.
 
-Kept apart from cli.py, which registers them: same rules (parse, call the
+Kept apart from cli/app.py, which registers them: same rules (parse, call the
 core, print). prometheus_client and Flask are imported inside the commands,
 so no other command pays for them at start-up.
 """
@@ -11,9 +11,9 @@ import os
 
 import click
 
-from . import lazylog
+from .. import lazylog
 
-log = lazylog.get("queuectl.cli_observe")
+log = lazylog.get("queuectl.cli.observe")
 
 
 @click.command()
@@ -35,7 +35,7 @@ def metrics(obj, textfile):
       queuectl metrics
       queuectl metrics --textfile /var/lib/node_exporter/textfile_collector
     """
-    from .metrics import render, write_textfile
+    from ..metrics import render, write_textfile
     spool = obj.synced()
     if textfile:
         if not os.path.isdir(textfile):
@@ -70,7 +70,7 @@ def web(obj, bind, port, token, allow_actions):
       queuectl web                      # http://127.0.0.1:8040/
       QUEUECTL_WEB_TOKEN=$(openssl rand -hex 16) queuectl web --bind 0.0.0.0
     """
-    from .web import check_bind, serve
+    from ..web import check_bind, serve
     check_bind(bind, token)  # before touching the spool or the port
     spool = obj.synced()
     mode = "actions allowed" if allow_actions else "read-only"

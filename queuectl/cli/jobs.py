@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli_base import PRIORITY, Context, Seconds, complete_job_ids, dump, pass_ctx
+from .base import PRIORITY, Context, Seconds, complete_job_ids, dump, pass_ctx
 
 EXIT_FAILED = 1    # wait: a job ended dead or cancelled
 EXIT_TIMEOUT = 2   # wait: --timeout passed first
@@ -19,7 +19,7 @@ DONE = {"cancel": "cancelled", "hold": "held", "release": "released"}
 
 def _targets(obj: Context, job_ids, label, action: str) -> list[str]:
     """The ids to act on; all checked before any changes (bad input changes nothing)."""
-    from .controls import SOURCES, check_targets
+    from ..controls import SOURCES, check_targets
     if not job_ids and label is None:
         raise click.UsageError("give job IDs or --label")
     spool = obj.synced()
@@ -36,8 +36,8 @@ def _targets(obj: Context, job_ids, label, action: str) -> list[str]:
 
 def _apply(obj: Context, ids: list[str], action: str) -> None:
     """Move each job; a job a worker took meanwhile is reported, and the exit status is 1."""
-    from .controls import move
-    from .errors import QueueError
+    from ..controls import move
+    from ..errors import QueueError
     lost = 0
     for job_id in ids:
         try:
@@ -48,7 +48,7 @@ def _apply(obj: Context, ids: list[str], action: str) -> None:
             continue
         click.echo(f"{DONE[action]} job {job_id}")
     if action == "cancel":
-        from .controls import resolve_dependencies
+        from ..controls import resolve_dependencies
         for line in resolve_dependencies(obj.spool):
             click.echo(line)
     if lost:
@@ -111,7 +111,7 @@ def requeue(obj: Context, job_ids):
       queuectl requeue build
       queuectl requeue $(queuectl list --state dead --json | jq -r '.[].id')
     """
-    from .controls import requeue as requeue_
+    from ..controls import requeue as requeue_
     for job in requeue_(obj.synced(), list(job_ids)):
         click.echo(f"requeued job {job.id}")
 
@@ -130,7 +130,7 @@ def rm(obj: Context, job_ids):
       queuectl rm build
       queuectl rm job1 job2
     """
-    from .controls import remove
+    from ..controls import remove
     for job_id in remove(obj.synced(), list(job_ids)):
         click.echo(f"removed job {job_id}")
 
@@ -147,7 +147,7 @@ def priority(obj: Context, job_id, priority):
       queuectl priority job1 10
       queuectl priority job2 -5
     """
-    from .controls import set_priority
+    from ..controls import set_priority
     job = set_priority(obj.synced(), job_id, priority)
     click.echo(f"job {job.id} priority {job.priority}")
 
@@ -169,7 +169,7 @@ def kill(obj: Context, job_ids, sig, retry):
       queuectl kill job1
       queuectl kill --signal KILL --retry job1
     """
-    from .controls import check_targets, kill as kill_
+    from ..controls import check_targets, kill as kill_
     signum = _signal(sig)
     spool = obj.synced()
     check_targets(spool, list(job_ids), "kill")  # all checked first: a typo kills nothing
@@ -215,7 +215,7 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
       queuectl wait --label batch1 --timeout 600
       queuectl worker start --detach; queuectl wait --all
     """
-    from .controls import wait_for, wait_targets
+    from ..controls import wait_for, wait_targets
     if not job_ids and label is None and not all_:
         raise click.UsageError("give job IDs, --label or --all")
     spool = obj.spool

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from . import lazylog
-from .errors import QueueError
+from .. import lazylog
+from ..errors import QueueError
 
 STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "held", "cancelled", "done"]
 
@@ -61,7 +61,7 @@ class QueueGroup(click.Group):
         if name in self.lazy and name not in self.commands:
             import importlib
             module, attr = self.lazy[name]
-            self.add_command(getattr(importlib.import_module(module, "queuectl"), attr), name)
+            self.add_command(getattr(importlib.import_module(module, "queuectl.cli"), attr), name)
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -87,7 +87,7 @@ class Lines:
     Commands print notices as `queuectl: ...` on stderr. `worker start` prints
     `[supervisor] ...` / `[worker-N] ...` on stdout with one write(2) per
     line, so lines from concurrent worker processes never interleave. The
-    handlers (cli_lines.py) are installed when something is first logged:
+    handlers (cli/lines.py) are installed when something is first logged:
     most commands never log, and never load logging (lazylog.py).
     """
 
@@ -103,7 +103,7 @@ class Lines:
     def _install(cls, workers: bool) -> None:
         import logging
 
-        from .cli_lines import NoticeLines, WorkerLines
+        from .lines import NoticeLines, WorkerLines
         root = logging.getLogger("queuectl")
         if cls.handler is not None:
             root.removeHandler(cls.handler)
@@ -123,7 +123,7 @@ class Context:
     @property
     def spool(self):
         if self._spool is None:
-            from .spool import Spool, default_spool
+            from ..spool import Spool, default_spool
             self._spool = Spool(self.spool_dir or default_spool(), index_path=self.index)
         return self._spool
 
@@ -165,15 +165,15 @@ def complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str
 
 def complete_dead_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     try:
-        from .job import JobState
+        from ..job import JobState
         return _job_ids(ctx, incomplete, JobState.DEAD)
     except Exception:
         return []
 
 
 def _job_ids(ctx: click.Context, incomplete: str, state) -> list[str]:
-    from .index import Index
-    from .spool import default_spool
+    from ..index import Index
+    from ..spool import default_spool
     root = ctx.find_root().params.get("spool_dir") or default_spool()
     path = os.path.join(root, "index.db")
     if not os.path.isfile(path) or os.path.getsize(path) == 0:

@@ -1,6 +1,6 @@
 """The click CLI: parse, call the core, print. Domain errors become click errors.
 
-The worker, logs and dead-letter commands live in cli_workers.py and are
+The worker, logs and dead-letter commands live in cli/workers.py and are
 loaded only when one of them runs.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .cli_base import (MAX_COUNT, PRIORITY, STATE_NAMES, Context, Lines, QueueGroup, Seconds, complete_job_ids, dump,
-                       json_option, one_line, pass_ctx)
-from .errors import InvalidJob
+from .. import __version__
+from ..errors import InvalidJob
+from .base import (MAX_COUNT, PRIORITY, STATE_NAMES, Context, Lines, QueueGroup, Seconds, complete_job_ids, dump,
+                   json_option, one_line, pass_ctx)
 
 
 
@@ -46,12 +46,12 @@ def main(ctx: click.Context, spool_dir: str | None, index: str | None) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-main.lazy = {"worker": (".cli_workers", "worker"), "logs": (".cli_workers", "logs"),
-             "dlq": (".cli_workers", "dlq"), "pause": (".cli_service", "pause"),
-             "resume": (".cli_service", "resume"), "clean": (".cli_service", "clean"),
-             "metrics": (".cli_observe", "metrics"), "web": (".cli_observe", "web"),
-             "systemd-unit": (".cli_service", "systemd_unit"),
-             **{name: (".cli_jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority", "requeue", "rm")}}
+main.lazy = {"worker": (".workers", "worker"), "logs": (".workers", "logs"),
+             "dlq": (".workers", "dlq"), "pause": (".service", "pause"),
+             "resume": (".service", "resume"), "clean": (".service", "clean"),
+             "metrics": (".observe", "metrics"), "web": (".observe", "web"),
+             "systemd-unit": (".service", "systemd_unit"),
+             **{name: (".jobs", name) for name in ("wait", "cancel", "kill", "hold", "release", "priority", "requeue", "rm")}}
 
 
 # -- enqueue -------------------------------------------------------------------
@@ -132,7 +132,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     else:
         # getattr: a stdin replaced by a test runner or a wrapper may have no name.
         name = getattr(file, "name", "<stdin>")
-        from .job import parse_specs
+        from ..job import parse_specs
         specs = parse_specs(file.read(), "stdin" if name == "<stdin>" else name)
     if job_id is not None:
         if len(specs) != 1:
@@ -159,7 +159,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
                 spec.setdefault("cwd", cwd)
             job = spool.new_job(spec)
             if hold:
-                from .job import JobState
+                from ..job import JobState
                 job.state = JobState.HELD
             jobs.append(job)
         except InvalidJob as e:
@@ -176,7 +176,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
     spool.enqueue_many(jobs)
     # A hint for a person at a terminal: cron mail and scripts' logs are spared it.
     if jobs and not quiet and not hold and sys.stderr.isatty():
-        from .queues import idle_reason
+        from ..queues import idle_reason
         why = idle_reason(spool, {j.queue for j in jobs})
         if why:
             click.echo(f"queuectl: {why}", err=True)
@@ -196,7 +196,7 @@ def _job_options(delay, at, after, after_any, labels, env, cwd) -> dict[str, Any
     out: dict[str, Any] = {}
     if delay is not None or at is not None:
         import time
-        from .when import parse_at, parse_delay
+        from ..when import parse_at, parse_delay
         out["run_at"] = time.time() + parse_delay(delay) if delay is not None else parse_at(at)
     if after:
         out["after"] = [i.strip() for a in after for i in a.split(",")]
@@ -234,7 +234,7 @@ def _command_lines(f) -> list[tuple[str, Any]]:
 
 
 def _state(value: str | None):
-    from .job import JobState
+    from ..job import JobState
     return None if value is None else JobState.parse(value)
 
 
@@ -262,11 +262,11 @@ def list_(obj: Context, state, limit, queue, label, as_json, as_json_lines):
       queuectl list --json-lines | jq -r 'select(.attempts > 1) | .id'
     """
     import time
-    from .controls import list_fields, list_note
+    from ..controls import list_fields, list_note
     if as_json and as_json_lines:
         raise click.UsageError("give --json or --json-lines, not both")
     if queue is not None:
-        from .job import check_queue
+        from ..job import check_queue
         queue = check_queue(queue)
     idx = obj.synced().index
     keep = None if label is None else idx.ids_labelled(label)
@@ -312,11 +312,11 @@ def status(obj: Context, queue, as_json):
       queuectl status --json
       queuectl status --queue gpu
     """
-    from .queues import PAUSE_ALL, paused
+    from ..queues import PAUSE_ALL, paused
     spool = obj.synced()
     pauses = paused(spool)
     if queue is not None:
-        from .job import check_queue
+        from ..job import check_queue
         queue = check_queue(queue)
         mine = spool.index.queue_counts().get(queue, {})
         counts = {s: mine.get(s, 0) for s in spool.index.counts()}
@@ -330,7 +330,7 @@ def status(obj: Context, queue, as_json):
         click.echo(f"{'paused:':<{width + 1}} {'yes' if is_paused else 'no'}")
         return
     counts = spool.index.counts()
-    from .registry import count_live_workers
+    from ..registry import count_live_workers
     workers = count_live_workers(spool)
     by_queue = spool.index.queue_counts()
     names = sorted(set(by_queue) | (pauses - {PAUSE_ALL}) | {q for q, _ in spool.config.concurrency})
@@ -420,7 +420,7 @@ def check(obj: Context, repair, allow_shared_spool, as_json):
       queuectl check
       queuectl check --repair
     """
-    from .check import check as check_, readonly_note
+    from ..check import check as check_, readonly_note
     problems = check_(obj.spool, repair=repair, allow_shared=allow_shared_spool)
     left = [p for p in problems if not p.repaired]
     note = readonly_note(obj.spool)
