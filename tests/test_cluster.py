@@ -190,17 +190,28 @@ def test_a_killed_node_s_jobs_are_recovered_within_a_lease(hosts):
     victim = c.nodes[1]
     claims = c.export / hosts.name / "workers"
 
-    def running_on_victim():
+    def claimed_by_victim() -> set[str]:
         held = set()
         for f in claims.glob(f"{victim}.*.claim"):
             words = f.read_text().split()
             if words:
                 held.add(words[0])
+        return held
+
+    def running_on_victim():
+        # A claim is announced before its rename, so a claim file alone may name a job another host won:
+        # a job is the victim's once its command left the victim's marker.
+        held = {j for j in claimed_by_victim() if list(hosts.marks.glob(f"{j}.{victim}.*"))}
         return held if len(held) == 2 else None
 
-    held = wait_for(running_on_victim, 30, f"{victim} running two jobs")
+    wait_for(running_on_victim, 30, f"{victim} running two jobs")
     killed_at = time.time()
     assert kill_node(victim)
+    # What the victim held when it died: its claims (frozen now) whose job it started and had not finished.
+    done = c.export / hosts.name / "done"
+    held = {j for j in claimed_by_victim()
+            if list(hosts.marks.glob(f"{j}.{victim}.*")) and not (done / f"{j}.json").exists()}
+    assert held, "both of the victim's jobs finished before the kill landed"
     wait_for(lambda: len(done_ids(c, hosts.name)) == n, 90, f"all {n} jobs done")
     for job_id in held:
         job = json.loads((c.export / hosts.name / "done" / f"{job_id}.json").read_text())
