@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from . import config as configmod
 from .deps import Batch
-from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject, sync_dir
+from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
+from .indexsync import sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, close_quietly, db_ino, looking_again, no_lock, fsync_dir, lock_file,
                    read_fd, read_nofollow, rename_noreplace, space_error, syncfs, unlink_quietly, write_tmp)

@@ -519,7 +519,8 @@ def test_wait_while_workers_run_in_another_process(run, spool_dir, bg):
 def test_a_sync_never_drops_a_job_moving_between_two_directories(run, spool_dir):
     """A sync lists processing/ before failed/: a retry claimed in between is in
     neither listing, and its row must survive (wait said "1 missing")."""
-    from queuectl.dropins import SyncReport, sync_dir
+    from queuectl.dropins import SyncReport
+    from queuectl.indexsync import sync_dir
     from queuectl.job import JobState
     enq(run, "--id", "r", "exit 1")
     os.rename(spool_dir / "pending" / "r.json", spool_dir / "failed" / "r.json")
