@@ -18,7 +18,7 @@ from typing import Any, ContextManager, NamedTuple, Protocol
 
 from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .fsio import (atomic_write, close_quietly, db_ino, nlink, open_nofollow, read_fd, rename_noreplace, syncfs,
+from .fsio import (atomic_write, close_quietly, db_ino, lock_file, nlink, open_nofollow, read_fd, rename_noreplace, syncfs,
                    unlink_quietly, unreachable, write_tmp)
 from .config import Config
 from .deps import Batch, check_no_cycle
@@ -93,6 +93,7 @@ class _Admitted(NamedTuple):
     src: str
     dest: str
     ino: int | None = None  # of src, when it is kept as it is
+    read_ino: int | None = None  # of the src file read: replaced in place only while it still is
 
 
 class _TooFresh(Exception):
@@ -177,7 +178,10 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
             ino = db_ino(a.ino if tmp is None else os.stat(tmp).st_ino)  # the file the index row now stands for
             if tmp is not None:
                 if a.src == a.dest:
-                    os.rename(tmp, a.dest)  # replace the drop-in by its canonical form
+                    if not _replace_read_file(tmp, a.src, a.read_ino):
+                        unlink_quietly(tmp)
+                        report.waiting += 1  # changed or claimed since it was read: look again
+                        continue
                 else:
                     try:
                         rename_noreplace(tmp, a.dest)
@@ -194,6 +198,27 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
         raise
     spool.fsync_state_dir(JobState.PENDING)
     spool.indexes.add_rows(rows)
+
+
+def _replace_read_file(tmp: str, path: str, ino: int | None) -> bool:
+    """Replace the drop-in at path by its canonical form tmp, only if path still names
+    the file that was read (inode ino); False if not.
+
+    Under the file's lock, like a claim or a move: `release` renames held/ID.json
+    into pending/ and then writes its new contents over it, and a worker may claim
+    it the next moment. Renaming what this pass read over a file that moved or was
+    replaced meanwhile would make a second copy of a job that lives on elsewhere.
+    """
+    fd = lock_file(path)
+    if fd is None:
+        return False  # gone (claimed, moved on), replaced, or locked by its mover right now
+    try:
+        if ino is not None and os.fstat(fd).st_ino != ino:
+            return False
+        os.rename(tmp, path)
+        return True
+    finally:
+        close_quietly(fd)
 
 
 def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch, *, cycle: bool = True) -> None:
@@ -289,7 +314,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
         if "max_retries" not in spec:
             job.max_retries = spool.config.max_retries
         job.state, job.next_run_at = JobState.PENDING, None
-        return _Admitted(job, job.to_json(), src, src)
+        return _Admitted(job, job.to_json(), src, src, read_ino=st.st_ino)
     fallback = None
     if not (isinstance(spec, dict) and "id" in spec):
         fallback = check_id(stem)
@@ -300,7 +325,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
     # next scan with the cycle as their reason (controls.resolve_dependencies): refusing
     # only the one that closes it would leave the others a vaguer reason.
     check_deps_exist(spool, job, taken, cycle=False)
-    return _Admitted(job, job.to_json(), src, dest)
+    return _Admitted(job, job.to_json(), src, dest, read_ino=st.st_ino)
 
 
 _first_invalid: dict[str, float] = {}  # path -> when this process first read it unparseable

@@ -755,6 +755,62 @@ def test_move_and_claim_started_together_exactly_one_wins(spool_dir, action):
     assert sum(outcomes.values()) == 150
 
 
+def test_release_racing_an_admission_pass_and_a_claim_leaves_one_copy(spool_dir, read_job):
+    """Found by the history checker (invariant 1): `release` renames held/ID.json into
+    pending/ (old contents, state "held"), then writes the new contents over it. A
+    drop-in admission pass that read the file in that moment rewrote it in place after a
+    worker had claimed the job: a second copy in pending/, later rejected as a duplicate.
+    Replayed step by step here: the pass reads, release finishes, a worker claims, the pass commits."""
+    import threading
+    from queuectl import controls, dropins
+    from queuectl.job import Job, JobState
+    user, admitter, worker = (Spool(str(spool_dir)) for _ in range(3))
+    user.enqueue(Job.from_spec({"id": "j", "command": "true"}))
+    controls.move(user, "j", "hold")
+    admitter.sync()
+    read, claimed = threading.Event(), threading.Event()
+    real_rewrite, real_commit = controls._rewrite, dropins._commit
+    errors: list[BaseException] = []
+
+    def admit():
+        try:
+            admitter.sync()
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+            read.set()
+
+    def commit_after_the_claim(*args, **kwargs):
+        read.set()
+        assert claimed.wait(10)
+        return real_commit(*args, **kwargs)
+
+    def rewrite_after_the_read(*args, **kwargs):
+        thread = threading.Thread(target=admit)
+        thread.start()
+        assert read.wait(10)
+        rewrite_after_the_read.thread = thread
+        return real_rewrite(*args, **kwargs)
+
+    controls._rewrite, dropins._commit = rewrite_after_the_read, commit_after_the_claim
+    try:
+        controls.move(user, "j", "release")
+        claim = worker.claim("j", JobState.PENDING)
+        claimed.set()
+        rewrite_after_the_read.thread.join(10)
+    finally:
+        controls._rewrite, dropins._commit = real_rewrite, real_commit
+        claimed.set()
+    assert not errors, errors
+    assert claim is not None
+    claim.release()
+    assert where(spool_dir) == {"j": ["processing"]}
+    assert read_job("processing", "j")["state"] == "pending"
+    admitter.sync()
+    assert os.listdir(spool_dir / "rejected") == []
+    for s in (user, admitter, worker):
+        s.close()
+
+
 def test_wait_all(run, spool_dir):
     enq(run, "--id", "a", "echo a")
     enq(run, "--id", "b", "echo b")
