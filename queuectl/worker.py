@@ -7,15 +7,14 @@ job. SIGUSR1: kill the running job too; it goes back to pending/ uncounted.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from zlib import crc32
 
 from . import lazylog
+from .candidates import Candidate, candidates, queue_slot, without_queue
 from .controls import resolve_dependencies
 from .dropins import is_ignored
 from .errors import SpoolError
@@ -23,7 +22,7 @@ from .fsio import check_here, disk_full, unreachable
 from .hooks import run_hooks
 from .indexstore import is_busy
 from .job import Job, JobState, now_iso
-from .queues import PAUSE_ALL, paused, release_slot, stalled, take_slot
+from .queues import PAUSE_ALL, paused, release_slot, stalled
 from .recovery import apply_kill, apply_outcome, fmt_secs, kill_request, recover_all
 from .registry import Heartbeat, hostname, node_name, owner_marker, proc_start
 from .retention import apply_settings
@@ -47,8 +46,6 @@ BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
 UNREACHABLE_RETRY = 1.0    # seconds between looks at a spool out of reach (ESTALE, a server not answering)
-CANDIDATES = 16            # jobs a worker takes from one index query (times its sibling workers)
-SPREAD = 8                 # on a shared spool, claim in random order among this many best candidates
 SLOT_RETRY = 0.05          # a worker whose next jobs wait for a queue's free slot looks again this often
 RETENTION_INTERVAL = 60.0  # how often a worker applies keep_done / keep_dead (one batch)
 SAY_WAITING = 5.0          # seconds: a burst waiting longer than this for a retry says what it waits for
@@ -108,7 +105,7 @@ class Worker:
         self.spool: Spool | None = None
         self.watcher = None
         self.parent = os.getppid()
-        self.candidates: list[tuple[str, JobState, str]] = []
+        self.candidates: list[Candidate] = []
         self.running: Job | None = None
         self.devnull = -1
         self.output = CommandLog(None)
@@ -329,12 +326,11 @@ class Worker:
             while self.candidates:
                 if self.stopping:
                     return None
-                job_id, state, queue = self.candidates.pop()
-                if queue in full:
-                    continue
+                job_id, state, queue, _priority = self.candidates.pop()
                 slot = queue_slot(spool, queue)
                 if slot is False:
                     full.add(queue)
+                    self.candidates = without_queue(self.candidates, queue)
                     continue
                 # announce: the claim record, written before the rename, so the owner
                 # is known from the first instant the job is in processing/
@@ -535,48 +531,6 @@ def _wait_out(w: Worker, e: BaseException, said: bool) -> bool:
     w.candidates = []
     w.watcher.wait(UNREACHABLE_RETRY)
     return True
-
-
-def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lane: int,
-               lanes: int) -> list[tuple[str, JobState, str]]:
-    """The jobs to try next, in the order to try them, last first (the caller pops).
-
-    Sibling workers would all race for the best job, and each one's index lags
-    the others' batched writes, listing jobs they already ran: over half the
-    claims failed, and the list ran dry twice as often. Among jobs of equal
-    priority each tries its own share first (by a hash of the id, the same in
-    every worker and every query), then the rest in order. Lanes only order
-    equals: a job of higher priority comes first whoever's share it is, or an
-    idle worker would run its own low-priority jobs while a better one waits
-    for its busy sibling.
-    """
-    spool.flush_index()  # or the query returns jobs this worker already ran
-    ranked = spool.index.ranked(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
-    if lanes > 1:
-        # Sorted by priority already: a stable sort on (priority, not ours) moves each
-        # worker's share ahead within its priority and nowhere else.
-        ranked.sort(key=lambda c: (-c[3], crc32(c[0].encode()) % lanes != lane))
-    found = [(i, s, q) for i, s, q, _p in ranked]
-    found.reverse()
-    if spool.multihost:
-        # Hosts that all take the best job first collide on it, and the
-        # fastest lister wins most races: spread among the top few.
-        head = found[-SPREAD:]
-        random.shuffle(head)
-        found[-SPREAD:] = head
-    return found
-
-
-def queue_slot(spool: Spool, queue: str):
-    """None for a queue without a limit, a held slot lock's fd, or False if all are held.
-
-    Taken before the claim: a job is never claimed only to wait for a slot.
-    """
-    limit = spool.config.limit(queue)
-    if limit is None:
-        return None
-    fd = take_slot(spool, queue, limit)
-    return False if fd is None else fd
 
 
 def record_until_it_fits(spool: Spool, claim: Claim, job: Job, give_up: Callable[[], bool]) -> bool:

@@ -375,11 +375,7 @@ CI_RUNS = [
      "faults": ("full_disk", "kill9_worker", "sigstop", "kill9_tree"), "fault_every": 2.0},
 ]
 # Invariants that still break on main because of open findings of issue 18 (remove once fixed).
-OPEN_FINDINGS: dict[int, str] = {
-    1: "new finding: `release` racing a claim leaves a second copy in pending/, rejected as a duplicate",
-    5: "new finding: a candidate popped while its queue's slots are all held is dropped from the worker's "
-       "list, and lower-priority jobs of that queue further down it are claimed once a slot frees",
-}
+OPEN_FINDINGS: dict[int, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -327,6 +327,37 @@ def test_lanes_order_equals_but_never_outrank_priority(spool, spool_dir, drain):
     assert ran[2:] == mine + [j for j in low if j not in mine]
 
 
+def test_a_freed_slot_goes_to_the_best_job_of_its_queue(spool, spool_dir, tmp_path, drain):
+    """Found by the history checker (invariant 5): a worker that found queue lim's only slot held
+    dropped lim's best job from its cached list, ran a job of another queue, and once the slot was
+    free claimed a lower-priority lim job further down that same list. The slot is held here by
+    another process until the other queue's job runs; the priority-1 job must win it."""
+    import sys
+    spool.set_config("queue.lim.concurrency", 1)
+    slot = spool_dir / "queues" / "lim" / "slot.0"
+    slot.parent.mkdir(parents=True, exist_ok=True)
+    free = tmp_path / "free"
+    hold = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(slot), str(free)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        add(spool, id="a-low", command="true", queue="lim")
+        # Runs while lim's slot is held; ends once the holder has let it go (flock waits for it).
+        wait_free = f"import fcntl; fcntl.flock(open({str(slot)!r}), fcntl.LOCK_EX)"
+        add(spool, id="b-other", command=f"touch {free} && {sys.executable} -c \"{wait_free}\"")
+        add(spool, id="c-low", command="true", queue="lim")
+        add(spool, id="h-best", command="true", queue="lim", priority=1)
+        lines = drain(spool_dir)
+    finally:
+        free.touch()
+        holder.wait(10)
+    ran = [re.search(r"executing job (\S+):", line)[1] for line in lines if "executing job" in line]
+    assert ran == ["b-other", "h-best", "a-low", "c-low"]
+
+
 def test_a_log_is_kept_for_attempts_that_wrote_or_failed_only(spool, spool_dir, tmp_path, drain):
     """A file create is the dearest thing a job does on some disks: a silent success makes none.
     Its history keeps when it ran and how it ended."""
@@ -904,3 +935,4 @@ def test_a_job_leased_by_a_live_worker_on_another_host_is_not_recovered(spool, s
     [claim] = list(orphans(spool))
     claim.release()
     assert claim.job.id == "j"
+
