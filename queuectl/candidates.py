@@ -17,7 +17,7 @@ from .queues import take_slot
 from .spool import Spool
 
 CANDIDATES = 16  # jobs a worker takes from one index query (times its sibling workers)
-SPREAD = 8       # on a shared spool, claim in random order among this many best candidates
+SPREAD = 8       # on a shared spool, claim in random order among up to this many equal best candidates
 
 Candidate = tuple[str, JobState, str, int]  # id, state, queue, priority
 
@@ -48,11 +48,22 @@ def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lan
 
 
 def spread(found: list[Candidate]) -> None:
-    """Hosts that all take the best job first collide on it, and the fastest
-    lister wins most races: spread among the top few (shuffled in place)."""
-    head = found[-SPREAD:]
+    """Shuffle, in place, the best few of a list in pop order (best last) among themselves.
+
+    Hosts that all take the best job first collide on it, and the fastest lister
+    wins most races. Only jobs of the best priority are shuffled: a job of lower
+    priority tried first could take its queue's last slot (or the worker) while a
+    better one of the same queue waits.
+    """
+    if not found:
+        return
+    best = found[-1][3]
+    n = 0
+    while n < min(SPREAD, len(found)) and found[-1 - n][3] == best:
+        n += 1
+    head = found[len(found) - n:]
     random.shuffle(head)
-    found[-SPREAD:] = head
+    found[len(found) - n:] = head
 
 
 def without_queue(found: list[Candidate], queue: str) -> list[Candidate]:

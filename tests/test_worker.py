@@ -936,3 +936,33 @@ def test_a_job_leased_by_a_live_worker_on_another_host_is_not_recovered(spool, s
     claim.release()
     assert claim.job.id == "j"
 
+
+def test_a_shared_spool_spreads_claims_only_among_jobs_of_the_best_priority(spool_dir, tmp_path, monkeypatch):
+    """Hosts sharing a spool claim in random order among the best few candidates, so they do not all
+    collide on one job; a shuffle of the best 8 ignoring priority let a priority-0 job go before a
+    priority-5 one. Only equals are shuffled."""
+    import random
+    from queuectl.candidates import SPREAD, candidates
+    monkeypatch.setenv("QUEUECTL_SHARED", "1")
+    monkeypatch.setenv("QUEUECTL_INDEX", str(tmp_path / "index.db"))
+    s = Spool(str(spool_dir))
+    assert s.multihost
+    best = {f"best{i}" for i in range(3)}
+    for i in range(12):
+        add(s, id=f"low{i:02}", command="true")
+    for job_id in sorted(best):
+        add(s, id=job_id, command="true", priority=5)
+    orders = set()
+    for seed in range(40):
+        random.seed(seed)
+        found = [c[0] for c in candidates(s, None, set(), 0, 1)]
+        assert set(found[-3:]) == best, found
+        assert found[:-3] == [f"low{i:02}" for i in reversed(range(12))]
+        orders.add(tuple(found[-3:]))
+    assert len(orders) > 1  # still spread among the equals
+    for i in range(12, 12 + SPREAD):
+        add(s, id=f"low{i:02}", command="true")
+    random.seed(0)
+    lows = [c[0] for c in candidates(s, None, set(), 0, 1) if c[0].startswith("low")]
+    assert lows == sorted(lows, reverse=True)  # never shuffled: none of them is of the best priority
+    s.close()
