@@ -52,6 +52,13 @@ class Batch:
             self.edges[key] = deps
             self.named.update(d.lower() for d in deps)
 
+    def drop(self, job: Job) -> None:
+        """Take back a job added last (a batch that skips it: `enqueue --skip-invalid`)."""
+        key = job.id.lower()
+        self.ids.pop(key, None)
+        if self.edges.pop(key, None) is not None:
+            self.named = {d.lower() for deps in self.edges.values() for d in deps}
+
 
 def path_back(start: str, edges_of: Callable[[str], Iterable[str]]) -> list[str] | None:
     """A cycle through start as [start, ..., last] (last waits for start), or None.

@@ -198,9 +198,11 @@ class Spool:
         """Durably add one job to pending/. Writes nothing if it raises."""
         return self.enqueue_many([job])[0]
 
-    def enqueue_many(self, jobs: list[Job], chunk: int = ENQUEUE_CHUNK) -> list[Job]:
-        """Durably add jobs to pending/, all checked before any is written (see _enqueue_many)."""
-        return _enqueue_many(self, jobs, chunk)
+    def enqueue_many(self, jobs: list[Job], chunk: int = ENQUEUE_CHUNK, *,
+                     skip: Callable[[Job, InvalidJob], None] | None = None) -> list[Job]:
+        """Durably add jobs to pending/, all checked before any is written (see _enqueue_many);
+        with `skip`, one that cannot be added is handed to skip with the reason and left out."""
+        return _enqueue_many(self, jobs, chunk, skip)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -460,7 +462,8 @@ def _quarantine(spool: Spool, fd: int, source: JobState, job_id: str, e: Invalid
     spool.indexes.delete(job_id)
 
 
-def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
+def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int,
+                  skip: Callable[[Job, InvalidJob], None] | None = None) -> list[Job]:
     """Durably add jobs to pending/, all checked before any is written.
 
     Ids are unique ignoring case, which no no-clobber rename can enforce
@@ -471,7 +474,7 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
     """
     spool.index  # noqa: B018 - open it first: repairing it takes the same lock
     with spool.hot_lock():
-        _check_unique(spool, jobs)
+        jobs = _check_unique(spool, jobs, skip)
         done = 0
         for start in range(0, len(jobs), chunk):
             part = jobs[start:start + chunk]
@@ -494,22 +497,41 @@ def _enqueue_many(spool: Spool, jobs: list[Job], chunk: int) -> list[Job]:
     return jobs
 
 
-def _check_unique(spool: Spool, jobs: list[Job]) -> None:
+def _check_unique(spool: Spool, jobs: list[Job], skip: Callable[[Job, InvalidJob], None] | None) -> list[Job]:
+    """The jobs that can be added: each id new, each dependency there (or earlier in the batch), no cycle.
+    The first that cannot raises InvalidJob, or with `skip` is handed to it and left out (and so are the
+    jobs that wait for it)."""
     # For many jobs one listing of each state directory beats five stats a job.
     # This node's index knows other hosts' jobs only as of its last scan: on a shared spool the listing decides.
     bulk = len(jobs) > 16 or spool.multihost
     taken = spool.taken_ids() if bulk else {}
     seen = Batch()
+    out = []
     for job in jobs:
         key = job.id.lower()
-        if key in seen:
-            raise DuplicateJob(f"job {job.id} appears twice")
-        seen.add(job)
-        if not bulk:
-            spool.check_new_id(job.id)
-        elif key in taken:
-            raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
-        check_deps_exist(spool, job, seen)
+        try:
+            if key in seen:
+                raise DuplicateJob(f"job {job.id} appears twice")
+            if not bulk:
+                spool.check_new_id(job.id)
+            elif key in taken:
+                raise DuplicateJob(f"job {taken[key][1]} already exists (in {taken[key][0]}/)")
+        except InvalidJob as e:
+            if skip is None:
+                raise
+            skip(job, e)
+            continue
+        seen.add(job)  # before its own check: a job naming itself is a cycle, not a missing job
+        try:
+            check_deps_exist(spool, job, seen)
+        except InvalidJob as e:
+            if skip is None:
+                raise
+            seen.drop(job)
+            skip(job, e)
+            continue
+        out.append(job)
+    return out
 
 def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""

@@ -124,7 +124,7 @@ def job_specs(rng: random.Random, n: int, token: str, work: Path) -> list[dict]:
         if method == "lines":  # one --queue and --priority for the whole batch
             spec["queue"], spec["priority"] = line_queue, line_prio
         # not in a file: one record naming a parent `clean` removed fails the whole file
-        # (--skip-invalid does not skip it), and the batch's other jobs with it
+        # (the workload does not use --skip-invalid), and the batch's other jobs with it
         if method == "cli" and cli_ids and rng.random() < 0.5:
             spec["after"] = sorted(set(rng.sample(cli_ids[-12:], min(len(cli_ids[-12:]), rng.choice([1, 1, 2])))))
         if method in ("cli", "file") and rng.random() < 0.1:

@@ -283,6 +283,33 @@ def test_bulk_skip_invalid(run, job_file, ls):
     assert ls("pending") == ["ok1.json", "ok2.json"]
 
 
+def test_bulk_skip_invalid_skips_a_record_whose_after_names_no_job(run, job_file, ls):
+    """A record whose `after` names a job that does not exist (never was, or was cleaned), or whose
+    id is taken, is one bad record: --skip-invalid skips it (and the records waiting for it) and says
+    so, like any other; without the flag the whole file is refused."""
+    run("enqueue", "--id", "taken", "true")
+    text = "\n".join(json.dumps(r) for r in [
+        {"id": "ok1", "command": "echo 1"},
+        {"id": "orphan", "command": "echo 2", "after": ["gone"]},
+        {"id": "child", "command": "echo 3", "after": ["orphan"]},
+        {"id": "taken", "command": "echo 4"},
+        {"id": "ok2", "command": "echo 5", "after": ["ok1"]},
+    ]) + "\n"
+    r = run("enqueue", "--file", job_file(text))
+    assert (r.exit_code, r.stdout, r.stderr) == (1, "", "Error: after: no job gone\n")
+    assert ls("pending") == ["taken.json"]
+    r = run("enqueue", "--skip-invalid", "--file", job_file(text))
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "enqueued job ok1\nenqueued job ok2\n"
+    assert r.stderr.splitlines() == [
+        "skipped line 2: after: no job gone",
+        "skipped line 3: after: no job orphan",
+        "skipped line 4: job taken already exists (in pending/)",
+    ]
+    assert ls("pending") == ["ok1.json", "ok2.json", "taken.json"]
+    assert run("check").exit_code == 0
+
+
 def test_bulk_duplicate_of_existing_enqueues_none(run, job_file, ls):
     run("enqueue", "--id", "b", "true")
     r = run("enqueue", "--file", job_file('[{"id": "a", "command": "x"}, {"id": "b", "command": "y"}]'))

@@ -146,7 +146,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
         raise click.ClickException(f"the spool {spool.root} is read-only: copy it to add jobs "
                                    f"(cp -r {spool.root} /tmp/x && rm -f /tmp/x/.readonly)")
     cwd = os.path.abspath(cwd) if cwd else os.getcwd()
-    jobs, bad = [], []
+    jobs, bad, where_of = [], [], {}
     for where, spec in specs:
         try:
             if isinstance(spec, InvalidJob):
@@ -162,6 +162,7 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
                 from ..job import JobState
                 job.state = JobState.HELD
             jobs.append(job)
+            where_of[id(job)] = where
         except InvalidJob as e:
             bad.append(f"{where}: {e}" if len(specs) > 1 or command is None else str(e))
     if bad and (not skip_invalid or len(specs) == 1):
@@ -173,7 +174,11 @@ def enqueue(obj: Context, command, file, job_id, max_retries, timeout, priority,
                                    "(--skip-invalid enqueues the valid ones)")
     for line in bad:
         click.echo(f"skipped {line}", err=True)
-    spool.enqueue_many(jobs)
+
+    def skipped(job, e: InvalidJob) -> None:  # an id taken, or an `after` naming no job: this record only
+        click.echo(f"skipped {where_of[id(job)]}: {e}", err=True)
+
+    jobs = spool.enqueue_many(jobs, skip=skipped if skip_invalid and len(specs) > 1 else None)
     # A hint for a person at a terminal: cron mail and scripts' logs are spared it.
     if jobs and not quiet and not hold and sys.stderr.isatty():
         from ..queues import idle_reason
