@@ -37,6 +37,7 @@ WAITING = (JobState.PENDING, JobState.FAILED, JobState.HELD)
 CYCLE_SHARE = 0.02    # of a process's time, at most, spent looking for dependency cycles
 # spool -> (when this process last looked for cycles, what it cost): see _cancel_cycles
 _cycle_looks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_said_full: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # spools whose full disk `wait` reported
 
 # action -> (states it applies to, state it moves the job to)
 MOVES = {
@@ -447,7 +448,7 @@ class WaitResult:
 def wait_targets(spool: Spool, job_ids: list[str], label: str | None, all_: bool) -> list[str]:
     """The jobs to wait for: the named ones (JobNotFound for an unknown id), those
     with the label, and with all_ every job not final yet."""
-    spool.sync()
+    _sync_unless_full(spool)
     out: dict[str, None] = {}
     for job_id in job_ids:
         _state, path = spool.find(job_id)
@@ -480,15 +481,15 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
     finals = {s.value for s in FINAL}
     try:
         while True:
-            spool.sync()
-            resolve_dependencies(spool)  # with no worker running, a doomed dependent ends here
-            idx = spool.index
+            # With no worker running, a doomed dependent ends here. On a full disk the
+            # index cannot take the news: the files still tell each job's state.
+            idx = spool.index if _sync_unless_full(spool, resolve=True) else None
             states = {}
             for job_id in job_ids:
                 if job_id in final:
                     states[job_id] = final[job_id]
                     continue
-                row = idx.lookup(job_id)
+                row = idx.lookup(job_id) if idx is not None else None
                 states[job_id] = row.state.value if row is not None else _on_disk(spool, job_id)
                 if states[job_id] in finals:
                     final[job_id] = states[job_id]
@@ -504,6 +505,44 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
             watcher.wait(RESCAN if left is None else min(RESCAN, left))
     finally:
         watcher.stop()
+
+
+def _sync_unless_full(spool: Spool, *, resolve: bool = False) -> bool:
+    """spool.sync() (and with resolve, the dependency pass); False on a full disk.
+
+    `wait` only reads, and the files are the truth: on a full disk it says so
+    once and reads the job files until the index can be written again, rather
+    than exit 1, which would read as "a job ended dead or cancelled".
+    """
+    try:
+        spool.sync()
+        if resolve:
+            resolve_dependencies(spool)
+    except SpoolError as e:
+        if "no space left on device" not in str(e):
+            raise
+        if spool not in _said_full:
+            _said_full[spool] = True
+            log.warning("%s: waiting on, reading the job files until there is room", e)
+        return False
+    _said_full.pop(spool, None)
+    return True
+
+
+def wait_records(spool: Spool, result: WaitResult) -> list[dict]:
+    """`wait --json`: each job's record with the state its directory gave (a file moved by hand may say
+    another); read from the files if the index cannot be brought up to date (a full disk)."""
+    synced = _sync_unless_full(spool)
+    out = []
+    for job_id, state in result.states.items():
+        record = spool.index.record(job_id) if synced else None
+        if record is None and state != "missing":
+            try:
+                record = spool.show(job_id)[0].to_dict()
+            except (QueueError, OSError):
+                record = None
+        out.append({**(record or {"id": job_id}), "state": state})
+    return out
 
 
 def _on_disk(spool: Spool, job_id: str) -> str:

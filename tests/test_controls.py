@@ -811,6 +811,30 @@ def test_release_racing_an_admission_pass_and_a_claim_leaves_one_copy(spool_dir,
         s.close()
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_wait_on_a_full_disk_keeps_waiting_by_the_files(run, spool_dir, bg, monkeypatch, as_json):
+    """`wait` only reads: on a full disk (its index cannot take the news) it says so once and goes on
+    by the job files, and its exit status still means what the jobs did. It exited 1 with an
+    Error: line, which a script reads as "a job ended dead or cancelled"."""
+    from queuectl.errors import SpoolError
+
+    def full(self, **kw):
+        raise SpoolError("no space left on device while updating index.db (database or disk is full)")
+
+    enq(run, "--id", "a", "sleep 0.3")
+    monkeypatch.setattr(Spool, "sync", full)  # this process only: the worker below writes as usual
+    bg("worker", "start", "--burst")
+    r = run("wait", "--timeout", "60", "a", *(["--json"] if as_json else []))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == ("queuectl: no space left on device while updating index.db (database or disk is full): "
+                        "waiting on, reading the job files until there is room\n")
+    if as_json:
+        [record] = json.loads(r.stdout)
+        assert (record["id"], record["state"], record["command"]) == ("a", "completed", "sleep 0.3")
+    else:
+        assert r.stdout.startswith("1 job final after ") and r.stdout.endswith(": 1 completed, 0 dead, 0 cancelled\n")
+
+
 def test_wait_all(run, spool_dir):
     enq(run, "--id", "a", "echo a")
     enq(run, "--id", "b", "echo b")

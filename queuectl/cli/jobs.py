@@ -215,7 +215,7 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
       queuectl wait --label batch1 --timeout 600
       queuectl worker start --detach; queuectl wait --all
     """
-    from ..controls import wait_for, wait_targets
+    from ..controls import wait_for, wait_records, wait_targets
     if not job_ids and label is None and not all_:
         raise click.UsageError("give job IDs, --label or --all")
     spool = obj.spool
@@ -241,9 +241,7 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
         click.echo("nothing to wait for")
         return
     if as_json:
-        spool.sync()
-        # The state of the directory it is in (a file moved by hand may still say another).
-        dump([{**(spool.index.record(i) or {"id": i}), "state": result.states[i]} for i in ids])
+        dump(wait_records(spool, result))
     else:
         click.echo(_summary(result, ids))
     if result.timed_out:
