@@ -18,7 +18,7 @@ from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
 from .indexsync import sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
 from .fsio import (SpoolLock, atomic_write, close_quietly, db_ino, looking_again, no_lock, fsync_dir, lock_file,
-                   read_fd, read_nofollow, rename_noreplace, space_error, syncfs, unlink_quietly, write_tmp)
+                   read_fd, read_nofollow, rename_noreplace, space_error, syncfs, unlink_quietly, write_tmp, SpareFile)
 from .hosts import (ExclSpoolLock, dropped, fs_type, index_store, is_network_fs, locks_cross, lost_claim, move_on,
                     read_settled, setting)
 from .index import Index, row_values
@@ -79,6 +79,7 @@ class Spool:
         self.index_path = index_path or os.environ.get("QUEUECTL_INDEX") or None  # None: hosts.index_store picks
         self._defer = worker
         self._indexes: IndexStore | None = None
+        self.spare = SpareFile(self.path("tmp"))  # a worker's next record file, made while a command runs
 
     @property
     def shared_mode(self) -> bool:
@@ -155,6 +156,7 @@ class Spool:
         self.indexes.flush()
 
     def close(self) -> None:
+        self.spare.drop()
         if self._indexes is not None:
             self._indexes.close()
 
@@ -349,7 +351,7 @@ class Spool:
             claim.release()
             return dropped(job.id, lost)
         data = job.to_json()
-        tmp, fd = write_tmp(self.path("tmp"), data, durable=durable, mtime=mtime, keep_open=True)
+        tmp, fd = self.spare.write(data, durable=durable, mtime=mtime)  # open: locked before its rename
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(tmp, cur)

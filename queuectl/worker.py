@@ -352,6 +352,7 @@ class Worker:
         if self.ticks > 1:
             self.hb.beat()
             return
+        self.spool.spare.drop()  # a long job gains nothing from it, and `check` would call it a leftover
         # Short jobs skip these writes; the index then briefly shows them as
         # pending, which the next sync corrects.
         self.output.publish()
@@ -403,6 +404,7 @@ class Worker:
             run.proc = spawn(job.command, log_fd=self.output.command_fd(run.log_fd), stdin_fd=self.devnull,
                              cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
             self.job_pid = run.proc.pid
+            self.spool.spare.make()  # the record's file, made now: otherwise the worker only waits
             if (request := kill_request(self.spool, job.id, run.attempt, take=False)) is not None:
                 killpg(run.proc.pid, signal.Signals[request.get("signal", "SIGTERM")])  # asked before it started
         except NotStarted as e:

@@ -966,3 +966,35 @@ def test_a_shared_spool_spreads_claims_only_among_jobs_of_the_best_priority(spoo
     lows = [c[0] for c in candidates(s, None, set(), 0, 1) if c[0].startswith("low")]
     assert lows == sorted(lows, reverse=True)  # never shuffled: none of them is of the best priority
     s.close()
+
+
+# -- the record's file, created while the command runs ---------------------------------------------
+
+
+def test_a_record_is_written_into_the_file_made_ahead_and_leaves_no_scratch_file(spool, spool_dir):
+    job = add(spool, command="true")
+    claim = spool.claim(job.id, JobState.PENDING)
+    spool.spare.make()
+    path, _fd = spool.spare.file
+    ino = os.stat(path).st_ino
+    assert os.path.getsize(path) == 0
+    claim.job.state = JobState.COMPLETED
+    assert spool.record(claim, claim.job)
+    assert os.stat(spool_dir / "done" / f"{job.id}.json").st_ino == ino  # the spare, not a new file
+    assert spool.read_job(str(spool_dir / "done" / f"{job.id}.json")).state is JobState.COMPLETED
+    assert os.listdir(spool_dir / "tmp") == []
+    spool.spare.make()
+    spool.close()  # a spare never outlives its spool
+    assert os.listdir(spool_dir / "tmp") == []
+
+
+def test_a_drain_leaves_tmp_empty_and_a_long_job_keeps_no_spare_while_it_runs(spool, spool_dir, drain):
+    for _ in range(5):
+        add(spool, command="true")
+    add(spool, command=f"sleep 1; ls -A {spool_dir / 'tmp'} > {spool_dir / 'seen'}")
+    drain(spool_dir)
+    spool.sync()
+    assert spool.index.counts()["completed"] == 6
+    # `check` would take a scratch file kept for the whole of a long job for a leftover
+    assert (spool_dir / "seen").read_text() == ""
+    assert os.listdir(spool_dir / "tmp") == []
