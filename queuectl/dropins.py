@@ -18,8 +18,8 @@ from typing import Any, ContextManager, NamedTuple, Protocol
 
 from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .fsio import (atomic_write, close_quietly, db_ino, lock_file, nlink, open_nofollow, read_fd, rename_noreplace, syncfs,
-                   unlink_quietly, unreachable, write_tmp)
+from .fsio import (atomic_write, close_quietly, db_ino, lock_file, nlink, open_nofollow, read_fd, rename_noreplace,
+                   syncfs, unlink_quietly, unreachable, write_tmp)
 from .config import Config
 from .deps import Batch, check_no_cycle
 from .index import row_values
