@@ -207,7 +207,8 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
     Exit status: 0 when all completed, 1 when one ended dead or cancelled, 2
     on --timeout, 130 on Ctrl-C. On a terminal a progress bar shows done/total, failures,
     elapsed time and ETA; otherwise one summary line is printed at the end.
-    Needs no running worker: it only watches the spool.
+    Needs no running worker: it only watches the spool (on a full disk too:
+    it says so once and reads the job files until there is room).
 
     \b
     Examples:
