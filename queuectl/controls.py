@@ -301,7 +301,7 @@ def _cycle_on_disk(spool: Spool, cycle: list[str]) -> bool:
 
 def list_fields(record: dict, waits: list[tuple[str, str, bool]] | None) -> dict:
     """What `list` adds to a record: the last attempt's run time, and the jobs it still waits for."""
-    from .index import timing
+    from .rowfields import timing
     state = JobState.parse(record.get("state", "pending"))
     history = record.get("history")
     duration = timing(history, state)[2] if isinstance(history, list) else None

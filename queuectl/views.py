@@ -17,7 +17,7 @@ import time
 from . import lazylog
 from .errors import InvalidJob, JobNotFound
 from .fsio import read_nofollow
-from .index import parse_tags
+from .rowfields import parse_tags
 from .job import DEFAULT_QUEUE, JobState, check_id, parse_time
 from .metrics import is_paused, snapshot, throughput
 from .registry import CLAIM_RECORD, read_workers

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from queuectl.registry import node_name, proc_start
 
-from queuectl.index import timing
+from queuectl.rowfields import timing
 from queuectl.job import JobState, parse_time
 
 
