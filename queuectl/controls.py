@@ -19,13 +19,14 @@ from typing import Callable
 from . import lazylog
 from .deps import WAITING as WAITING_STATES, cycles, describe
 from .errors import InvalidJob, JobNotFound, QueueError, SpoolError, WrongState
-from .fsio import (close_quietly, db_ino, fsync_dir, lock_file, read_fd, space_error, unlink_quietly,
+from .fsio import (close_quietly, fsync_dir, lock_file, read_fd, space_error, unlink_quietly,
                    write_tmp)
 from .index import row_values
 from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
 from .recovery import kill_path
 from .registry import hostname, pid_alive, processes_with_env, read_workers
 from .spool import Spool
+from .stamps import placed_stamp
 
 log = lazylog.get("queuectl.controls")
 
@@ -128,7 +129,7 @@ def _rewrite(spool: Spool, job: Job, path: str, state: JobState) -> None:
     except OSError as e:
         unlink_quietly(tmp)
         raise space_error(e, f"writing job {job.id}") from None
-    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), db_ino(ino)))
+    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), placed_stamp(path, ino, state)))
 
 
 def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -> Job:

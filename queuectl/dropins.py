@@ -18,13 +18,14 @@ from typing import Any, ContextManager, NamedTuple, Protocol
 
 from . import lazylog
 from .errors import DuplicateJob, InvalidJob, JobNotFound
-from .fsio import (atomic_write, close_quietly, db_ino, lock_file, nlink, open_nofollow, read_fd, rename_noreplace,
+from .fsio import (atomic_write, close_quietly, lock_file, nlink, open_nofollow, read_fd, rename_noreplace,
                    syncfs, unlink_quietly, unreachable, write_tmp)
 from .config import Config
 from .deps import Batch, check_no_cycle
 from .index import row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
+from .stamps import placed_stamp, stamp_of
 
 log = lazylog.get("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
@@ -92,7 +93,7 @@ class _Admitted(NamedTuple):
     data: bytes | None
     src: str
     dest: str
-    ino: int | None = None  # of src, when it is kept as it is
+    stamp: int | None = None  # of src, when it is kept as it is (taken before it was read)
     read_ino: int | None = None  # of the src file read: replaced in place only while it still is
 
 
@@ -175,7 +176,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
         syncfs(spool.path("tmp"))
         rows = []
         for a, tmp in zip(batch, tmps):
-            ino = db_ino(a.ino if tmp is None else os.stat(tmp).st_ino)  # the file the index row now stands for
+            ino = None if tmp is None else os.stat(tmp).st_ino  # the file the index row now stands for
             if tmp is not None:
                 if a.src == a.dest:
                     if not _replace_read_file(tmp, a.src, a.read_ino):
@@ -189,7 +190,8 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
                         unlink_quietly(tmp)
                         continue  # someone took the id meanwhile; the drop-in stays for the next pass
                     unlink_quietly(a.src)
-            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), ino))
+            stamp = a.stamp if ino is None else placed_stamp(a.dest, ino, JobState.PENDING)
+            rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), stamp))
             report.accepted.append(a.job.id)
     except BaseException:
         for tmp in tmps:
@@ -310,7 +312,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
         job = Job.from_record(spec)
         _check_id_free(spool, job.id, src, taken, on_disk)
         if job.state is JobState.PENDING and "max_retries" in spec:
-            return _Admitted(job, None, src, src, st.st_ino)
+            return _Admitted(job, None, src, src, stamp_of(fst))
         if "max_retries" not in spec:
             job.max_retries = spool.config.max_retries
         job.state, job.next_run_at = JobState.PENDING, None

@@ -19,9 +19,9 @@ from .rowfields import tags_of, timing
 
 # 4: timing columns (started, finished, run_seconds, waited, runs) and tags for
 # metrics and the dashboard; 5: ino, and the deps table (issue 11); 6: the queue
-# column (named queues, issue 12); 7: the removed table (counters.py, issue 21).
-# A different version is rebuilt from the directories.
-SCHEMA_VERSION = 7
+# column (named queues, issue 12); 7: the removed table (counters.py, issue 21); 8: stamp
+# replaces ino. A different version is rebuilt from the directories.
+SCHEMA_VERSION = 8
 # Long enough to ride out a big reconcile in another process; every
 # transaction here is short otherwise.
 BUSY_TIMEOUT_MS = 60_000
@@ -46,10 +46,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     waited      REAL,              -- started - created: time spent queued
     runs        INTEGER NOT NULL DEFAULT 0, -- counted attempts, across dlq retries
     tags        TEXT,              -- queue and labels a spec gave (see tags_of), or NULL
-    -- The inode of the file this row was read from (NULL: not known). A sync
-    -- that lists a different inode under the same name in pending/ reads the
-    -- file again: a hand edit written to tmp/ and moved over the old file.
-    ino         INTEGER,
+    -- Which file this row was read from (indexsync.py): in the waiting and running
+    -- directories a hash of its inode, size, mtime and ctime (0: too fresh to
+    -- tell, read it again), in the final ones its inode; NULL: not known.
+    stamp       INTEGER,
     queue       TEXT NOT NULL DEFAULT 'default'  -- the job's queue: workers filter on it
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, created, id);
@@ -128,7 +128,7 @@ class Row(NamedTuple):
     last_error: str | None
 
 
-def row_values(job: Job, state: JobState, record: str | None = None, ino: int | None = None) -> tuple:
+def row_values(job: Job, state: JobState, record: str | None = None, stamp: int | None = None) -> tuple:
     if record is None:
         record = json.dumps(job.to_dict(), ensure_ascii=False)
     created = job.created_ts
@@ -138,14 +138,14 @@ def row_values(job: Job, state: JobState, record: str | None = None, ino: int | 
             job.attempts, job.max_retries, job.last_error, record,
             started, finished, run_seconds, waited, runs,
             tags_of({**job.extra, **({"labels": job.labels} if job.labels else {}),
-                     **({"queue": job.queue} if job.queue != DEFAULT_QUEUE else {})}), ino, job.queue)
+                     **({"queue": job.queue} if job.queue != DEFAULT_QUEUE else {})}), job.queue, stamp)
 
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the
 # delete trigger, which would skew the counts table.
 _UPSERT = """INSERT INTO jobs
     (id, state, command, priority, created, run_at, attempts, max_retries, last_error, record,
-     started, finished, run_seconds, waited, runs, tags, ino, queue)
+     started, finished, run_seconds, waited, runs, tags, queue, stamp)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET id = excluded.id, state = excluded.state,
         command = excluded.command, priority = excluded.priority, created = excluded.created,
@@ -153,7 +153,7 @@ _UPSERT = """INSERT INTO jobs
         last_error = excluded.last_error, record = excluded.record,
         started = excluded.started, finished = excluded.finished,
         run_seconds = excluded.run_seconds, waited = excluded.waited, runs = excluded.runs,
-        tags = excluded.tags, ino = excluded.ino, queue = excluded.queue"""
+        tags = excluded.tags, stamp = excluded.stamp, queue = excluded.queue"""
 
 # A new job's first row: a worker that saw the file before its enqueuer wrote
 # this (and indexed it, ran it, recorded it) has the newer row.
@@ -226,12 +226,12 @@ class Index:
     # -- writes -----------------------------------------------------------
 
     def upsert(self, job: Job, state: JobState | None = None, record: str | None = None,
-               ino: int | None = None) -> None:
+               stamp: int | None = None) -> None:
         """Record a job as being in `state` (default: its own state field).
 
         `record` is the job's JSON when the caller already has it serialized.
         """
-        self.db.execute(_UPSERT, row_values(job, state or job.state, record, ino))
+        self.db.execute(_UPSERT, row_values(job, state or job.state, record, stamp))
 
     def upsert_many(self, jobs: Iterable[tuple[Job, JobState]]) -> None:
         self.db.executemany(_UPSERT, (row_values(j, s) for j, s in jobs))
@@ -277,9 +277,16 @@ class Index:
     def ids_in(self, state: JobState) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = ?", (state.value,))}
 
-    def inodes_in(self, state: JobState) -> dict[str, int | None]:
-        """id -> the inode its row was read from (None: unknown), for one state."""
-        return dict(self.db.execute("SELECT id, ino FROM jobs WHERE state = ?", (state.value,)))
+    def stamps_in(self, state: JobState) -> dict[str, int | None]:
+        """id -> the stamp of the file its row was read from (None: unknown), for one state."""
+        return dict(self.db.execute("SELECT id, stamp FROM jobs WHERE state = ?", (state.value,)))
+
+    def set_stamp(self, job_id: str, stamp: int | None) -> None:
+        self.db.execute("UPDATE jobs SET stamp = ? WHERE id = ?", (stamp, job_id))
+
+    def record_text(self, job_id: str) -> str | None:
+        r = self.db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return r[0] if r else None
 
     def ids_labelled(self, label: str) -> set[str]:
         return {r[0] for r in self.db.execute(
@@ -337,8 +344,8 @@ class Index:
         return Row(r[0], JobState(r[1]), *r[2:]) if r else None
 
     def record(self, job_id: str) -> dict | None:
-        r = self.db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return json.loads(r[0]) if r else None
+        text = self.record_text(job_id)
+        return None if text is None else json.loads(text)
 
     def records(self, state: JobState | None = None, limit: int | None = None,
                 queue: str | None = None) -> Iterator[dict]:

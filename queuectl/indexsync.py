@@ -1,7 +1,20 @@
-"""The index's sync with one state directory: rows for new files, rows of files that are
-gone or moved elsewhere dropped or followed, and in pending/ the names admission must read
-(drop-ins, and known files that were replaced). Spool.sync runs it for each directory whose
-mtime moved."""
+"""The index's sync with one state directory: new, gone, moved and replaced files.
+
+Rows of files that are gone are dropped, or followed where they moved; files new or
+replaced under a known name are read, or in pending/ handed to admission. Spool.sync runs
+it for each directory whose mtime moved.
+
+Which file a row was read from is its stamp. An inode number alone does not say: a file
+replaced twice between two scans (two hand edits, or deleted and written again) may get the
+number back that the first one freed, and a file edited in place keeps it. The stamp is a
+hash of (inode, size, mtime, ctime): ctime changes with every write and rename, and nobody
+can set it. Two files can still share all four if both were made within one tick of the
+filesystem's clock, so a stamp taken less than RACY_NS after the file's ctime is UNSURE, and
+the next sync reads that file again (git's "racily clean" entries). That costs one lstat a
+file of the waiting and running directories, on listings only (an unchanged directory is
+not listed); done/, dead/ and cancelled/, which can hold 200,000 files, compare the inode
+number the listing gives for free.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +23,18 @@ import time
 
 from .dropins import SpoolView, SyncReport, is_ignored
 from .errors import InvalidJob
-from .fsio import db_ino
+from .fsio import close_quietly, db_ino, open_nofollow, read_fd
 from .index import Index
-from .job import JobState
+from .job import Job, JobState
+from .stamps import STAMPED, UNSURE, stamp_of
+
+
+def _stamped_read(spool: SpoolView, state: JobState, path: str, ino: int | None = None) -> tuple[Job, int]:
+    """(job, stamp) of a file a sync reads: stat before read, so a change after the stat
+    leaves a stamp that no longer matches (and the next sync reads the file again)."""
+    st = os.lstat(path)
+    job = spool.read_job(path)
+    return job, stamp_of(st) if state in STAMPED else db_ino(st.st_ino if ino is None else ino)
 
 
 # Where a job that left a directory most likely went, looked at in this order.
@@ -40,7 +62,8 @@ def moved_on(spool: SpoolView, idx: Index, state: JobState, ids: set[str]) -> se
             try:
                 if other is JobState.PENDING:
                     raise FileNotFoundError(path)
-                idx.upsert(spool.read_job(path), other)
+                job, stamp = _stamped_read(spool, other, path)
+                idx.upsert(job, other, stamp=stamp)
             except (OSError, InvalidJob):
                 idx.set_dirmark(other.dirname, 0, 0)
             break
@@ -54,29 +77,83 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
     checked = time.time_ns()
     mtime = os.stat(spool.path(d)).st_mtime_ns
     with os.scandir(spool.path(d)) as it:
-        inodes = {e.name: db_ino(e.inode()) for e in it}  # d_ino: free with the listing (as the index holds it)
-    names = list(inodes)
-    on_disk = {n[:-5] for n in names if n.endswith(".json") and not is_ignored(n)}
-    known = idx.inodes_in(state)
+        inodes = {e.name: e.inode() for e in it}  # d_ino: free with the listing
+    others = [n for n in inodes if not is_ignored(n)]  # the names of job files, and drop-ins' names
+    on_disk = {n[:-5] for n in others if n.endswith(".json")}
+    known = idx.stamps_in(state)
     gone = known.keys() - on_disk
     if gone:
         gone -= moved_on(spool, idx, state, gone)
     if gone:
         idx.delete(gone, state)
         report.removed += len(gone)
+    if state in STAMPED:
+        replaced = _replaced(spool, idx, state, known, on_disk & known.keys())
+    else:  # a row of a worker's (no stamp) is known by its name
+        replaced = {i for i in on_disk & known.keys()
+                    if known[i] is not None and known[i] != db_ino(inodes[i + ".json"])}
     dropins = None
     if state is JobState.PENDING and not spool.readonly:
-        # A known name whose inode is not the one indexed was replaced (a hand
-        # edit moved over it, `queuectl priority`): admit it again, like a drop-in.
-        dropins = [n for n in names if not is_ignored(n)
-                   and not (n.endswith(".json") and known.get(n[:-5], -1) == inodes[n])]
+        # A known name whose file is not the one indexed was replaced (a hand edit moved
+        # over it or written in place, `queuectl priority`): admit it again, like a drop-in.
+        kept = known.keys() - replaced
+        dropins = [n for n in others if not (n.endswith(".json") and n[:-5] in kept)]
     else:
-        for job_id in on_disk - known.keys():
+        for job_id in (on_disk - known.keys()) | replaced:
+            path = spool.path(d, job_id + ".json")
             try:
-                job = spool.read_job(spool.path(d, job_id + ".json"))
+                job, stamp = _stamped_read(spool, state, path, inodes[job_id + ".json"])
             except (OSError, InvalidJob):
                 continue  # `check` reports it; a worker never claims from here
-            idx.upsert(job, state)
-            report.added += 1
+            idx.upsert(job, state, stamp=stamp)
+            report.added += job_id not in known
     idx.set_dirmark(d, mtime, checked)
     return dropins
+
+
+def _replaced(spool: SpoolView, idx: Index, state: JobState, known: dict[str, int | None],
+              ids: set[str]) -> set[str]:
+    """The ids, among rows of a waiting or running directory, whose file is not the one the
+    row was read from. A row without a stamp is a worker's, known by its name, except in
+    pending/, where such a row (and an UNSURE one) is checked against the file's bytes."""
+    out = set()
+    pending = state is JobState.PENDING
+    now, stat = time.time_ns(), os.stat
+    fd = os.open(spool.path(state.dirname), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for job_id in ids:  # the hot loop of a listing: one lstat a file (3 us), little else
+            old = known[job_id]
+            if old is None and not pending:
+                continue
+            try:
+                new = stamp_of(stat(job_id + ".json", dir_fd=fd, follow_symlinks=False), now)
+            except FileNotFoundError:
+                continue  # gone since the listing: the next sync's
+            if new == old and new != UNSURE:
+                continue
+            if pending and old in (None, UNSURE) and _same_bytes(spool, idx, job_id):
+                # The row's own bytes (enqueue, `priority`): no admission needed. Once
+                # the stamp is sure, the next sync trusts it without reading.
+                if new != old:
+                    idx.set_stamp(job_id, new)
+                continue
+            out.add(job_id)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _same_bytes(spool: SpoolView, idx: Index, job_id: str) -> bool:
+    """Is pending/ID.json byte for byte the record its row holds?"""
+    record = idx.record_text(job_id)
+    try:
+        fd = open_nofollow(spool.job_path(JobState.PENDING, job_id))
+    except OSError:
+        return False
+    try:
+        data = read_fd(fd, spool.config.max_job_size + 1)
+    except OSError:
+        return False
+    finally:
+        close_quietly(fd)
+    return record is not None and data == record.encode("utf-8")

@@ -17,7 +17,7 @@ from .deps import Batch
 from .dropins import SyncReport, accept, check_deps_exist, is_ignored, reject
 from .indexsync import sync_dir
 from .errors import DuplicateJob, InvalidJob, JobNotFound, SpoolError
-from .fsio import (SpoolLock, atomic_write, close_quietly, db_ino, looking_again, no_lock, fsync_dir, lock_file,
+from .fsio import (SpoolLock, atomic_write, close_quietly, looking_again, no_lock, fsync_dir, lock_file,
                    read_fd, read_nofollow, rename_noreplace, space_error, syncfs, unlink_quietly, write_tmp, SpareFile)
 from .hosts import (ExclSpoolLock, dropped, fs_type, index_store, is_network_fs, locks_cross, lost_claim, move_on,
                     read_settled, setting)
@@ -25,11 +25,10 @@ from .index import Index, row_values
 from .layout import STATE_DIRS, SUBDIRS, create_spool, default_spool, unsafe_dirs  # noqa: F401 (re-exported)
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
+from .stamps import RACY_NS, UNSURE, placed_stamp
 
-# A directory's mtime within this many nanoseconds of its listing may hide a
-# change made in the same clock tick (git's "racy" problem), so such a listing
-# is not trusted on the next look.
-RACY_NS = 1_000_000_000
+# A directory's mtime within RACY_NS of its listing may hide a change made in the
+# same clock tick (git's "racy" problem), so such a listing is not trusted on the next look.
 ENQUEUE_CHUNK = 4096  # jobs made durable by one syncfs in a bulk enqueue
 
 
@@ -538,14 +537,15 @@ def _check_unique(spool: Spool, jobs: list[Job], skip: Callable[[Job, InvalidJob
 def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
     """Write, sync and place one chunk; its index rows. _PartlyPlaced says how far it got."""
     tmps: list[str] = []
+    inos: list[int] = []
     rows: list[tuple] = []
     placed = 0
     try:
         for job in part:
             data = job.to_json()
             tmps.append(write_tmp(spool.path("tmp"), data, durable=len(part) == 1)[0])
-            # The inode, so the next sync knows the file as the one it placed.
-            rows.append(row_values(job, job.state, data.decode("utf-8"), db_ino(os.stat(tmps[-1]).st_ino)))
+            inos.append(os.stat(tmps[-1]).st_ino)
+            rows.append(row_values(job, job.state, data.decode("utf-8"), UNSURE))
         if len(part) > 1:
             syncfs(spool.path("tmp"))
         for job, tmp in zip(part, tmps):
@@ -555,7 +555,10 @@ def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
         for tmp in tmps[placed:]:
             unlink_quietly(tmp)
         raise _PartlyPlaced(e, placed, rows) from None
-    return rows
+    # Stamped once the chunk is placed, so the next sync knows each file as the one placed
+    # here: the files placed over a second before are sure already, not read again.
+    return [row[:-1] + (placed_stamp(spool.job_path(job.state, job.id), ino, job.state),)
+            for row, job, ino in zip(rows, part, inos)]
 
 def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:
     """Move tmp to dest unless dest exists (a concurrent enqueue of the same id).

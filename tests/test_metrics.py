@@ -148,7 +148,7 @@ def test_an_index_of_the_old_schema_is_rebuilt(run, ran, spool_dir):
     db.close()
     r = run("metrics")
     assert r.exit_code == 0
-    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 7)")
+    assert r.stderr.startswith("queuectl: index.db was corrupt (schema version 3, this queuectl uses 8)")
     fams = families(r.stdout)
     assert value(fams, "queuectl_jobs", queue="default", state="completed") == 2
     assert value(fams, "queuectl_job_run_seconds", "queuectl_job_run_seconds_count") == 3

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,13 +58,20 @@ def once(monkeypatch, module, name, fail, *, when=lambda *a: True):
 
 def test_inode_numbers_past_2_63_fit_the_index(spool):
     """GlusterFS numbers every inode >= 2**63: SQLite's INTEGER is signed 64-bit. (The same on real
-    GlusterFS mounts: test_enqueue_status_and_a_worker_on_glusterfs.)"""
+    GlusterFS mounts: test_enqueue_status_and_a_worker_on_glusterfs.) A stamp hashes the inode with
+    times that a hand edit can put past 2**63 ns (year 2262) too."""
     from queuectl.index import row_values
+    from queuectl.stamps import stamp_of
     job = spool.enqueue(spool.new_job({"command": "true", "id": "big"}))
-    for ino in (2**64 - 1, 2**63, 2**63 - 1, 1):
-        spool.indexes.upsert(row_values(job, JobState.PENDING, None, fsio.db_ino(ino)))
+    far = 10**20  # year 5138, in ns
+    stamps = [fsio.db_ino(2**64 - 1), fsio.db_ino(2**63), 2**63 - 1, 1]
+    for ino in (2**64 - 1, 2**63):
+        st = SimpleNamespace(st_ino=ino, st_size=2**62, st_mtime_ns=far, st_ctime_ns=far)
+        stamps.append(stamp_of(st, now_ns=far + 2 * 10**9))
+    for stamp in stamps:
+        spool.indexes.upsert(row_values(job, JobState.PENDING, None, stamp))
         spool.flush_index()
-        assert spool.index.inodes_in(JobState.PENDING)["big"] == fsio.db_ino(ino)
+        assert spool.index.stamps_in(JobState.PENDING)["big"] == stamp
     assert {fsio.db_ino(2**64 - 1), fsio.db_ino(2**63)} == {-1, -(2**63)}
 
 
@@ -145,8 +153,8 @@ def test_a_short_read_of_a_rewritten_pending_file_is_not_rejected_until_it_stays
     """`queuectl priority` on another host replaces pending/ID.json; a short read here is no bad file."""
     shared.enqueue(shared.new_job({"command": "true", "id": "p1"}))
     path = spool_dir / "pending" / "p1.json"
-    (spool_dir / "tmp" / "new").write_text(path.read_text())
-    os.rename(spool_dir / "tmp" / "new", path)  # a new inode: admitted again, as after a rewrite elsewhere
+    (spool_dir / "tmp" / "new").write_text(path.read_text().replace('"priority": 0', '"priority": 5'))
+    os.rename(spool_dir / "tmp" / "new", path)  # another file: admitted again, as after a rewrite elsewhere
     old = time.time() - 3600
     os.utime(path, (old, old))  # the cached mtime is no guide either
     monkeypatch.setattr(dropins, "read_fd", lambda fd, limit=None: fsio.read_fd(fd, limit)[:20])
