@@ -52,7 +52,7 @@ def test_clean_spool_says_ok_and_exits_0(run, spool):
     assert r.exit_code == 0
     assert r.stdout == f"ok: no problems in {spool}\n"
     code, doc = _problems(run)
-    assert code == 0 and doc == {"spool": str(spool), "ok": True, "problems": []}
+    assert code == 0 and doc == {"spool": str(spool), "ok": True, "problems": [], "warnings": []}
 
 
 def test_brand_new_spool_is_clean(run, spool_dir):

@@ -422,10 +422,18 @@ def test_queue_limits_hold_across_hosts_where_locks_do_and_say_so_where_they_do_
         assert p.wait(120) == 0
     assert len(done_ids(c, hosts.name)) == n
     said = [line for log in hosts.logs for line in log.read_text().splitlines() if "hold per host" in line]
+    # `check` says it too, on a line of its own and in --json, and exits 0 for it (nothing to repair)
+    r = hosts.cli(1, "check")
+    warned = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
+    report = json.loads(hosts.cli(1, "check", "--json").stdout)
     if c.kind == "sshfs":
         assert said and "queue concurrency limits hold per host on fuse.sshfs" in said[0], said
+        assert warned == ["warning: queue concurrency limits hold per host on fuse.sshfs: its locks do not reach "
+                          "other hosts, so N hosts may run up to N x the limit"], r.stdout
+        assert r.returncode == 0 and r.stdout.endswith("ok: no problems in " + str(c.spool(1, hosts.name)) + "\n")
+        assert report["warnings"] == [w[len("warning: "):] for w in warned] and report["ok"] is True
         return
-    assert said == []
+    assert said == [] and warned == [] and report["warnings"] == [], (r.stdout, report)
     iv = sorted((float((spans / f"q{i}.a").read_text()), float((spans / f"q{i}.b").read_text())) for i in range(n))
     overlaps = [(a, b) for a, b in zip(iv, iv[1:]) if b[0] < a[1]]
     assert overlaps == [], overlaps
@@ -452,6 +460,20 @@ def test_a_host_whose_clock_is_off_says_so(hosts, tmp_path):
     assert re.search(r"this host's clock is [567]\.\d+s behind the file server's, over clock_skew \(1s\)", text), text
     r = hosts.cli(0, "worker", "start", "--shared", "--burst")
     assert r.returncode == 0 and "this host's clock" not in r.stdout + r.stderr, (r.stdout, r.stderr)
+    # `check` on the skewed host says so in one line, and in --json; on the others not a word
+    skewed = {}
+    for fmt in ((), ("--json",)):
+        out = subprocess.run([sys.executable, "-m", "queuectl", "--spool", str(c.spool(1, hosts.name)), "check", *fmt],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stderr == "", (out.stdout, out.stderr)
+        skewed[fmt] = out.stdout
+    said = [line for line in skewed[()].splitlines() if line.startswith("warning: ")]
+    assert len(said) == 1 and re.fullmatch(r"warning: this host's clock is [567]\.\ds behind the file server's, "
+                                           r"over clock_skew \(1s\): .*; fix the clock \(NTP\)", said[0]), skewed
+    warned = json.loads(skewed[("--json",)])["warnings"]
+    assert len(warned) == 1 and re.match(r"this host's clock is [567]\.\ds behind", warned[0]), warned
+    r = hosts.cli(0, "check", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["warnings"] == [], r.stdout
 
 
 def test_retries_claimed_by_another_host_are_never_lost_to_rejected(hosts):

@@ -411,14 +411,17 @@ def reindex(obj: Context, as_json):
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix (never deletes a job).")
 @click.option("--allow-shared-spool", is_flag=True, help="Do not report a group-writable spool.")
-@json_option("Print {spool, ok, problems} as JSON.")
+@json_option("Print {spool, ok, problems, warnings} as JSON.")
 @pass_ctx
 def check(obj: Context, repair, allow_shared_spool, as_json):
     """Verify the spool, one line per problem; exit 1 if any (with --repair: if any is left).
 
     Checks: ids in two directories, state fields that disagree with their
     directory, stale tmp/ files, index rows vs files, processing/ jobs with no
-    live worker, unexpected files, permissions.
+    live worker, unexpected files, permissions. On a spool other hosts share,
+    a `warning:` line (exit status unchanged) says what this host's setup
+    breaks: a clock off the file server's by more than clock_skew, queue
+    limits that hold per host where locks do not reach other hosts (sshfs).
 
     \b
     Examples:
@@ -426,19 +429,25 @@ def check(obj: Context, repair, allow_shared_spool, as_json):
       queuectl check --repair
     """
     from ..check import check as check_, readonly_note
+    from ..hosts import shared_mode_warnings
     problems = check_(obj.spool, repair=repair, allow_shared=allow_shared_spool)
     left = [p for p in problems if not p.repaired]
+    # Not problems of the spool (nothing to repair there), but what start-up warns of too.
+    warnings = shared_mode_warnings(obj.spool) if obj.spool.multihost else []
     note = readonly_note(obj.spool)
     if note and not as_json:
         click.echo(f"note: this spool is read-only (.readonly): {note}")
     if as_json:
-        dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems]})
-    elif not problems:
-        click.echo(f"ok: no problems in {obj.spool.root}")
+        dump({"spool": obj.spool.root, "ok": not left, "problems": [p.to_dict() for p in problems],
+              "warnings": warnings})
     else:
+        for line in warnings:
+            click.echo(one_line(f"warning: {line}"))
+        if not problems:
+            click.echo(f"ok: no problems in {obj.spool.root}")
         for p in problems:
             click.echo(one_line(p.line()))
-        if repair:
+        if problems and repair:
             click.echo(f"{len(problems) - len(left)} of {len(problems)} problems repaired")
     if left:
         raise SystemExit(1)
