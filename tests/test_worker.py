@@ -679,6 +679,17 @@ def test_recovery_finishes_a_move_the_owner_had_recorded(spool, spool_dir, drain
     assert (done["attempts"], len(done["history"])) == (1, 1)
 
 
+def test_a_worker_that_drops_its_result_does_not_say_completed(spool, spool_dir, drain):
+    """Another host's recovery moved the job on while it ran (here: to dead/, so nothing runs it
+    again): the worker's outcome is not the job's, and its log must not say `completed j`."""
+    add(spool, id="j", command=f"mv {spool_dir}/processing/j.json {spool_dir}/dead/j.json")
+    lines = drain(spool_dir)
+    assert any("job j was moved on by another worker meanwhile: dropping this worker's result" in x
+               for x in lines), lines
+    assert not any("completed j" in x for x in lines), lines
+    assert where(spool_dir) == {"j": ["dead"]}
+
+
 # -- the dead letter queue and logs through the CLI (in-process) -------------------------------------
 
 
