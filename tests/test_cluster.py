@@ -354,18 +354,50 @@ def test_ids_are_unique_across_hosts_case_variants_included(hosts):
     assert hosts.bad_lines() == []
 
 
-def test_two_supervisors_with_one_node_name_started_at_once_leave_one_running(hosts):
-    """Each checks for a clone before its own first heartbeat: started together, both used to pass."""
+# Loaded by every Python of a test that puts its directory on PYTHONPATH: a supervisor that passed
+# its start-up check for clones waits there until its twin has passed it too, before either
+# writes a heartbeat. Both are then in the window that check cannot close.
+TWIN_BARRIER = """
+import os, time
+_dir = os.environ.get("TWIN_BARRIER")
+if _dir:
+    from queuectl import supervisor as _s
+    _check = _s.Supervisor.check_hosts
+
+    def check_hosts(self):
+        _check(self)
+        node = os.environ["QUEUECTL_NODE"]
+        open(os.path.join(_dir, f"{node}.{os.getpid()}"), "w").close()
+        deadline = time.monotonic() + 30
+        while sum(n.startswith(node + ".") for n in os.listdir(_dir)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    _s.Supervisor.check_hosts = check_hosts
+"""
+
+
+def test_two_supervisors_with_one_node_name_started_at_once_leave_one_running(hosts, tmp_path, monkeypatch):
+    """Each checks for a clone before its own first heartbeat: started together, both passed it and
+    both kept running. Here both are held between that check and their first heartbeat until both
+    have passed it (so neither can see the other there): the later one must stop on its own."""
     c = hosts.c
     hosts.configure()
+    hook, barrier = tmp_path / "hook", tmp_path / "barrier"
+    hook.mkdir(), barrier.mkdir()
+    (hook / "sitecustomize.py").write_text(TWIN_BARRIER)
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("TWIN_BARRIER", str(barrier))
     for k in range(2):
         ps = [hosts.start(i, "--count", "1", node=f"twin{k}") for i in (0, 1)]
+        wait_for(lambda: len([n for n in os.listdir(barrier) if n.startswith(f"twin{k}.")]) == 2, 30,
+                 "both twins past their start-up check")
         wait_for(lambda: any(p.poll() is not None for p in ps), 30, "one of the twins to stop")
         time.sleep(LEASE + SKEW)  # and the other goes on
         codes = [p.poll() for p in ps]
         assert sorted(codes, key=str) == [1, None], (k, codes)
         stopped = hosts.logs[-2 + codes.index(1)].read_text()
-        assert f"node name twin{k} is " in stopped and "in use by another machine" in stopped, stopped
+        assert f"node name twin{k} is also in use by another machine" in stopped and "started first" in stopped, \
+            stopped
         hosts.stop()
 
 
