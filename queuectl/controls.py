@@ -26,7 +26,7 @@ from .job import FINAL, Job, JobState, check_priority, now_iso, parse_file
 from .recovery import kill_path
 from .registry import hostname, pid_alive, processes_with_env, read_workers
 from .spool import Spool
-from .stamps import placed_stamp
+from .stamps import placed_stamp, racy_ns
 
 log = lazylog.get("queuectl.controls")
 
@@ -129,7 +129,7 @@ def _rewrite(spool: Spool, job: Job, path: str, state: JobState) -> None:
     except OSError as e:
         unlink_quietly(tmp)
         raise space_error(e, f"writing job {job.id}") from None
-    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), placed_stamp(path, ino, state)))
+    spool.indexes.upsert(row_values(job, state, data.decode("utf-8"), placed_stamp(path, ino, state, racy_ns(spool))))
 
 
 def move(spool: Spool, job_id: str, action: str, *, reason: str | None = None) -> Job:

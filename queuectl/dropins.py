@@ -25,7 +25,7 @@ from .deps import Batch, check_no_cycle
 from .index import row_values
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, loads
-from .stamps import placed_stamp, stamp_of
+from .stamps import placed_stamp, racy_ns, stamp_of
 
 log = lazylog.get("queuectl.dropins")
 BATCH = 1024  # accepted files made durable by one syncfs
@@ -190,7 +190,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
                         unlink_quietly(tmp)
                         continue  # someone took the id meanwhile; the drop-in stays for the next pass
                     unlink_quietly(a.src)
-            stamp = a.stamp if ino is None else placed_stamp(a.dest, ino, JobState.PENDING)
+            stamp = a.stamp if ino is None else placed_stamp(a.dest, ino, JobState.PENDING, racy_ns(spool))
             rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), stamp))
             report.accepted.append(a.job.id)
     except BaseException:
@@ -312,7 +312,7 @@ def _admit(spool: SpoolView, src: str, name: str, grace: float, taken: Batch,
         job = Job.from_record(spec)
         _check_id_free(spool, job.id, src, taken, on_disk)
         if job.state is JobState.PENDING and "max_retries" in spec:
-            return _Admitted(job, None, src, src, stamp_of(fst))
+            return _Admitted(job, None, src, src, stamp_of(fst, racy_ns(spool)))
         if "max_retries" not in spec:
             job.max_retries = spool.config.max_retries
         job.state, job.next_run_at = JobState.PENDING, None

@@ -9,8 +9,9 @@ replaced twice between two scans (two hand edits, or deleted and written again) 
 number back that the first one freed, and a file edited in place keeps it. The stamp is a
 hash of (inode, size, mtime, ctime): ctime changes with every write and rename, and nobody
 can set it. Two files can still share all four if both were made within one tick of the
-filesystem's clock, so a stamp taken less than RACY_NS after the file's ctime is UNSURE, and
-the next sync reads that file again (git's "racily clean" entries). That costs one lstat a
+filesystem's clock, so a stamp taken less than RACY_NS after the file's ctime is young, and
+the next sync reads that file again (git's "racily clean" entries; on a shared spool once,
+when its stamp is sure: stamps.racy_ns). That costs one lstat a
 file of the waiting and running directories, on listings only (an unchanged directory is
 not listed); done/, dead/ and cancelled/, which can hold 200,000 files, compare the inode
 number the listing gives for free.
@@ -18,6 +19,7 @@ number the listing gives for free.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -26,7 +28,7 @@ from .errors import InvalidJob
 from .fsio import close_quietly, db_ino, open_nofollow, read_fd
 from .index import Index
 from .job import Job, JobState
-from .stamps import STAMPED, UNSURE, stamp_of
+from .stamps import STAMPED, UNSURE, racy_ns, stamp_of
 
 
 def _stamped_read(spool: SpoolView, state: JobState, path: str, ino: int | None = None) -> tuple[Job, int]:
@@ -34,7 +36,7 @@ def _stamped_read(spool: SpoolView, state: JobState, path: str, ino: int | None 
     leaves a stamp that no longer matches (and the next sync reads the file again)."""
     st = os.lstat(path)
     job = spool.read_job(path)
-    return job, stamp_of(st) if state in STAMPED else db_ino(st.st_ino if ino is None else ino)
+    return job, stamp_of(st, racy_ns(spool)) if state in STAMPED else db_ino(st.st_ino if ino is None else ino)
 
 
 # Where a job that left a directory most likely went, looked at in this order.
@@ -115,10 +117,10 @@ def _replaced(spool: SpoolView, idx: Index, state: JobState, known: dict[str, in
               ids: set[str]) -> set[str]:
     """The ids, among rows of a waiting or running directory, whose file is not the one the
     row was read from. A row without a stamp is a worker's, known by its name, except in
-    pending/, where such a row (and an UNSURE one) is checked against the file's bytes."""
+    pending/, where such a row (and a young one) is checked against the file's contents."""
     out = set()
-    pending = state is JobState.PENDING
-    now, stat = time.time_ns(), os.stat
+    pending, shared = state is JobState.PENDING, spool.multihost
+    now, stat, racy = time.time_ns(), os.stat, racy_ns(spool)
     fd = os.open(spool.path(state.dirname), os.O_RDONLY | os.O_DIRECTORY)
     try:
         for job_id in ids:  # the hot loop of a listing: one lstat a file (3 us), little else
@@ -126,12 +128,26 @@ def _replaced(spool: SpoolView, idx: Index, state: JobState, known: dict[str, in
             if old is None and not pending:
                 continue
             try:
-                new = stamp_of(stat(job_id + ".json", dir_fd=fd, follow_symlinks=False), now)
+                st = stat(job_id + ".json", dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # gone since the listing: the next sync's
-            if new == old and new != UNSURE:
+            if now - st.st_ctime_ns >= racy:  # stamps.stamp_of, inlined: sure and the same is the rule
+                new = hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)) | 1
+                if new == old:
+                    continue
+            else:
+                new = stamp_of(st, racy, now)
+            if old not in (None, UNSURE) and old | 1 != new | 1:
+                out.add(job_id)  # another file, or this one changed
                 continue
-            if pending and old in (None, UNSURE) and _same_bytes(spool, idx, job_id):
+            if old is not None and old & 1:
+                continue  # sure, and the same
+            if old == new and shared:
+                # Young, the same, and read by this host already. Where other hosts write, a read
+                # costs a round trip (5 ms on sshfs): such a file is read again once its stamp is
+                # sure (this host's index lags another host's same-tick edit by that much).
+                continue
+            if pending and _same_job(spool, idx, job_id):
                 # The row's own bytes (enqueue, `priority`): no admission needed. Once
                 # the stamp is sure, the next sync trusts it without reading.
                 if new != old:
@@ -143,8 +159,9 @@ def _replaced(spool: SpoolView, idx: Index, state: JobState, known: dict[str, in
     return out
 
 
-def _same_bytes(spool: SpoolView, idx: Index, job_id: str) -> bool:
-    """Is pending/ID.json byte for byte the record its row holds?"""
+def _same_job(spool: SpoolView, idx: Index, job_id: str) -> bool:
+    """Does pending/ID.json hold the record its row holds: the same bytes (enqueue, `priority`),
+    or the same JSON (a file admitted as it was, whose row holds it re-serialized)?"""
     record = idx.record_text(job_id)
     try:
         fd = open_nofollow(spool.job_path(JobState.PENDING, job_id))
@@ -156,4 +173,9 @@ def _same_bytes(spool: SpoolView, idx: Index, job_id: str) -> bool:
         return False
     finally:
         close_quietly(fd)
-    return record is not None and data == record.encode("utf-8")
+    if record is None or data == record.encode("utf-8"):
+        return record is not None
+    try:
+        return json.loads(data) == json.loads(record)
+    except ValueError:  # not JSON (UnicodeDecodeError included): admission says why
+        return False

@@ -25,7 +25,7 @@ from .index import Index, row_values
 from .layout import STATE_DIRS, SUBDIRS, create_spool, default_spool, unsafe_dirs  # noqa: F401 (re-exported)
 from .indexstore import IndexStore
 from .job import Job, JobState, check_id, now_iso, parse_file
-from .stamps import RACY_NS, UNSURE, placed_stamp
+from .stamps import RACY_NS, UNSURE, placed_stamp, racy_ns
 
 # A directory's mtime within RACY_NS of its listing may hide a change made in the
 # same clock tick (git's "racy" problem), so such a listing is not trusted on the next look.
@@ -557,7 +557,8 @@ def _place_chunk(spool: Spool, part: list[Job], *, bulk: bool) -> list[tuple]:
         raise _PartlyPlaced(e, placed, rows) from None
     # Stamped once the chunk is placed, so the next sync knows each file as the one placed
     # here: the files placed over a second before are sure already, not read again.
-    return [row[:-1] + (placed_stamp(spool.job_path(job.state, job.id), ino, job.state),)
+    racy = racy_ns(spool)
+    return [row[:-1] + (placed_stamp(spool.job_path(job.state, job.id), ino, job.state, racy),)
             for row, job, ino in zip(rows, part, inos)]
 
 def _place(tmp: str, dest: str, *, bulk: bool = False) -> None:

@@ -232,3 +232,30 @@ def test_poll_interval_is_how_often_an_idle_worker_scans_a_shared_spool(shared, 
     assert r.exit_code != 0 and "poll_interval" in r.output
     monkeypatch.delenv("QUEUECTL_SHARED")
     assert not shared.multihost and idle_rescan(shared) == RESCAN_INTERVAL  # a local disk: inotify and 1 s
+
+
+def test_a_pending_file_replaced_on_a_shared_spool_is_seen_at_once_and_a_same_tick_edit_once_sure(
+        shared, spool_dir, monkeypatch):
+    """Where other hosts write, a young file (its stamp under stamps.racy_ns old) already read by this
+    host is not read again at every listing: a read is a round trip there. Another file under its
+    name, or a change of its size or times, still shows at once; an edit in the same tick of the
+    server's clock (all four fields alike: sshfs keeps whole seconds and numbers inodes by path)
+    shows once the stamp is sure."""
+    from queuectl import indexsync, stamps
+    shared.enqueue(shared.new_job({"command": "true", "id": "j", "priority": 1}))
+    path = spool_dir / "pending" / "j.json"
+    (spool_dir / "tmp" / "new").write_text(path.read_text().replace('"priority": 1', '"priority": 2'))
+    os.rename(spool_dir / "tmp" / "new", path)  # another host's `priority`
+    shared.sync()
+    assert shared.index.lookup("j").priority == 2
+    same = os.lstat(path)
+    with open(path, "r+") as f:
+        f.write(path.read_text().replace('"priority": 2', '"priority": 3'))
+    real_stat = os.stat
+    monkeypatch.setattr(indexsync.os, "stat", lambda p, **kw: same if p == "j.json" else real_stat(p, **kw))
+    shared.sync()
+    assert shared.index.lookup("j").priority == 2  # young, and read already: not yet
+    later = time.time_ns() + stamps.racy_ns(shared) + 10**9
+    monkeypatch.setattr(indexsync.time, "time_ns", lambda: later)
+    shared.sync()
+    assert shared.index.lookup("j").priority == 3
