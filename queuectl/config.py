@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import lazylog
 from .errors import ConfigError, InvalidJob
+from .fsio import looking_again
 from .job import MAX_TIMEOUT, loads, show
 
 DAY = 86400
@@ -290,16 +291,20 @@ def to_bytes(config: Config) -> bytes:
 
 def _ident(path: str) -> tuple | None:
     try:
-        st = os.stat(path)
+        st = looking_again(lambda: os.stat(path))
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _read(path: str) -> bytes | None:
-    try:
+    """The file's bytes, or None if there is none. ESTALE (NFS, GlusterFS: `config set` on another
+    host replaced it under this client's cached name) is a look again, never an error."""
+    def read() -> bytes:
         with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_SIZE + 1)
+            return f.read(MAX_CONFIG_SIZE + 1)
+    try:
+        data = looking_again(read)
     except FileNotFoundError:
         return None
     if len(data) > MAX_CONFIG_SIZE:

@@ -259,3 +259,26 @@ def test_a_pending_file_replaced_on_a_shared_spool_is_seen_at_once_and_a_same_ti
     monkeypatch.setattr(indexsync.time, "time_ns", lambda: later)
     shared.sync()
     assert shared.index.lookup("j").priority == 3
+
+
+def test_config_json_read_with_estale_is_read_again(spool, spool_dir, monkeypatch):
+    """`config set` on another host replaces config.json; this client's cached name then gives ESTALE
+    for a moment (seen as `wait`'s "Error: Stale file handle: .../config.json" on GlusterFS)."""
+    from queuectl import config as configmod
+    spool.set_config("max_retries", "7")
+    path = str(spool_dir / "config.json")
+    monkeypatch.setattr(configmod, "open", estale_once(open), raising=False)
+    assert configmod.load(path).max_retries == 7
+    once(monkeypatch, configmod.os, "stat", estale)
+    assert configmod._ident(path) is not None
+
+
+def estale_once(real):
+    state = {"done": False}
+
+    def opener(*a, **k):
+        if not state["done"]:
+            state["done"] = True
+            estale()
+        return real(*a, **k)
+    return opener
