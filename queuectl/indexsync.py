@@ -25,7 +25,7 @@ import time
 
 from .dropins import SpoolView, SyncReport, is_ignored
 from .errors import InvalidJob
-from .fsio import close_quietly, db_ino, open_nofollow, read_fd
+from .fsio import close_quietly, db_ino, open_nofollow, read_fd, unreachable
 from .index import Index
 from .job import Job, JobState
 from .stamps import STAMPED, UNSURE, racy_ns, stamp_of
@@ -129,8 +129,10 @@ def _replaced(spool: SpoolView, idx: Index, state: JobState, known: dict[str, in
                 continue
             try:
                 st = stat(job_id + ".json", dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone since the listing: the next sync's
+            except OSError as e:
+                if isinstance(e, FileNotFoundError) or unreachable(e):
+                    continue  # gone since the listing, or moved under this client's cache: the next sync's
+                raise
             if now - st.st_ctime_ns >= racy:  # stamps.stamp_of, inlined: sure and the same is the rule
                 new = hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)) | 1
                 if new == old:

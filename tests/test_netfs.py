@@ -282,3 +282,16 @@ def estale_once(real):
             estale()
         return real(*a, **k)
     return opener
+
+
+def test_a_stat_of_a_pending_file_with_estale_is_left_to_the_next_sync(shared, spool_dir, monkeypatch):
+    """The index's sync stats each known file of pending/: a name moved on under this client's cache
+    (ESTALE) is not an error, only not looked at this time."""
+    from queuectl import indexsync
+    shared.enqueue(shared.new_job({"command": "true", "id": "j"}))
+    real = os.stat
+    monkeypatch.setattr(indexsync.os, "stat", lambda p, **kw: estale() if p == "j.json" else real(p, **kw))
+    shared.sync()  # each of Spool.sync's looks again sees ESTALE there
+    monkeypatch.setattr(indexsync.os, "stat", real)
+    assert shared.index.lookup("j") is not None
+    shared.sync()
