@@ -42,7 +42,12 @@ RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
 # On a shared spool an idle worker's own scans are its polling (no per-file stat snapshots), and the
 # final-state directories, which only grow, are listed every SHARED_FULL_SCAN seconds (with held/).
 SHARED_FULL_SCAN = 5.0
+# A busy worker of a shared spool lists the directories again when its claims failed because
+# other hosts took the jobs its index still lists, and at the latest every this many seconds
+# (for a job of higher priority that arrived meanwhile).
+SHARED_BUSY_RESCAN = 3.0
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
+TAKEN_RESCAN = 0.05        # the soonest a worker whose claims all failed lists the spool again
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
 UNREACHABLE_RETRY = 1.0    # seconds between looks at a spool out of reach (ESTALE, a server not answering)
@@ -106,6 +111,7 @@ class Worker:
         self.watcher = None
         self.parent = os.getppid()
         self.candidates: list[Candidate] = []
+        self.taken: set[str] = set()  # ids whose claim failed since the last scan (another worker's now)
         self.running: Job | None = None
         self.devnull = -1
         self.output = CommandLog(None)
@@ -204,8 +210,9 @@ class Worker:
         ran = False  # did the last turn run a job?
         # A busy worker finds its next jobs in the index; the timed scan is a safety net
         # for a lost event, and relisting big directories once a second cost a 20,000-job
-        # queue a share that grew with it. Other hosts' moves are seen by scans only.
-        busy_rescan = RESCAN_INTERVAL if spool.multihost else BUSY_RESCAN_INTERVAL
+        # queue a share that grew with it. Other hosts' moves are seen by scans only: a claim
+        # that finds its job gone asks for one at once (self.taken).
+        busy_rescan = SHARED_BUSY_RESCAN if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
             now = time.monotonic()
@@ -223,6 +230,7 @@ class Worker:
                 # at most one scan after it ended (whichever worker ran it).
                 resolve_dependencies(spool)
                 self.candidates = []  # new arrivals may outrank what was fetched
+                self.taken.clear()
                 last_scan = now
             if now - last_recover >= RECOVER_INTERVAL:
                 self.recover()
@@ -239,6 +247,11 @@ class Worker:
             if ran:
                 continue
             spool.flush_index()
+            if self.taken and now - last_scan >= TAKEN_RESCAN:
+                # Other hosts claimed the jobs this node's index still lists: a scan now, not a
+                # poll_interval's wait while jobs are there to claim.
+                last_scan = 0.0
+                continue
             if os.getppid() != self.parent:
                 break  # the supervisor is gone: finish quietly, a new one takes over
             self.hb.beat()
@@ -322,7 +335,8 @@ class Worker:
             if not self.candidates:
                 if PAUSE_ALL in self.pauses:
                     return None
-                self.candidates = candidates(spool, self.queues, self.pauses | full, self.lane, self.lanes)
+                self.candidates = [c for c in candidates(spool, self.queues, self.pauses | full, self.lane, self.lanes)
+                                   if c[0] not in self.taken]
             while self.candidates:
                 if self.stopping:
                     return None
@@ -340,6 +354,8 @@ class Worker:
                     self.slot = slot
                     return claim
                 release_slot(slot)
+                if spool.multihost:
+                    self.taken.add(job_id)  # other hosts' claims reach the index by scans: not tried again before one
                 if announced:
                     self.hb.claiming(None)  # the rename failed after all: claim nothing
         if full:
