@@ -232,7 +232,10 @@ class Worker:
                 self.candidates = []  # new arrivals may outrank what was fetched
                 self.taken.clear()
                 last_scan = now
-            if now - last_recover >= RECOVER_INTERVAL:
+            # On a shared spool the supervisor looks for orphans every 2 s (supervisor.RECOVER_EVERY)
+            # whatever its workers do: a busy worker leaves it that, since each look reads every
+            # heartbeat and claim record of every host and tries the lock of every running job.
+            if now - last_recover >= RECOVER_INTERVAL and not (ran and spool.multihost):
                 self.recover()
                 last_recover = now
             if now - self.last_retention >= RETENTION_INTERVAL:
