@@ -23,8 +23,9 @@ Candidate = tuple[str, JobState, str, int]  # id, state, queue, priority
 
 
 def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lane: int,
-               lanes: int) -> list[Candidate]:
-    """The jobs to try next, in the order to try them, last first (the caller pops).
+               lanes: int, taken: set[str] = frozenset()) -> list[Candidate]:
+    """The jobs to try next, in the order to try them, last first (the caller pops); none of
+    `taken` (ids whose claim failed since the last scan: other hosts' now, as the index cannot know yet).
 
     Sibling workers would all race for the best job, and each one's index lags
     the others' batched writes, listing jobs they already ran: over half the
@@ -36,7 +37,8 @@ def candidates(spool: Spool, queues: tuple[str, ...] | None, skip: set[str], lan
     for its busy sibling.
     """
     spool.flush_index()  # or the query returns jobs this worker already ran
-    ranked = spool.index.ranked(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
+    ranked = [c for c in spool.index.ranked(min(CANDIDATES * lanes, 256), queues=queues, paused=skip)
+              if c[0] not in taken]
     if lanes > 1:
         # Sorted by priority already: a stable sort on (priority, not ours) moves each
         # worker's share ahead within its priority and nowhere else.

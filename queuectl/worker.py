@@ -31,14 +31,20 @@ from .runner import (CommandLog, NotStarted, Outcome, cap_log, close_inherited_f
 from .spool import Claim, Spool
 
 RESCAN_INTERVAL = 1.0      # a missed watch event delays a job by at most this (idle worker)
-BUSY_RESCAN_INTERVAL = 5.0  # the same for a worker that keeps finding jobs in the index
+# The same for a worker that keeps finding jobs in the index: its timed scan is a safety net for a
+# lost event, and relisting big directories once a second cost a 20,000-job queue a share that grew
+# with it. Other hosts' moves are seen by scans only (SHARED_BUSY_RESCAN, Worker.taken).
+BUSY_RESCAN_INTERVAL = 5.0
 # What a worker's scans list: where jobs to run arrive, and what is running. Final
 # states reach the index with each worker's record; a listing of done/ (20,000
 # files after a big burst) only finds hand moves, which a full scan with the
 # retention pass (once a minute) and every command's own sync pick up. On a shared
 # spool other hosts' outcomes reach this node's index only by listings: all of them.
 WORK_DIRS = (JobState.PENDING.dirname, JobState.FAILED.dirname, JobState.PROCESSING.dirname)
-RECOVER_INTERVAL = 2.0     # how often idle workers look for orphaned jobs
+# How often idle workers look for orphaned jobs. On a shared spool a busy one leaves that to its
+# supervisor (every supervisor.RECOVER_EVERY, whatever its workers do): each look reads every host's
+# heartbeat and claim record and tries the lock of every running job, through the mount.
+RECOVER_INTERVAL = 2.0
 # On a shared spool an idle worker's own scans are its polling (no per-file stat snapshots), and the
 # final-state directories, which only grow, are listed every SHARED_FULL_SCAN seconds (with held/).
 SHARED_FULL_SCAN = 5.0
@@ -47,7 +53,9 @@ SHARED_FULL_SCAN = 5.0
 # (for a job of higher priority that arrived meanwhile).
 SHARED_BUSY_RESCAN = 3.0
 BUSY_RETRY = 0.005         # rescan delay while another process accepts drop-ins
-TAKEN_RESCAN = 0.05        # the soonest a worker whose claims all failed lists the spool again
+# A worker whose claims all failed (other hosts took the jobs its index still lists) lists the spool
+# again at once, not after poll_interval while there are jobs to claim; at the soonest this long after.
+TAKEN_RESCAN = 0.05
 INDEX_FLUSH_INTERVAL = 0.1  # busy workers batch index writes for at most this long
 RECORD_RETRY = 0.5         # seconds between attempts to record on a full disk
 UNREACHABLE_RETRY = 1.0    # seconds between looks at a spool out of reach (ESTALE, a server not answering)
@@ -208,10 +216,6 @@ class Worker:
         spool = self.spool
         last_scan = last_recover = last_refresh = last_full = 0.0
         ran = False  # did the last turn run a job?
-        # A busy worker finds its next jobs in the index; the timed scan is a safety net
-        # for a lost event, and relisting big directories once a second cost a 20,000-job
-        # queue a share that grew with it. Other hosts' moves are seen by scans only: a claim
-        # that finds its job gone asks for one at once (self.taken).
         busy_rescan = SHARED_BUSY_RESCAN if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
             check_here(self.spool.root, self.root_ident)  # one stat: before any look that could make files there
@@ -229,13 +233,9 @@ class Worker:
                 # Dependents of a job that ended dead or cancelled are cancelled here,
                 # at most one scan after it ended (whichever worker ran it).
                 resolve_dependencies(spool)
-                self.candidates = []  # new arrivals may outrank what was fetched
-                self.taken.clear()
+                self.candidates, self.taken = [], set()  # new arrivals may outrank what was fetched
                 last_scan = now
-            # On a shared spool the supervisor looks for orphans every 2 s (supervisor.RECOVER_EVERY)
-            # whatever its workers do: a busy worker leaves it that, since each look reads every
-            # heartbeat and claim record of every host and tries the lock of every running job.
-            if now - last_recover >= RECOVER_INTERVAL and not (ran and spool.multihost):
+            if now - last_recover >= RECOVER_INTERVAL and not (ran and spool.multihost):  # (RECOVER_INTERVAL)
                 self.recover()
                 last_recover = now
             if now - self.last_retention >= RETENTION_INTERVAL:
@@ -251,8 +251,6 @@ class Worker:
                 continue
             spool.flush_index()
             if self.taken and now - last_scan >= TAKEN_RESCAN:
-                # Other hosts claimed the jobs this node's index still lists: a scan now, not a
-                # poll_interval's wait while jobs are there to claim.
                 last_scan = 0.0
                 continue
             if os.getppid() != self.parent:
@@ -338,8 +336,7 @@ class Worker:
             if not self.candidates:
                 if PAUSE_ALL in self.pauses:
                     return None
-                self.candidates = [c for c in candidates(spool, self.queues, self.pauses | full, self.lane, self.lanes)
-                                   if c[0] not in self.taken]
+                self.candidates = candidates(spool, self.queues, self.pauses | full, self.lane, self.lanes, self.taken)
             while self.candidates:
                 if self.stopping:
                     return None
@@ -357,8 +354,8 @@ class Worker:
                     self.slot = slot
                     return claim
                 release_slot(slot)
-                if spool.multihost:
-                    self.taken.add(job_id)  # other hosts' claims reach the index by scans: not tried again before one
+                if spool.multihost:  # other hosts' claims reach the index by scans: not tried again before one
+                    self.taken.add(job_id)
                 if announced:
                     self.hb.claiming(None)  # the rename failed after all: claim nothing
         if full:
