@@ -367,6 +367,7 @@ def drop_loop_script(spool: str, n: int) -> str:
 
 
 DRAIN_TARGET = {"disk": 1.5, "tmpfs": 1.2}  # queuectl/xargs, 2 workers vs -P2
+KEEP_DONE_DEFAULT = 100_000  # config keep_done's default count
 BIG_DRAIN_SLACK = 1.1  # the 100x queue's cost a job (its ratio) may exceed the small one's by at most 10 %
 
 
@@ -378,6 +379,10 @@ def drain_rounds(env: Env, n: int, rounds: int, label: str) -> tuple[float, floa
     for r in range(rounds):
         xs.append(xargs_time(n))
         spool = new_spool(env)
+        if n > KEEP_DONE_DEFAULT:
+            # Or workers delete the oldest completed jobs past the default count (500 a minute)
+            # during the drain, and the count below cannot tell them from lost ones.
+            run(q(spool, "config", "set", "keep_done", "none"))
         run(q(spool, "enqueue", "--file", jsonl, "--quiet"), timeout=1800)
         settle()
         qs.append(burst(spool, n))
@@ -1050,7 +1055,8 @@ def render(res: Results, info: dict[str, str], args_line: str, peers: str, env: 
              f"- queuectl: {info['queuectl']}", f"- peers: {peers}", f"- command: `{args_line}`",
              f"- filesystem probe (create+write+rename of a 400-byte file in the work dir, median): "
              f"{info.get('fs_start', '?')} at the start, {info.get('fs_end', '?')} at the end",
-             f"- work dir: {env.work} ({info.get('fs', '?')}); load average at the start: {info.get('load', '?')}",
+             f"- work dir: {env.work} ({info.get('fs', '?')}); load average at the start: {info.get('load', '?')}, "
+             f"at the end: {info.get('load_end', '?')} (1, 5, 15 min; 2 cores: above 2 means other work ran)",
              f"- parallelism {PAR} everywhere; figures are medians; ratios are against a baseline measured "
              "in the same run, rounds interleaved", ""]
     header = ["workload", "figure", "baseline", "ratio", "target", "peer notes"]
@@ -1155,6 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
                 kill_children()
             log(f"workload {label} took {time.perf_counter() - t0:.1f}s")
         info["fs_end"] = f"{fs_probe(work):.0f} µs"
+        info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     finally:
         kill_children()
         for d in (work, env.tmpfs):
