@@ -184,3 +184,44 @@ def test_a_spool_id_that_is_not_a_name_is_refused(tmp_path, text):
     (tmp_path / ".id").write_text(text + "\n")
     with pytest.raises(SpoolError, match="not a spool id"):
         spool_id(str(tmp_path))
+
+
+def test_a_job_another_host_claimed_is_tried_once_until_the_next_scan(spool_dir, monkeypatch):
+    """A node's index learns of other hosts' claims only by listing the spool: a worker whose
+    claim finds the job gone keeps that id out of its candidates until the next scan, rather
+    than trying it again at each refetch from the index (and then waiting poll_interval)."""
+    from queuectl import worker as workermod
+    from queuectl.registry import Heartbeat
+
+    monkeypatch.setenv("QUEUECTL_SHARED", "1")
+    s = Spool(str(spool_dir))
+    for job_id in ("a", "b"):
+        add(s, id=job_id, command="true")
+    s.sync()
+    s.close()
+    # Another host claims a: its file leaves pending/, this node's index still lists it.
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "processing" / "a.json")
+    w = workermod.Worker(str(spool_dir), "worker-0")
+    w.spool = Spool(str(spool_dir), worker=True)
+    assert w.spool.multihost
+    w.hb = Heartbeat(w.spool, "worker", "worker-0@test")
+    tried = []
+    real = w.spool.claim
+    monkeypatch.setattr(w.spool, "claim", lambda job_id, *a, **k: (tried.append(job_id), real(job_id, *a, **k))[1])
+    listed = ["a", "b"]  # what this node's index holds as pending, best first
+
+    def fake_candidates(spool, queues, skip, lane, lanes, taken=frozenset()):
+        return [(i, JobState.PENDING, "default", 0) for i in reversed(listed) if i not in taken]
+
+    monkeypatch.setattr(workermod, "candidates", fake_candidates)
+    try:
+        first = w._next_claim()
+        assert first is not None and first.job.id == "b"
+        first.release()
+        os.rename(spool_dir / "processing" / "b.json", spool_dir / "done" / "b.json")  # b ran
+        listed.remove("b")
+        assert w._next_claim() is None
+        assert tried.count("a") == 1 and w.taken == {"a"}
+    finally:
+        w.hb.remove()
+        w.spool.close()
