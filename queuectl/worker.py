@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import lazylog
 from .candidates import Candidate, candidates, queue_slot, without_queue
 from .controls import resolve_dependencies
-from .dropins import is_ignored
+from .dropins import SyncReport, is_ignored
 from .errors import SpoolError
 from .fsio import check_here, disk_full, unreachable
 from .hooks import run_hooks
@@ -120,6 +120,8 @@ class Worker:
         self.parent = os.getppid()
         self.candidates: list[Candidate] = []
         self.taken: set[str] = set()  # ids whose claim failed since the last scan (another worker's now)
+        self.last_scan = self.last_full = 0.0
+        self.scan_owed = False
         self.running: Job | None = None
         self.devnull = -1
         self.output = CommandLog(None)
@@ -214,7 +216,7 @@ class Worker:
 
     def _loop(self) -> None:
         spool = self.spool
-        last_scan = last_recover = last_refresh = last_full = 0.0
+        last_recover = last_refresh = self.last_scan = self.last_full = 0.0
         ran = False  # did the last turn run a job?
         busy_rescan = SHARED_BUSY_RESCAN if spool.multihost else BUSY_RESCAN_INTERVAL
         while not self.stopping:
@@ -222,19 +224,15 @@ class Worker:
             now = time.monotonic()
             waiting = 0
             busy = False
-            scan = self.watcher.arrived() or now - last_scan >= (busy_rescan if ran else idle_rescan(spool))
+            scan = self.watcher.arrived() or now - self.last_scan >= (busy_rescan if ran else idle_rescan(spool))
+            if scan and ran and spool.multihost and self.candidates:
+                self.scan_owed, scan = True, False  # done while the next command runs (scan_while_running)
             if scan or now - last_refresh >= RESCAN_INTERVAL:
                 self.refresh()  # `pause`, `config set`: before the next arrival, and within a second
                 last_refresh = now
             if scan:
-                full, last_full = (True, now) if now - last_full >= SHARED_FULL_SCAN else (False, last_full)
-                report = spool.sync(dirs=self.scan_dirs if full else WORK_DIRS)
+                report = scan_spool(self, now)
                 waiting, busy = report.waiting, report.busy
-                # Dependents of a job that ended dead or cancelled are cancelled here,
-                # at most one scan after it ended (whichever worker ran it).
-                resolve_dependencies(spool)
-                self.candidates, self.taken = [], set()  # new arrivals may outrank what was fetched
-                last_scan = now
             if now - last_recover >= RECOVER_INTERVAL and not (ran and spool.multihost):  # (RECOVER_INTERVAL)
                 self.recover()
                 last_recover = now
@@ -250,8 +248,8 @@ class Worker:
             if ran:
                 continue
             spool.flush_index()
-            if self.taken and now - last_scan >= TAKEN_RESCAN:
-                last_scan = 0.0
+            if self.taken and now - self.last_scan >= TAKEN_RESCAN:
+                self.last_scan = 0.0
                 continue
             if os.getppid() != self.parent:
                 break  # the supervisor is gone: finish quietly, a new one takes over
@@ -263,7 +261,7 @@ class Worker:
                 # An enqueue or another worker holds the drop-in lock for a moment;
                 # its files are ours to claim as soon as it lets go.
                 timeout = min(timeout, BUSY_RETRY)
-                last_scan = 0.0
+                self.last_scan = 0.0
             if timeout > 0:
                 # An arrival (a drop-in, or a job whose enqueuer has linked it into
                 # pending/ but not yet written its index row) raises arrived(): the
@@ -421,6 +419,7 @@ class Worker:
                              cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
             self.job_pid = run.proc.pid
             self.spool.spare.make()  # the record's file, made now: otherwise the worker only waits
+            scan_while_running(self)
             if (request := kill_request(self.spool, job.id, run.attempt, take=False)) is not None:
                 killpg(run.proc.pid, signal.Signals[request.get("signal", "SIGTERM")])  # asked before it started
         except NotStarted as e:
@@ -496,6 +495,32 @@ class Worker:
         if time.monotonic() - self.flushed >= INDEX_FLUSH_INTERVAL:
             spool.flush_index()
             self.flushed = time.monotonic()
+
+
+def scan_spool(w: Worker, now: float) -> SyncReport:
+    """One scan into the index: the work directories, and every directory each SHARED_FULL_SCAN
+    seconds on a shared spool. Dependents of a job that ended dead or cancelled are cancelled
+    here, at most one scan after it ended (whichever worker ran it)."""
+    full = now - w.last_full >= SHARED_FULL_SCAN
+    if full:
+        w.last_full = now
+    report = w.spool.sync(dirs=w.scan_dirs if full else WORK_DIRS)
+    resolve_dependencies(w.spool)
+    w.candidates, w.taken = [], set()  # new arrivals may outrank what was fetched
+    w.last_scan, w.scan_owed = now, False
+    return report
+
+
+def scan_while_running(w: Worker) -> None:
+    """The timed scan a busy worker of a shared spool owes, done once its command runs, not between
+    two jobs, where it was a worker's longest wait (it reads every job other hosts moved since the
+    last one). A failure is left to the next scan between jobs: never an error while a claim is held."""
+    if not w.scan_owed:
+        return
+    try:
+        scan_spool(w, time.monotonic())
+    except (OSError, SpoolError, sqlite3.Error):
+        w.last_scan, w.scan_owed = 0.0, False
 
 
 def last_sync(spool: Spool, root_ident: tuple[int, int] | None) -> None:
