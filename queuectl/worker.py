@@ -418,10 +418,10 @@ class Worker:
             run.proc = spawn(job.command, log_fd=self.output.command_fd(run.log_fd), stdin_fd=self.devnull,
                              cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
             self.job_pid = run.proc.pid
-            self.spool.spare.make()  # the record's file, made now: otherwise the worker only waits
-            scan_while_running(self)
             if (request := kill_request(self.spool, job.id, run.attempt, take=False)) is not None:
                 killpg(run.proc.pid, signal.Signals[request.get("signal", "SIGTERM")])  # asked before it started
+            self.spool.spare.make()  # the record's file, made now: otherwise the worker only waits
+            scan_while_running(self)  # after the kill check: a shared spool's scan can take a second
         except NotStarted as e:
             run.failed = Outcome(None, str(e))
         return run
