@@ -446,28 +446,34 @@ class WaitResult:
         return self.count("dead", "cancelled", "missing")
 
 
-def wait_targets(spool: Spool, job_ids: list[str], label: str | None, all_: bool) -> list[str]:
+def wait_targets(spool: Spool, job_ids: list[str], label: str | None, all_: bool) -> dict[str, str | None]:
     """The jobs to wait for: the named ones (JobNotFound for an unknown id), those
-    with the label, and with all_ every job not final yet."""
+    with the label, and with all_ every job not final yet; each with the final state
+    its file showed here, if it did (wait_for's `seen`: a `clean` may remove it next)."""
     _sync_unless_full(spool)
-    out: dict[str, None] = {}
+    out: dict[str, str | None] = {}
     for job_id in job_ids:
-        _state, path = spool.find(job_id)
-        out[os.path.basename(path)[:-5]] = None
+        state, path = spool.find(job_id)
+        out[os.path.basename(path)[:-5]] = state.value if state in FINAL else None
     idx = spool.index
     if label is not None:
         labelled = sorted(idx.ids_labelled(label))
         if not labelled:
             raise JobNotFound(f"no job has label {label}")
-        out.update(dict.fromkeys(labelled))
+        for job_id in labelled:
+            out.setdefault(job_id, None)
     if all_:
-        out.update(dict.fromkeys(r.id for r in idx.rows() if r.state not in FINAL))
-    return list(out)
+        for r in idx.rows():
+            if r.state not in FINAL:
+                out.setdefault(r.id, None)
+    return out
 
 
 def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
-             progress: Callable[[WaitResult], None] | None = None, poll: bool = False) -> WaitResult:
-    """Block until every job is final or the timeout passes.
+             progress: Callable[[WaitResult], None] | None = None, poll: bool = False,
+             seen: dict[str, str | None] | None = None) -> WaitResult:
+    """Block until every job is final or the timeout passes. `seen`: the final states
+    wait_targets already saw (a job seen final stays final for this wait).
 
     Woken by watch events on the directories jobs arrive in, with a rescan
     every RESCAN seconds in case an event is lost; never a busy loop.
@@ -478,7 +484,8 @@ def wait_for(spool: Spool, job_ids: list[str], *, timeout: float | None = None,
     watcher.start()
     if watcher.degraded:
         log.warning("%s: polling the spool every %gs instead", watcher.degraded, watcher.poll_interval)
-    final: dict[str, str] = {}  # a job seen final stays final for this wait, even once it is cleaned
+    # A job seen final stays final for this wait, even once it is cleaned.
+    final: dict[str, str] = {j: s for j, s in (seen or {}).items() if s is not None}
     finals = {s.value for s in FINAL}
     try:
         while True:

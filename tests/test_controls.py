@@ -600,6 +600,26 @@ def test_a_job_seen_final_stays_final_when_it_is_cleaned_during_the_wait(run, sp
     spool.close()
 
 
+def test_a_job_found_final_stays_final_when_it_is_cleaned_before_the_first_look(run, spool_dir, monkeypatch):
+    """`wait` found the job completed, then a `clean` removed it before wait's first look (seen
+    on GlusterFS, where the two ran 35 ms apart): it is completed, not missing."""
+    from queuectl import controls
+    from queuectl.job import JobState
+    enq(run, "--id", "a", "echo a")
+    os.rename(spool_dir / "pending" / "a.json", spool_dir / "done" / "a.json")
+    real = controls.wait_for
+
+    def cleaned_first(spool, ids, **kw):
+        assert spool.purge("a", JobState.COMPLETED)
+        return real(spool, ids, **kw)
+
+    monkeypatch.setattr(controls, "wait_for", cleaned_first)
+    r = run("wait", "--json", "a")
+    assert r.exit_code == 0, r.output
+    assert [(j["id"], j["state"]) for j in json.loads(r.stdout)] == [("a", "completed")]
+    assert not (spool_dir / "done" / "a.json").exists()
+
+
 # -- kill -------------------------------------------------------------------------------------------
 
 

@@ -220,7 +220,8 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
     if not job_ids and label is None and not all_:
         raise click.UsageError("give job IDs, --label or --all")
     spool = obj.spool
-    ids = wait_targets(spool, list(job_ids), label, all_)
+    seen = wait_targets(spool, list(job_ids), label, all_)
+    ids = list(seen)
     bar = None
     if ids and sys.stderr.isatty() and not as_json:
         bar = click.progressbar(length=len(ids), label="waiting", file=sys.stderr, show_eta=True,
@@ -234,7 +235,7 @@ def wait(obj: Context, job_ids, label, all_, timeout, poll, as_json):
             shown[0] = r.final
 
     try:
-        result = wait_for(spool, ids, timeout=timeout, progress=progress, poll=poll) if ids else None
+        result = wait_for(spool, ids, timeout=timeout, progress=progress, poll=poll, seen=seen) if ids else None
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
