@@ -58,6 +58,7 @@ class SpoolView(Protocol):
     shared: bool
     readonly: bool
     multihost: bool
+    fstype: str
 
     @property
     def config(self) -> Config: ...

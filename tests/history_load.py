@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -56,6 +57,19 @@ def _index_rows(spool: str, node: str | None) -> list:
     if r.returncode != 0:
         return [["<index unreadable>", r.stderr.strip()[-300:], None]]
     return [[row[0], row[1], row[2], *row[3:]] for row in json.loads(r.stdout)]
+
+
+def _read_record(path: Path) -> dict | None:
+    """A job file's JSON, or None if it is not valid. Through a GlusterFS client a file
+    replaced a moment ago may fail with ESTALE or read short for up to a second: read again."""
+    for attempt in range(8):
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            if attempt == 7:
+                return None
+            time.sleep(0.25)
+    return None
 
 
 def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> History:
@@ -119,10 +133,7 @@ def load(work: Path, spools: list[str], nodes: list[str] | None = None) -> Histo
         for n in sorted(os.listdir(root / d)) if (root / d).exists() else []:
             if n.startswith(".") or not n.endswith(".json"):
                 continue
-            try:
-                rec = json.loads((root / d / n).read_bytes())
-            except (OSError, ValueError):
-                rec = None
+            rec = _read_record(root / d / n)
             h.files.setdefault(n[:-5], []).append((STATE_OF_DIR[d], rec))
     rej = root / "rejected"
     for n in sorted(os.listdir(rej)) if rej.exists() else []:

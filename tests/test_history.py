@@ -391,6 +391,36 @@ def test_two_hand_edits_between_scans_are_both_seen(tmp_path):
     assert seen == {True}
 
 
+def test_a_name_a_glusterfs_client_still_caches_for_a_replaced_file_is_not_indexed(tmp_path, monkeypatch):
+    """Seen on GlusterFS (seed 303): for up to a second a client's name for a file replaced on
+    the server still opens the old file, while the listing (from the server) already names the
+    new one. A sync that stamped the row with the listing's number and filled it from the old
+    file kept that row for good: `reindex` disagreed. The read is now stamped from its own
+    descriptor, and one that is not the listed file is read again at the next sync."""
+    from queuectl import controls
+    monkeypatch.setenv("QUEUECTL_SHARED", "1")
+    spool = Spool(str(tmp_path / "spool"))
+    monkeypatch.setattr(spool, "fstype", "fuse.glusterfs")
+    spool.enqueue(spool.new_job({"id": "j", "command": "true", "priority": 1}))
+    controls.move(spool, "j", "cancel")
+    path = os.path.join(spool.root, "cancelled", "j.json")
+    old = str(tmp_path / "old.json")
+    os.link(path, old)  # the file this client's cache still leads to
+    record = json.loads(Path(path).read_text())
+    tmp = path + ".new"
+    Path(tmp).write_text(json.dumps(dict(record, priority=2)))
+    os.rename(tmp, path)  # another host rewrote it
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **kw: real_open(old if p == path else p, *a, **kw))
+    spool.reindex()
+    row = spool.index.lookup("j")
+    assert row is None or row.priority == 2
+    monkeypatch.setattr(os, "open", real_open)  # the cache expired
+    spool.sync()
+    assert (spool.index.lookup("j").state.value, spool.index.lookup("j").priority) == ("cancelled", 2)
+    spool.close()
+
+
 def test_an_edit_in_place_is_seen_and_one_in_the_same_clock_tick_too(tmp_path, monkeypatch):
     """An edit written in place keeps the inode; the stamp's size, mtime and ctime tell, at the next
     listing of pending/ (the edit leaves the directory's mtime alone: a forced sync here). On a
