@@ -406,9 +406,11 @@ class Spool:
         job.state, job.attempts, job.next_run_at = JobState.PENDING, 0, None
         job.updated_at = now_iso()
         cur = self.job_path(state, job_id)
-        tmp, _ = write_tmp(self.path("tmp"), job.to_json(), durable=True)
+        tmp, fd = write_tmp(self.path("tmp"), job.to_json(), durable=True, keep_open=True)
         try:
-            # Replace in place, then one rename: the job is never in two directories.
+            # Replace in place, then one rename: the job is never in two directories. The new
+            # file is locked before it is placed: a second requeue must not take it in between.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(tmp, cur)
             os.rename(cur, self.job_path(JobState.PENDING, job_id))
             self.fsync_state_dir(JobState.PENDING)
@@ -416,6 +418,7 @@ class Spool:
             unlink_quietly(tmp)
             raise space_error(e, f"requeueing {job_id}") from None
         finally:
+            close_quietly(fd)
             claim.release()
         self.indexes.upsert(row_values(job, job.state))
         return job

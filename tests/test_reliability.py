@@ -197,6 +197,43 @@ def test_two_dlq_retry_all_at_once_both_finish(spool_dir, tmp_path):
     assert len(os.listdir(spool_dir / "pending")) == n
 
 
+def test_a_requeue_between_its_two_renames_is_not_taken_by_a_second_requeue(spool_dir, monkeypatch):
+    """The flake of the test above (1 run in 20): requeue replaces dead/ID.json, then moves it to
+    pending/. A second `dlq retry` that opened the new file in between found it unlocked and
+    requeued the job again (two lines, two history events; a claim in between, two copies)."""
+    import json
+    from queuectl import spool as spoolmod
+    from queuectl.job import JobState
+    from queuectl.spool import Spool
+    cli(spool_dir, "enqueue", "--quiet", "--id", "d", "--max-retries", "0", "exit 1")
+    os.rename(spool_dir / "pending" / "d.json", spool_dir / "dead" / "d.json")
+    a, b = Spool(str(spool_dir)), Spool(str(spool_dir))
+    real_rename = os.rename
+    second: list = []
+    started: list = []
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        if dst == str(spool_dir / "dead" / "d.json") and not started:  # between the two renames
+            started.append(True)
+            t = threading.Thread(target=lambda: second.append(b.requeue("d", JobState.DEAD, missing_ok=True)))
+            t.start()
+            t.join(1.0)  # the second requeue, if nothing stops it, is done by now
+
+    monkeypatch.setattr(spoolmod.os, "rename", rename)
+    try:
+        first = a.requeue("d", JobState.DEAD)
+    finally:
+        monkeypatch.setattr(spoolmod.os, "rename", real_rename)
+    wait_for(lambda: second, what="the second requeue returned")
+    assert first is not None and second == [None]
+    assert os.listdir(spool_dir / "pending") == ["d.json"] and os.listdir(spool_dir / "dead") == []
+    history = json.loads((spool_dir / "pending" / "d.json").read_text())["history"]
+    assert sum(e["event"].startswith("requeued") for e in history) == 1
+    a.close()
+    b.close()
+
+
 def test_a_planted_link_in_place_of_a_scratch_log_is_not_salvaged(spool_dir, tmp_path):
     """A dead worker's scratch file is read from disk: a symlink there never becomes a job's log."""
     from queuectl.recovery import prune_dead_workers
