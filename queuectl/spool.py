@@ -391,7 +391,6 @@ class Spool:
 
     def requeue(self, job_id: str, state: JobState = JobState.DEAD, *, missing_ok: bool = False) -> Job | None:
         """Move a job back to pending/ with attempts reset to 0; its history is kept.
-
         missing_ok: a job another process moved on meanwhile is skipped (None).
         """
         try:
@@ -403,14 +402,12 @@ class Spool:
         job = claim.job
         job.history.append({"event": f"requeued from {state.dirname}/", "at": now_iso(),
                             "attempts_before": job.attempts})
-        job.state, job.attempts, job.next_run_at = JobState.PENDING, 0, None
-        job.updated_at = now_iso()
+        job.state, job.attempts, job.next_run_at, job.updated_at = JobState.PENDING, 0, None, now_iso()
         cur = self.job_path(state, job_id)
         tmp, fd = write_tmp(self.path("tmp"), job.to_json(), durable=True, keep_open=True)
         try:
-            # Replace in place, then one rename: the job is never in two directories. The new
-            # file is locked before it is placed: a second requeue must not take it in between.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # placed locked: a second requeue cannot take it in between
+            # Replace in place, then one rename: the job is never in two directories.
             os.rename(tmp, cur)
             os.rename(cur, self.job_path(JobState.PENDING, job_id))
             self.fsync_state_dir(JobState.PENDING)

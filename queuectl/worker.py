@@ -414,9 +414,10 @@ class Worker:
         env = {**self.base_env, **(job.env or {}), "QUEUECTL_JOB_ID": job.id,
                "QUEUECTL_ATTEMPT": str(run.attempt), "QUEUECTL_SPOOL": self.spool.root,
                "QUEUECTL_OWNER": self.marker}
+        # The command inherits the claim's lock (and a slot's): a killed worker's command holds the job on.
         try:
             run.proc = spawn(job.command, log_fd=self.output.command_fd(run.log_fd), stdin_fd=self.devnull,
-                             cwd=job.cwd, env=env, inherit=() if slot is None else (slot,))  # (queues.py)
+                             cwd=job.cwd, env=env, inherit=(claim.fd,) if slot is None else (claim.fd, slot))
             self.job_pid = run.proc.pid
             if (request := kill_request(self.spool, job.id, run.attempt, take=False)) is not None:
                 killpg(run.proc.pid, signal.Signals[request.get("signal", "SIGTERM")])  # asked before it started

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -95,6 +96,39 @@ def test_a_killed_workers_command_keeps_its_queue_slot_until_it_is_gone(spool_di
     assert [h["error"] for h in job_file(spool_dir, "done", "g1")["history"]] == ["worker died", None]
     sup.signal(signal.SIGTERM)
     assert sup.wait(10) == 0
+
+
+def test_a_command_that_outlives_its_worker_and_supervisor_still_holds_its_job(spool_dir, tmp_path, bg, strays):
+    """kill -9 of the supervisor, then of the worker, while the job's command runs on (its own
+    session): nobody is left on this host to kill the command, as on a host cut off from a shared
+    spool. The command inherited the claim's lock, so no recovery (another host's, here this
+    test's) takes the job until the command is gone: it never runs twice at once."""
+    from queuectl.recovery import orphans
+    from queuectl.spool import Spool
+    started, marker = tmp_path / "started", tmp_path / "marker"
+    cli(spool_dir, "enqueue", "--id", "long",
+        f"echo $$ >> {strays}; echo start >> {started}; sleep 1.5; echo done >> {marker}")
+    sup = bg("worker", "start", "--count", "1")
+    wait_for(lambda: [h.get("job_pid") for h in heartbeats(spool_dir, "worker")] == read_pids(strays)[:1] != [],
+             10, what="job pid in the heartbeat")
+    [hb] = heartbeats(spool_dir, "worker")
+    os.kill(sup.pid, signal.SIGKILL)
+    os.kill(hb["pid"], signal.SIGKILL)
+    wait_for(lambda: pid_gone(hb["pid"]), 10, what="the worker gone")
+    spool = Spool(str(spool_dir))
+    try:
+        deadline = time.monotonic() + 15
+        while not lines_in(marker):
+            assert [c.job.id for c in orphans(spool)] == [], "recovered while its command still runs"
+            assert time.monotonic() < deadline, "the command never finished"
+            time.sleep(0.05)
+        wait_for(lambda: pid_gone(read_pids(strays)[0]), 10, what="the command gone")
+        claims = wait_for(lambda: list(orphans(spool)), 10, what="the job recoverable once its command is gone")
+        assert [c.job.id for c in claims] == ["long"]
+        for c in claims:
+            c.release()
+    finally:
+        spool.close()
 
 
 @pytest.mark.parametrize("victims", ["supervisor", "supervisor+workers"])

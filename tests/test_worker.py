@@ -266,13 +266,14 @@ def test_a_job_runs_in_its_cwd_and_the_worker_stays_where_it_was(spool, spool_di
     assert (tmp_path / "b").read_text() == f"{tmp_path}\n"
 
 
-def test_commands_inherit_no_descriptors_and_no_ignored_signals(spool_dir, run_proc):
-    """The worker's own descriptors (a job file's lock above all) and the signals a worker
-    ignores stay out of jobs, even a descriptor the worker's launcher leaked to it."""
+def test_commands_inherit_no_descriptors_but_the_claim_and_no_ignored_signals(spool_dir, run_proc):
+    """The worker's own descriptors and the signals a worker ignores stay out of jobs, even a
+    descriptor the worker's launcher leaked to it. One is passed on on purpose: the claim's lock
+    on processing/ID.json, so that a command that outlives its worker still holds the job."""
     Spool(str(spool_dir)).close()
     # No redirection in the job's shell: dash would save a descriptor of its own for it. The signal
     # masks are grep's own: the shell's, read while it forks grep, are its own passing ones.
-    run_proc("enqueue", "--id", "j", "ls /proc/$$/fd; grep -E '^Sig(Ign|Blk)' /proc/self/status")
+    run_proc("enqueue", "--id", "j", "ls -l /proc/$$/fd; grep -E '^Sig(Ign|Blk)' /proc/self/status")
     r, w = os.pipe()
     os.set_inheritable(w, True)  # what a careless launcher passes down
     try:
@@ -283,8 +284,10 @@ def test_commands_inherit_no_descriptors_and_no_ignored_signals(spool_dir, run_p
         os.close(w)
     assert p.returncode == 0, p.stderr
     *listed, sig_ign, sig_blk = [line for line in (spool_dir / "logs" / "j.log").read_text().splitlines()
-                                 if not line.startswith("===")]
-    assert sorted(listed) == ["0", "1", "2"], listed
+                                 if not line.startswith(("===", "total "))]
+    fds = dict(line.split()[-3::2] for line in listed)  # "... 3 -> /path": {"3": "/path"}
+    assert sorted(fds, key=int)[:3] == ["0", "1", "2"] and len(fds) == 4, fds
+    assert [t for n, t in fds.items() if n not in ("0", "1", "2")] == [str(spool_dir / "processing" / "j.json")]
     masks = dict(line.split(":\t") for line in (sig_ign, sig_blk))
     ignored, blocked = int(masks["SigIgn"], 16), int(masks["SigBlk"], 16)
     for sig in (2, 13, 25):  # SIGINT, SIGPIPE, SIGXFSZ
