@@ -228,15 +228,32 @@ def check_deps_exist(spool: SpoolView, job: Job, earlier: Batch, *, cycle: bool 
     """Every job `after`/`after_any` names must exist already (or come earlier in
     the same batch), and (cycle) the job must not close a dependency cycle."""
     for dep in (*job.after, *job.after_any):
-        if dep.lower() in earlier:
-            continue
-        try:
-            spool.find(dep)
-        except JobNotFound:
+        if dep.lower() not in earlier and not _exists(spool, dep):
             key = "after_any" if dep in job.after_any else "after"
-            raise InvalidJob(f"{key}: no job {dep}") from None
+            raise InvalidJob(f"{key}: no job {dep}")
     if cycle:
         check_no_cycle(spool.indexes.index, job, earlier)
+
+
+def _exists(spool: SpoolView, job_id: str) -> bool:
+    """Is there a job file of this id? On a shared spool, a name is opened before it is believed:
+    a client may cache a name for up to a second after another host deleted the file (`clean`
+    on GlusterFS), and only the open reaches the server (ESTALE: FileNotFoundError)."""
+    for _ in range(3):
+        try:
+            _state, path = spool.find(job_id)
+        except JobNotFound:
+            return False
+        if not spool.multihost:
+            return True
+        try:
+            close_quietly(open_nofollow(path))
+            return True
+        except FileNotFoundError:
+            continue  # deleted, or moved on since the look: look again
+        except OSError:
+            return True  # there, if not readable (a FIFO, a mode): not this rule's to judge
+    return False
 
 
 def _check_id_free(spool: SpoolView, job_id: str, own: str | None, taken: Batch,

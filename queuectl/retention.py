@@ -88,6 +88,8 @@ def clean(spool: Spool, states: list[JobState], rule: Retention, *, dry_run: boo
             # The checks and the deletions under the enqueue lock: a dependent being
             # admitted meanwhile has its index row before its parent can go.
             with spool.hot_lock():
+                if spool.multihost and state is JobState.COMPLETED:
+                    spool.sync()  # another host's new dependent is in the files, not in this host's index
                 done: list[str] = []
                 for job_id, _mtime in found[start:start + LOCKED]:
                     if limit is not None and n + len(done) >= limit:

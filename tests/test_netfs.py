@@ -295,3 +295,45 @@ def test_a_stat_of_a_pending_file_with_estale_is_left_to_the_next_sync(shared, s
     monkeypatch.setattr(indexsync.os, "stat", real)
     assert shared.index.lookup("j") is not None
     shared.sync()
+
+
+def test_enqueue_after_a_parent_another_host_cleaned_is_refused_despite_a_cached_name(
+        shared, spool_dir, monkeypatch):
+    """GlusterFS (a checker run at seed 303): `enqueue --after P` was accepted 18 ms after another
+    host's `clean` removed P. This client still had P's name cached and believed it; the dependent
+    then waited for nothing and was cancelled. On a shared spool a parent's name is opened first."""
+    from queuectl.errors import InvalidJob
+    shared.enqueue(shared.new_job({"id": "p", "command": "true"}))
+    os.rename(spool_dir / "pending" / "p.json", spool_dir / "done" / "p.json")
+    gone = str(spool_dir / "done" / "p.json")
+    os.unlink(gone)  # another host's clean
+    real = os.path.lexists
+    monkeypatch.setattr(os.path, "lexists", lambda p: p == gone or real(p))  # this client's cached name
+    with pytest.raises(InvalidJob, match="after: no job p"):
+        shared.enqueue(shared.new_job({"id": "c", "command": "true", "after": ["p"]}))
+    assert os.listdir(spool_dir / "pending") == []
+
+
+def test_clean_on_one_host_keeps_a_parent_another_host_just_gave_a_dependent(shared, spool_dir, tmp_path,
+                                                                              monkeypatch):
+    """A completed job a dependent still needs is never cleaned: on one host the dependent's
+    index row proves it, written under the enqueue lock that `clean` takes. Another host's
+    dependent is in its own index only: `clean` on a shared spool reads the files under the lock."""
+    from queuectl import retention
+    from queuectl.config import Retention
+    shared.enqueue(shared.new_job({"id": "p", "command": "true"}))
+    os.rename(spool_dir / "pending" / "p.json", spool_dir / "done" / "p.json")
+    shared.sync()
+    other_host = Spool(str(spool_dir), index_path=str(tmp_path / "other-host.db"))
+    real_expired = retention.expired
+
+    def expired_then_a_dependent_elsewhere(*a, **kw):
+        found = real_expired(*a, **kw)
+        other_host.enqueue(other_host.new_job({"id": "c", "command": "true", "after": ["p"]}))
+        return found
+
+    monkeypatch.setattr(retention, "expired", expired_then_a_dependent_elsewhere)
+    kept: list = []
+    assert list(retention.clean(shared, [JobState.COMPLETED], Retention(0, None), kept=kept)) == []
+    assert kept == [("p", "c")] and (spool_dir / "done" / "p.json").exists()
+    other_host.close()
