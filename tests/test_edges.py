@@ -345,11 +345,47 @@ def _watching(pid: int) -> bool:
         return False
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job has it. Under a shell's background job (`cmd &` in a
+    script, as CI may run the suite) it is ignored, and a program keeps that on purpose."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_while_the_program_starts_exits_130_without_a_traceback(spool_dir, tmp_path):
+    """Ctrl-C while Python imports click (the first 40-100 ms of every command) printed a
+    traceback and died of SIGINT; now it exits 130 like a Ctrl-C during the command."""
+    import signal
+    hook, importing = tmp_path / "hook", tmp_path / "importing"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(f"""
+import sys, time
+class SlowClick:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            open({str(importing)!r}, "w").close()
+            time.sleep(20)
+        return None
+sys.meta_path.insert(0, SlowClick())
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen(cli_argv(spool_dir, "status"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_as_in_a_terminal)
+    try:
+        wait_for(importing.exists, 30, what="the program importing click")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (p.returncode, out, err) == (130, "", "")
+
+
 def test_ctrl_c_in_wait_exits_130(spool_dir):
     import signal
     cli(spool_dir, "enqueue", "--id", "a", "--delay", "1h", "true")
     p = subprocess.Popen(cli_argv(spool_dir, "wait", "a"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
     try:
         wait_for(lambda: _watching(p.pid), 30)
         p.send_signal(signal.SIGINT)

@@ -130,7 +130,8 @@ def test_a_signal_to_one_worker_stops_the_whole_tree(spool_dir, bg):
     """Decided: a worker told to stop is a stop of the tree, never a worker to replace."""
     sup = bg("worker", "start", "--count", "2")
     idle_workers(spool_dir, 2)
-    pid = sup.started()["worker-1"]
+    # a worker beats once before its `started PID=` line: wait for the line itself
+    pid = wait_for(lambda: sup.started().get("worker-1"), 15, what="worker-1's started line")
     os.kill(pid, signal.SIGTERM)
     out = assert_stopped_gracefully(sup, spool_dir)
     assert "[supervisor] stopping: running jobs finish, no new claims (Ctrl-C again to kill them)" in out

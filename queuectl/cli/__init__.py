@@ -7,6 +7,10 @@ every command shares) and lines.py (how log records look to a person). The
 core (queuectl's other modules) never imports this package.
 """
 
-from .app import main, run
+from . import ctrlc
+
+ctrlc.install()  # before the imports: a Ctrl-C now exits 130, quietly
+
+from .app import main, run  # noqa: E402
 
 __all__ = ["main", "run"]

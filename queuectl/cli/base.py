@@ -17,6 +17,7 @@ import click
 
 from .. import lazylog
 from ..errors import QueueError
+from . import ctrlc
 
 STATE_NAMES = ["pending", "processing", "completed", "failed", "dead", "held", "cancelled", "done"]
 
@@ -65,6 +66,7 @@ class QueueGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        switched = ctrlc.for_the_command()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -79,6 +81,9 @@ class QueueGroup(click.Group):
             if e.errno == errno.ENOSPC:
                 raise click.ClickException(f"no space left on device ({e.filename or 'spool'})") from None
             raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+        finally:
+            if switched:
+                ctrlc.after_the_command()
 
 
 class Lines:
