@@ -461,7 +461,8 @@ def wait_targets(spool: Spool, job_ids: list[str], label: str | None, all_: bool
         if not labelled:
             raise JobNotFound(f"no job has label {label}")
         for job_id in labelled:
-            out.setdefault(job_id, None)
+            row = idx.lookup(job_id)
+            out.setdefault(job_id, row.state.value if row is not None and row.state in FINAL else None)
     if all_:
         for r in idx.rows():
             if r.state not in FINAL:

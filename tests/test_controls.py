@@ -600,12 +600,13 @@ def test_a_job_seen_final_stays_final_when_it_is_cleaned_during_the_wait(run, sp
     spool.close()
 
 
-def test_a_job_found_final_stays_final_when_it_is_cleaned_before_the_first_look(run, spool_dir, monkeypatch):
+@pytest.mark.parametrize("by", [["a"], ["--label", "batch"]])
+def test_a_job_found_final_stays_final_when_it_is_cleaned_before_the_first_look(run, spool_dir, monkeypatch, by):
     """`wait` found the job completed, then a `clean` removed it before wait's first look (seen
     on GlusterFS, where the two ran 35 ms apart): it is completed, not missing."""
     from queuectl import controls
     from queuectl.job import JobState
-    enq(run, "--id", "a", "echo a")
+    enq(run, "--id", "a", "--label", "batch", "echo a")
     os.rename(spool_dir / "pending" / "a.json", spool_dir / "done" / "a.json")
     real = controls.wait_for
 
@@ -614,7 +615,7 @@ def test_a_job_found_final_stays_final_when_it_is_cleaned_before_the_first_look(
         return real(spool, ids, **kw)
 
     monkeypatch.setattr(controls, "wait_for", cleaned_first)
-    r = run("wait", "--json", "a")
+    r = run("wait", "--json", *by)
     assert r.exit_code == 0, r.output
     assert [(j["id"], j["state"]) for j in json.loads(r.stdout)] == [("a", "completed")]
     assert not (spool_dir / "done" / "a.json").exists()
