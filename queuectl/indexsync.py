@@ -19,7 +19,6 @@ number the listing gives for free.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
@@ -36,21 +35,22 @@ from .stamps import STAMPED, UNSURE, racy_ns, stamp_of
 def _stamped_read(spool: SpoolView, state: JobState, path: str, listed: int | None = None) -> tuple[Job, int]:
     """(job, stamp) of a file a sync reads, stamped from the descriptor it is read through,
     before the read: a change after that leaves a stamp that no longer matches (and the next
-    sync reads the file again). `listed`: the inode number the listing gave; where the server
-    numbers inodes, a descriptor on another file is a name this client still caches for a
-    file replaced on the server (GlusterFS, for up to a second): FileNotFoundError."""
+    sync reads the file again). `listed`: the inode number the listing gave, the stamp outside
+    STAMPED (overlayfs may list another number than fstat gives). Not on a shared spool whose
+    server numbers inodes: there a client may still lead a name to the file it replaced (for
+    up to a second on GlusterFS), and the number of the file read makes the next listing,
+    which names the new one, read it again."""
     fd = open_nofollow(path)
     try:
         st = os.fstat(fd)
-        if listed is not None and st.st_ino != listed and spool.multihost and server_inodes(spool.fstype):
-            raise FileNotFoundError(errno.ESTALE, "the name still leads to the file it replaced", path)
         data = read_fd(fd, spool.config.max_job_size + 1)
     finally:
         close_quietly(fd)
     job = parse_file(data, os.path.basename(path)[:-5])
-    # Outside STAMPED the listing's number: what the next listing is compared with (overlayfs
-    # may list another number than fstat gives).
-    return job, stamp_of(st, racy_ns(spool)) if state in STAMPED else db_ino(st.st_ino if listed is None else listed)
+    if state in STAMPED:
+        return job, stamp_of(st, racy_ns(spool))
+    read = listed is None or (spool.multihost and server_inodes(spool.fstype))
+    return job, db_ino(st.st_ino if read else listed)
 
 
 # Where a job that left a directory most likely went, looked at in this order.
@@ -120,10 +120,7 @@ def sync_dir(spool: SpoolView, idx: Index, state: JobState, report: SyncReport) 
             try:
                 job, stamp = _stamped_read(spool, state, path, inodes[job_id + ".json"])
             except (OSError, InvalidJob):
-                # `check` reports a bad file; a worker never claims from here. One moved on since
-                # the listing, or a stale name (on a shared spool every sync lists every directory
-                # again), is read at the next sync.
-                continue
+                continue  # `check` reports it; a worker never claims from here
             idx.upsert(job, state, stamp=stamp)
             report.added += job_id not in known
     idx.set_dirmark(d, mtime, checked)
