@@ -169,6 +169,7 @@ def accept(spool: SpoolView, names: list[str], report: SyncReport, *, wait: bool
 
 def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> None:
     tmps: list[str | None] = []
+    placed: list[_Admitted] = []
     try:
         for a in batch:
             tmps.append(None if a.data is None else write_tmp(spool.path("tmp"), a.data, durable=False)[0])
@@ -194,6 +195,7 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
             stamp = a.stamp if ino is None else placed_stamp(a.dest, ino, JobState.PENDING, racy_ns(spool))
             rows.append(row_values(a.job, JobState.PENDING, None if a.data is None else a.data.decode(), stamp))
             report.accepted.append(a.job.id)
+            placed.append(a)
     except BaseException:
         for tmp in tmps:
             if tmp is not None:
@@ -201,6 +203,24 @@ def _commit(spool: SpoolView, batch: list[_Admitted], report: SyncReport) -> Non
         raise
     spool.fsync_state_dir(JobState.PENDING)
     spool.indexes.add_rows(rows)
+    _follow_moved(spool, placed)
+
+
+def _follow_moved(spool: SpoolView, placed: list[_Admitted]) -> None:
+    """A file accepted as it was can be moved on (cancel, hold, a claim) between its read and
+    its row (a syncfs apart), and its mover's row written first: the row of a file no longer
+    in pending/ is read again where the file is now (cancelled/ is not listed again soon)."""
+    rows = []
+    for a in placed:
+        if os.path.lexists(a.dest):
+            continue
+        try:
+            state, path = spool.find(a.job.id)
+            rows.append(row_values(spool.read_job(path), state))
+        except (JobNotFound, InvalidJob, OSError):
+            continue  # gone, or moving still: the next listing of pending/ drops or follows its row
+    if rows:
+        spool.indexes.add_rows(rows)
 
 
 def _replace_read_file(tmp: str, path: str, ino: int | None) -> bool:

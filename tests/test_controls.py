@@ -776,6 +776,34 @@ def test_move_and_claim_started_together_exactly_one_wins(spool_dir, action):
     assert sum(outcomes.values()) == 150
 
 
+def test_a_cancel_between_an_admission_s_read_and_its_row_leaves_the_index_cancelled(spool_dir, monkeypatch):
+    """Seen once in CI (test_move_races_a_claiming_worker: `check` found "index says pending but
+    the file is in cancelled/"). An admission pass reads a file it keeps as it is; `cancel` moves
+    it and writes its row; the pass then writes its own row (a syncfs later): pending. Nothing
+    lists cancelled/ again soon. The pass now reads again each file no longer in pending/."""
+    from queuectl import controls, dropins
+    from queuectl.job import Job
+    user, admitter = Spool(str(spool_dir)), Spool(str(spool_dir))
+    user.enqueue(Job.from_spec({"id": "j", "command": "true"}))
+    admitter.index.delete(["j"])  # a file this pass has never indexed (a drop-in already canonical)
+    admitter.index.set_dirmark("pending", 0, 0)
+    real_syncfs = dropins.syncfs
+
+    def syncfs_while_a_cancel_runs(path):
+        real_syncfs(path)
+        if not getattr(syncfs_while_a_cancel_runs, "done", False):
+            syncfs_while_a_cancel_runs.done = True
+            controls.move(user, "j", "cancel")
+
+    monkeypatch.setattr(dropins, "syncfs", syncfs_while_a_cancel_runs)
+    admitter.sync()
+    assert syncfs_while_a_cancel_runs.done
+    assert admitter.index.lookup("j").state.value == "cancelled"
+    assert user.index.lookup("j").state.value == "cancelled"
+    user.close()
+    admitter.close()
+
+
 def test_release_racing_an_admission_pass_and_a_claim_leaves_one_copy(spool_dir, read_job):
     """Found by the history checker (invariant 1): `release` renames held/ID.json into
     pending/ (old contents, state "held"), then writes the new contents over it. A
