@@ -211,8 +211,10 @@ def _follow_moved(spool: SpoolView, placed: list[_Admitted]) -> None:
     its row (a syncfs apart), and its mover's row written first: the row of a file no longer
     in pending/ is read again where the file is now (cancelled/ is not listed again soon)."""
     rows = []
+    # Many files, or a mount where each lstat is a round trip: one listing instead.
+    listed = set(os.listdir(spool.path("pending"))) if len(placed) > 16 or spool.multihost else None
     for a in placed:
-        if os.path.lexists(a.dest):
+        if os.path.basename(a.dest) in listed if listed is not None else os.path.lexists(a.dest):
             continue
         try:
             state, path = spool.find(a.job.id)
