@@ -277,7 +277,10 @@ def test_the_chart_shows_completed_and_dead_over_time_at_full_width(tmp_path, br
     with serve(spool) as url:
         page = browser.page()
         page.goto(url)
-        last = page.locator("#chart g.bar").last
+        # the minute the burst ran: the last bar, or the one before if the page loaded a minute later
+        bars = page.locator("#chart g.bar")
+        last = bars.last if "0 completed, 0 dead" not in (bars.last.locator("title").text_content() or "") \
+            else bars.nth(bars.count() - 2)
         assert float(last.locator("rect.completed").get_attribute("height")) > 0
         assert float(last.locator("rect.dead").get_attribute("height")) > 0
         assert float(last.locator("rect.completed").get_attribute("height")) == pytest.approx(
